@@ -1,0 +1,3 @@
+from msgvoice.cli import main
+
+raise SystemExit(main())

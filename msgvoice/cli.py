@@ -1,0 +1,151 @@
+"""Command line: parse arguments, set up logging once, hand a config to the app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from msgvoice import __version__, app, commands
+from msgvoice.audio import FORMATS
+from msgvoice.config import Config, ConfigError, load
+from msgvoice.pipeline import SpeechError, SpeechJob
+from msgvoice.supervisor import WorkerError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+SUFFIXES = {
+    ".ogg": "ogg",
+    ".opus": "ogg",
+    ".oga": "ogg",
+    ".wav": "wav",
+    ".flac": "flac",
+    ".mp3": "mp3",
+}
+
+log = logging.getLogger("msgvoice")
+
+
+class UsageError(Exception):
+    """Bad input on the command line: exit 2 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="msgvoice", description="A local voice-reply daemon for chat bots.")
+    parser.add_argument("--version", action="version", version=f"msgvoice {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+    say = sub.add_parser("say", help="speak one chat line or text into an audio file")
+    say.add_argument("text", help='a chat line ("/tts 开心：你好") or plain text')
+    say.add_argument("-o", "--output", type=Path, help="output file (default: in the state dir)")
+    say.add_argument("--format", choices=sorted(FORMATS), help="audio format")
+    say.add_argument("--json", action="store_true", help="print a JSON report")
+    say.add_argument("--config", type=Path, help="TOML config file")
+    return parser
+
+
+def _speakable(line: str) -> tuple[str, str | None]:
+    """(text, style) from a chat line or plain text; UsageError for anything else."""
+    command = commands.parse(line)
+    if isinstance(command, commands.Speak):
+        return command.text, command.style
+    if isinstance(command, commands.PlainText) and command.text:
+        return command.text, None
+    if isinstance(command, commands.Usage):
+        raise UsageError(command.message)
+    if isinstance(command, commands.PlainText):
+        raise UsageError("nothing to speak: the text is empty")
+    raise UsageError(f"`say` speaks /tts lines or plain text, not {line.split(maxsplit=1)[0]}")
+
+
+def _output(args: argparse.Namespace, config: Config) -> tuple[Path, str]:
+    """The output path and format: --format, else the file's suffix, else the config's."""
+    fmt = args.format
+    if fmt is None and args.output is not None and args.output.suffix:
+        fmt = SUFFIXES.get(args.output.suffix.lower())
+        if fmt is None:
+            raise UsageError(
+                f"unknown format {args.output.suffix!r}; use --format {'|'.join(sorted(FORMATS))}"
+            )
+    fmt = fmt or config.tts.format
+    path = args.output
+    if path is None:
+        path = config.state_dir / "audio" / f"say-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path = path.expanduser().absolute()
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: {path.parent} is not a directory")
+    if not os.access(path.parent, os.W_OK) or path.is_dir():
+        raise UsageError(f"cannot write {path}: not writable")
+    return path, fmt
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} segments")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def _say(config: Config, args: argparse.Namespace) -> int:
+    text, style = _speakable(args.text)
+    out, fmt = _output(args, config)
+    async with app.build(config) as built:
+        built.speaker.segments(text)  # reject bad text before any waiting
+        progress = _progress if sys.stderr.isatty() else None
+        job = SpeechJob(f"say-{os.getpid()}", text, out, fmt, style=style)
+        result = await built.speaker.speak(job, progress)
+    print(json.dumps(result.as_json(), ensure_ascii=False) if args.json else result.path)
+    return EXIT_OK
+
+
+def _run_main(coro_factory: object) -> int:
+    """Run the command's coroutine; SIGTERM cancels it so every worker is stopped."""
+
+    async def runner() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        return await coro_factory()  # type: ignore[operator,no-any-return]
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `msgvoice`."""
+    args = _parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load(args.config, os.environ)
+        if args.command == "say":
+            return _run_main(lambda: _say(config, args))
+    except (ConfigError, UsageError, SpeechError) as exc:
+        print(f"msgvoice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkerError as exc:
+        print(f"msgvoice: synthesis failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    raise AssertionError(f"unhandled command {args.command}")

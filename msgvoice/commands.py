@@ -1,0 +1,147 @@
+"""Chat command parsing (pure): `/tts`, `/mode`, `/help`, unknown commands, plain text."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+VOICE_MODES = ("on", "off", "both", "audio", "text")
+"""`/mode voice` values; `on` is `both` and `off` is `text`."""
+
+STYLE_CLEAR_WORDS = ("off", "reset", "clear")
+STYLE_HEAD_MAX = 20
+
+_COLON = re.compile(r"[:：]")
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+_DIGITS = re.compile(r"^[\d\s]+$")
+
+
+@dataclass(frozen=True)
+class Speak:
+    """`/tts [style：]text`: speak text, with a one-off style hint when given."""
+
+    text: str
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class ShowMode:
+    """`/mode`: show the chat's voice mode, style and engine."""
+
+
+@dataclass(frozen=True)
+class SetVoiceMode:
+    """`/mode voice <mode>`: when bot replies are voiced (normalised to both/text/audio)."""
+
+    mode: Literal["both", "text", "audio"]
+
+
+@dataclass(frozen=True)
+class SetStyle:
+    """`/mode style <desc>`; style None clears it."""
+
+    style: str | None
+
+
+@dataclass(frozen=True)
+class Help:
+    """`/help`."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A known command used wrongly; `message` is the reply."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """An unknown `/command`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PlainText:
+    """Not a command: an ordinary chat message."""
+
+    text: str
+
+
+Command = Speak | ShowMode | SetVoiceMode | SetStyle | Help | Usage | Unknown | PlainText
+
+TTS_USAGE = "用法：/tts 文本，或 /tts 风格：文本（例如 /tts 温柔：晚安）"
+MODE_USAGE = "用法：/mode，/mode voice on|off|both|audio|text，/mode style <描述>，/mode style off"
+HELP_TEXT = "\n".join(
+    [
+        "/tts 文本 — 把文本读成语音",
+        "/tts 风格：文本 — 用这个风格读这一条（例如 /tts 开心：你好）",
+        "/mode — 查看本聊天的语音模式、风格和引擎",
+        "/mode voice on|off|both|audio|text — 机器人回复是否配语音",
+        "/mode style <描述> — 设置本聊天的语音风格；/mode style off 清除",
+        "/help — 显示本帮助",
+    ]
+)
+
+
+def split_style(body: str) -> tuple[str | None, str]:
+    """Split `风格：文本` into (style, text) by the style-prefix rule; (None, body) otherwise.
+
+    The head before the first ASCII or full-width colon is a style when it is 1-20 characters,
+    is not only digits (`10:30开会`) and is not a URL scheme (`http://...`).
+    """
+    match = _COLON.search(body)
+    if match is None:
+        return None, body
+    head, rest = body[: match.start()].strip(), body[match.end() :]
+    if not head or len(head) > STYLE_HEAD_MAX or _DIGITS.match(head):
+        return None, body
+    if match.group() == ":" and rest.startswith("//") and _URL_SCHEME.match(head):
+        return None, body
+    return head, rest.strip()
+
+
+def _parse_tts(body: str) -> Command:
+    style, text = split_style(body)
+    if not text:
+        return Usage(TTS_USAGE)
+    return Speak(text=text, style=style)
+
+
+def _parse_voice(arg: str) -> Command:
+    mode = arg.lower()
+    if mode not in VOICE_MODES:
+        return Usage(MODE_USAGE)
+    normalised = {"on": "both", "off": "text"}.get(mode, mode)
+    return SetVoiceMode(normalised)  # type: ignore[arg-type]
+
+
+def _parse_mode(body: str) -> Command:
+    if not body:
+        return ShowMode()
+    word, arg = [*body.split(maxsplit=1), ""][:2]
+    word, arg = word.lower(), arg.strip()
+    if word == "voice":
+        return _parse_voice(arg)
+    if word == "style-reset" and not arg:
+        return SetStyle(None)
+    if word == "style" and arg:
+        return SetStyle(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
+    return Usage(MODE_USAGE)
+
+
+def parse(line: str) -> Command:
+    """Parse one chat line into a command."""
+    text = line.strip()
+    if not text.startswith("/"):
+        return PlainText(text)
+    head, body = [*text[1:].split(maxsplit=1), "", ""][:2]
+    # Telegram appends the bot's name to commands in groups: /tts@my_bot
+    name = head.lower().partition("@")[0]
+    body = body.strip()
+    if name == "help":
+        return Help()
+    handler = {"tts": _parse_tts, "mode": _parse_mode}.get(name)
+    return handler(body) if handler else Unknown(name)

@@ -1,0 +1,1 @@
+"""TTS engines. Imported only inside the worker process, never by the daemon."""

@@ -1,0 +1,125 @@
+"""eSpeak NG 1.52 from the espeakng-loader wheel, driven through ctypes.
+
+The library keeps parameters between calls (they are sticky), so every call sets all of them;
+it is not re-entrant, so calls are serialised; and the C callback object is kept referenced for
+the life of the engine, or the library would call freed memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import espeakng_loader
+import numpy as np
+import numpy.typing as npt
+
+from msgvoice.engines.base import EngineUnavailable, Prosody
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAMS = {
+    "rate": 1,
+    "volume": 2,
+    "pitch": 3,
+    "range": 4,
+    "punctuation": 5,
+    "capitals": 6,
+    "wordgap": 7,
+}
+_NEUTRAL = {"rate": 175, "volume": 100, "pitch": 50, "range": 50}
+_LIMITS = {"rate": (80, 450), "volume": (0, 200), "pitch": (0, 100), "range": (0, 100)}
+
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+def espeak_parameters(prosody: Prosody) -> dict[str, int]:
+    """eSpeak's absolute parameter values for a prosody (1.0 everywhere = eSpeak's defaults)."""
+    scaled = {
+        "rate": _NEUTRAL["rate"] * prosody.rate,
+        "volume": _NEUTRAL["volume"] * prosody.volume,
+        "pitch": _NEUTRAL["pitch"] * prosody.pitch,
+        "range": _NEUTRAL["range"] * prosody.range,
+    }
+    out = {k: round(min(max(v, _LIMITS[k][0]), _LIMITS[k][1])) for k, v in scaled.items()}
+    return out | {"punctuation": 0, "capitals": 0, "wordgap": 0}
+
+
+class EspeakEngine:
+    """The default engine: instant, robotic, Mandarin, English and mixed text."""
+
+    name = "espeak"
+
+    def __init__(self, voice: str = "cmn") -> None:
+        self.default_voice = voice
+        self._lock = threading.Lock()
+        self._chunks: list[npt.NDArray[np.int16]] = []
+        try:
+            lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        except OSError as exc:
+            raise EngineUnavailable(f"libespeak-ng cannot be loaded: {exc}") from exc
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        data = espeakng_loader.get_data_path().encode()
+        self.sample_rate = int(lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0))
+        if self.sample_rate <= 0:
+            raise EngineUnavailable(f"espeak_Initialize failed with {self.sample_rate}")
+        self._callback = _Callback(self._collect)  # keep referenced: the library holds it
+        lib.espeak_SetSynthCallback(self._callback)
+        self._lib = lib
+        self._set_voice(voice)
+
+    def _collect(self, wav: Any, count: int, _events: Any) -> int:
+        if wav and count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0
+
+    def _set_voice(self, voice: str) -> None:
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"eSpeak has no voice {voice!r}")
+
+    def synthesize(
+        self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
+    ) -> tuple[npt.NDArray[np.int16], int]:
+        """Speak text; `emotion` is ignored here (the daemon maps it to `prosody`)."""
+        del emotion
+        data = text.encode("utf-8")
+        with self._lock:
+            self._set_voice(voice or self.default_voice)
+            for name, value in espeak_parameters(prosody).items():
+                self._lib.espeak_SetParameter(_PARAMS[name], value, 0)
+            self._chunks = []
+            status = self._lib.espeak_Synth(
+                data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            )
+            self._lib.espeak_Synchronize()
+            if status != 0:
+                raise RuntimeError(f"espeak_Synth failed with status {status}")
+            chunks, self._chunks = self._chunks, []
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        return samples, self.sample_rate
+
+    def facts(self) -> dict[str, Any]:
+        """Library path, sample rate and default voice."""
+        return {
+            "library": espeakng_loader.get_library_path(),
+            "sample_rate": self.sample_rate,
+            "voice": self.default_voice,
+            "version": "1.52",
+        }

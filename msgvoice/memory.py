@@ -1,0 +1,64 @@
+"""How much memory a worker holds: what the kernel would kill it for.
+
+On macOS that is the physical footprint (what Activity Monitor's "Memory" column and jetsam
+use), which counts compressed and GPU-shared (MPS) pages that RSS misses; elsewhere RSS.
+The worker's children are included.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from functools import cache
+
+import psutil
+
+_MB = 1024 * 1024
+
+
+class _RusageInfoV0(ctypes.Structure):
+    _fields_ = [  # <libproc.h> rusage_info_v0
+        ("ri_uuid", ctypes.c_uint8 * 16),
+        ("ri_user_time", ctypes.c_uint64),
+        ("ri_system_time", ctypes.c_uint64),
+        ("ri_pkg_idle_wkups", ctypes.c_uint64),
+        ("ri_interrupt_wkups", ctypes.c_uint64),
+        ("ri_pageins", ctypes.c_uint64),
+        ("ri_wired_size", ctypes.c_uint64),
+        ("ri_resident_size", ctypes.c_uint64),
+        ("ri_phys_footprint", ctypes.c_uint64),
+        ("ri_proc_start_abstime", ctypes.c_uint64),
+        ("ri_proc_exit_abstime", ctypes.c_uint64),
+    ]
+
+
+@cache
+def _libproc() -> ctypes.CDLL | None:
+    path = ctypes.util.find_library("proc") if sys.platform == "darwin" else None
+    return ctypes.CDLL(path) if path else None
+
+
+def _process_bytes(proc: psutil.Process) -> int:
+    lib = _libproc()
+    if lib is not None:
+        info = _RusageInfoV0()
+        if lib.proc_pid_rusage(proc.pid, 0, ctypes.byref(info)) == 0:
+            return int(info.ri_phys_footprint)
+    return int(proc.memory_info().rss)
+
+
+def process_tree_mb(pid: int) -> float:
+    """Memory of `pid` and all its descendants in MiB (0 when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for proc in procs:
+        try:
+            total += _process_bytes(proc)
+        except psutil.Error:
+            continue
+    return total / _MB

@@ -1,0 +1,42 @@
+"""Sample arrays as the whole pipeline sees them: mono float32 in [-1, 1] (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Samples = npt.NDArray[np.float32]
+INT16_SCALE = 32768.0
+
+
+class SampleError(ValueError):
+    """Engine output that cannot be used: NaN, inf, wrong shape or type."""
+
+
+def to_float32(samples: Any) -> Samples:
+    """Return mono float32 in [-1, 1] from whatever an engine hands back.
+
+    Integer PCM is scaled by its type's range; a float array in int16 range (the torchaudio 2.10
+    lesson) is rescaled, never clipped; NaN or inf is an error.
+    """
+    array = np.asarray(samples)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    if array.ndim == 2:
+        channel_axis = 0 if array.shape[0] < array.shape[1] else 1
+        array = array.mean(axis=channel_axis)
+    elif array.ndim != 1:
+        raise SampleError(f"expected mono or (samples, channels) audio, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        return (array.astype(np.float64) / max(abs(info.min), info.max)).astype(np.float32)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise SampleError(f"expected numeric samples, got {array.dtype}")
+    if not np.all(np.isfinite(array)):
+        raise SampleError("engine returned NaN or infinite samples")
+    peak = float(np.max(np.abs(array)))
+    if peak > 1.0:
+        array = array / (INT16_SCALE if peak <= INT16_SCALE else peak)
+    return array.astype(np.float32, copy=False)

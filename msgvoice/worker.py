@@ -1,0 +1,158 @@
+"""The worker program: load one engine, then answer one JSON request per line.
+
+Run as `python -m msgvoice.worker --engine NAME --options JSON`, possibly under another
+interpreter; it needs only the standard library, numpy and the engine. Protocol (stdout, one
+object per line): first `{"event": "ready", ...}` or `{"event": "failed", ...}`, then one
+`{"id", "ok", "result" | "error"}` per request. Audio goes to the file the request names, as raw
+little-endian float32 mono. Anything the engine prints lands on stderr, never on the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import numpy as np
+
+from msgvoice.engines.base import Engine, Prosody, load_engine
+from msgvoice.samples import to_float32
+
+log = logging.getLogger("msgvoice.worker")
+PROTOCOL_FD_ENV = "MSGVOICE_WORKER_PROTOCOL_FD"
+"""Set in the worker's environment: the fd that carries the protocol (engines must not touch it)."""
+
+
+def _protocol_stream() -> IO[str]:
+    """Keep the real stdout for the protocol and point fd 1 (and print) at stderr."""
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    os.environ[PROTOCOL_FD_ENV] = str(fd)
+    return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+
+
+def _die_with_parent() -> None:
+    """Exit when the supervising process is gone, even in the middle of a long synthesis."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes  # noqa: PLC0415
+
+            ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def synthesize(engine: Engine, params: dict[str, Any]) -> dict[str, Any]:
+    """Speak one request's text into its output file."""
+    started = time.perf_counter()
+    samples, rate = engine.synthesize(
+        params["text"],
+        params.get("voice"),
+        Prosody(**params.get("prosody", {})),
+        params.get("emotion"),
+    )
+    synth_s = time.perf_counter() - started
+    audio = to_float32(samples)
+    audio.astype("<f4", copy=False).tofile(params["out"])
+    return {
+        "sample_rate": int(rate),
+        "samples": int(audio.size),
+        "duration_s": audio.size / rate,
+        "synth_s": synth_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
+    """Answer requests until shutdown or end of input."""
+
+    def send(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message, ensure_ascii=False) + "\n")
+
+    for line in requests:
+        try:
+            request = json.loads(line)
+            req_id, method = request["id"], request["method"]
+        except (ValueError, KeyError, TypeError):
+            send({"id": None, "ok": False, "error": {"type": "BadRequest", "message": line[:200]}})
+            continue
+        try:
+            if method == "synthesize":
+                result = synthesize(engine, request.get("params", {}))
+            elif method == "ping":
+                result = {
+                    "peak_rss_mb": peak_rss_mb(),
+                    "engine": engine.name,
+                    "facts": engine.facts(),
+                }
+            elif method == "shutdown":
+                send({"id": req_id, "ok": True, "result": {}})
+                return
+            else:
+                raise ValueError(f"unknown method {method!r}")
+        except Exception as exc:  # one request's failure is its answer, not the worker's end
+            log.exception("request %s failed", req_id)
+            send(
+                {
+                    "id": req_id,
+                    "ok": False,
+                    "error": {"type": type(exc).__name__, "message": str(exc)},
+                }
+            )
+        else:
+            send({"id": req_id, "ok": True, "result": result})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the worker process."""
+    parser = argparse.ArgumentParser(prog="msgvoice.worker")
+    parser.add_argument("--engine", required=True)
+    parser.add_argument("--options", default="{}")
+    args = parser.parse_args(argv)
+    out = _protocol_stream()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    _die_with_parent()
+    started = time.perf_counter()
+    try:
+        engine = load_engine(args.engine, json.loads(args.options))
+    except Exception as exc:
+        log.exception("engine %s failed to load", args.engine)
+        out.write(json.dumps({"event": "failed", "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        return 3
+    ready = {
+        "event": "ready",
+        "engine": engine.name,
+        "pid": os.getpid(),
+        "load_s": time.perf_counter() - started,
+        "facts": engine.facts(),
+        "numpy": np.__version__,
+    }
+    out.write(json.dumps(ready, ensure_ascii=False) + "\n")
+    serve(engine, sys.stdin, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

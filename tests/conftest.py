@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated state dir and environment, and audio measurements."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soundfile as sf
+
+from msgvoice.config import ALIASES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own state dir and no msgvoice or seed env from the outside."""
+    for name in list(os.environ):
+        if name.startswith("MSGVOICE_") or name in ALIASES:
+            monkeypatch.delenv(name)
+    state = tmp_path / "state"
+    monkeypatch.setenv("MSGVOICE_STATE_DIR", str(state))
+    yield state
+
+
+def rms(samples: npt.NDArray[np.floating]) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+
+
+def read_audio(path: Path) -> tuple[npt.NDArray[np.float32], int]:
+    data, rate = sf.read(str(path), dtype="float32", always_2d=False)
+    return data, rate
+
+
+def pitch_hz(samples: npt.NDArray[np.floating], rate: int) -> float:
+    """Median F0 of voiced 40 ms frames, by autocorrelation (70-500 Hz)."""
+    frame = int(0.04 * rate)
+    lo, hi = int(rate / 500), int(rate / 70)
+    found = []
+    for start in range(0, len(samples) - frame, frame):
+        x = samples[start : start + frame].astype(np.float64)
+        if rms(x) < 0.02:
+            continue
+        x = x - x.mean()
+        ac = np.correlate(x, x, "full")[frame - 1 :]
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.3 * ac[0]:
+            found.append(rate / lag)
+    return float(np.median(found)) if found else 0.0

@@ -1,0 +1,85 @@
+"""A test engine with injectable faults, run by the real worker as `tests.fault_engine:...`.
+
+A request's text may start with a directive `[mode]`, `[mode:arg]` or `[mode#token]`: ok,
+slow:<s>, hang, crash, garbage, leak:<MB>, bloat:<MB> (leak, then hang), error. With `#token`
+the fault fires only the first time that token is seen (a marker file in `marker_dir`), so the
+supervisor's retry succeeds. Otherwise it speaks a 220 Hz tone of 50 ms per character at 16 kHz.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msgvoice.engines.base import Prosody
+
+RATE = 16_000
+_DIRECTIVE = re.compile(r"^\[(\w+)(?::([\d.]+))?(?:#(\w+))?\]\s*")
+
+
+class FaultEngine:
+    name = "fault"
+
+    def __init__(
+        self,
+        marker_dir: str = "",
+        exit_at_start: bool = False,
+        load_s: float = 0.0,
+        leak_mb_per_job: int = 0,
+    ) -> None:
+        if exit_at_start:
+            os._exit(5)
+        time.sleep(load_s)
+        self.marker_dir = Path(marker_dir) if marker_dir else None
+        self.leak_mb_per_job = leak_mb_per_job
+        self._hoard: list[bytearray] = []
+
+    def _fires(self, token: str | None) -> bool:
+        if token is None or self.marker_dir is None:
+            return True
+        marker = self.marker_dir / token
+        if marker.exists():
+            return False
+        marker.touch()
+        return True
+
+    def _leak(self, mb: float) -> None:
+        block = bytearray(int(mb * 1024 * 1024))
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+        self._hoard.append(block)
+
+    def synthesize(
+        self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
+    ) -> tuple[Any, int]:
+        match = _DIRECTIVE.match(text)
+        if self.leak_mb_per_job:
+            self._leak(self.leak_mb_per_job)
+        if match and self._fires(match.group(3)):
+            mode, arg = match.group(1), float(match.group(2) or 0)
+            if mode == "slow":
+                time.sleep(arg)
+            elif mode == "hang":
+                time.sleep(3600)
+            elif mode == "crash":
+                os._exit(11)
+            elif mode == "garbage":
+                os.write(int(os.environ["MSGVOICE_WORKER_PROTOCOL_FD"]), b"this is not json\n")
+            elif mode == "leak":
+                self._leak(arg)
+            elif mode == "bloat":
+                self._leak(arg)
+                time.sleep(3600)
+            elif mode == "error":
+                raise ValueError("the engine refused this text")
+        spoken = _DIRECTIVE.sub("", text)
+        t = np.arange(int(RATE * 0.05 * max(1, len(spoken)))) / RATE
+        return (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), RATE
+
+    def facts(self) -> dict[str, Any]:
+        return {"sample_rate": RATE, "hoard_mb": sum(map(len, self._hoard)) / 2**20}

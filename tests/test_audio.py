@@ -1,0 +1,111 @@
+"""Audio: normalisation of engine output, clean joins, trimming, encoding in every format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from msgvoice import audio
+from msgvoice.samples import SampleError, to_float32
+from tests.conftest import rms
+
+RATE = 22_050
+
+
+def tone(seconds: float, freq: float = 220.0, amp: float = 0.5, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_int16_range_floats_are_rescaled_not_clipped() -> None:
+    """A float array in int16 range (torchaudio 2.10) keeps its shape after scaling."""
+    loud = tone(0.1, amp=0.5) * 32767
+    out = to_float32(loud)
+    assert out.dtype == np.float32 and float(np.abs(out).max()) <= 1.0
+    assert np.allclose(out, tone(0.1, amp=0.5), atol=1e-4)
+
+
+def test_integer_pcm_and_stereo_become_mono_float() -> None:
+    """int16 PCM is scaled by its range; (n, 2) stereo is averaged to mono."""
+    pcm = (tone(0.1) * 32767).astype(np.int16)
+    assert np.allclose(to_float32(pcm), tone(0.1), atol=1e-4)
+    stereo = np.stack([tone(0.1), tone(0.1)], axis=1)
+    assert to_float32(stereo).shape == (int(RATE * 0.1),)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_rejected(bad: float) -> None:
+    """NaN or inf from an engine is an error, not noise in a voice note."""
+    x = tone(0.1)
+    x[10] = bad
+    with pytest.raises(SampleError, match="NaN or infinite"):
+        to_float32(x)
+
+
+def test_joins_do_not_click() -> None:
+    """Segments that start and end mid-wave join with no jump bigger than inside the audio."""
+    shaping = audio.Shaping(fade_ms=8, gap_ms=100, silence_db=-50)
+    a, b = tone(0.3, 220, 0.8), tone(0.3, 330, 0.8)[17:]  # b starts near its peak
+    joined = np.concatenate(
+        [
+            audio.shape_segment(a, RATE, shaping),
+            audio.gap(RATE, shaping),
+            audio.shape_segment(b, RATE, shaping),
+        ]
+    )
+    inner = max(audio.max_jump(a), audio.max_jump(b))
+    naive = audio.max_jump(np.concatenate([a, b]))
+    assert audio.max_jump(joined) <= inner * 1.01
+    assert naive > inner * 2  # the naive join would click
+
+
+def test_trailing_and_leading_silence_is_trimmed() -> None:
+    """Silence around speech is cut down to a short margin."""
+    x = np.concatenate([np.zeros(RATE), tone(0.5), np.zeros(RATE)])
+    out = audio.trim_silence(x, RATE, -50, keep_ms=30)
+    assert abs(len(out) / RATE - (0.5 + 0.06)) < 0.01
+    assert audio.trim_silence(np.zeros(100, np.float32), RATE, -50).size == 0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "container", "codec"),
+    [
+        ("wav", "WAV", "PCM_16"),
+        ("flac", "FLAC", "PCM_16"),
+        ("ogg", "OGG", "OPUS"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
+def test_every_format_decodes_with_its_duration(
+    tmp_path: Path, fmt: str, container: str, codec: str
+) -> None:
+    """Written files carry the right container, codec, rate and duration, and real sound."""
+    rate = audio.output_rate(fmt, RATE, 24_000)
+    path = tmp_path / f"x.{fmt}"
+    with audio.AudioWriter(path, fmt, rate) as writer:
+        writer.write(audio.resample(tone(1.0), RATE, rate))
+        writer.commit()
+    info = sf.info(str(path))
+    assert (info.format, info.subtype) == (container, codec)
+    assert info.samplerate == (24_000 if fmt == "ogg" else RATE)
+    data, _ = sf.read(str(path), dtype="float32")
+    assert abs(len(data) / info.samplerate - 1.0) < 0.06
+    assert rms(data) > 0.2
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    """An error mid-write removes the partial file; nothing appears at the path."""
+    path = tmp_path / "x.ogg"
+    with pytest.raises(RuntimeError), audio.AudioWriter(path, "ogg", 48_000) as writer:
+        writer.write(tone(0.5, rate=48_000))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_is_refused(tmp_path: Path) -> None:
+    """Only wav, flac, ogg and mp3 are written."""
+    with pytest.raises(audio.AudioError, match="unknown format"):
+        audio.AudioWriter(tmp_path / "x.aac", "aac", 44_100)
