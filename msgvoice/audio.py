@@ -130,6 +130,7 @@ class AudioWriter:
     def commit(self) -> Path:
         """Finish the file and move it into place."""
         self._file.close()
+        os.chmod(self._tmp, 0o644)  # mkstemp made it private
         os.replace(self._tmp, self.path)
         return self.path
 

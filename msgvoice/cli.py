@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from msgvoice import __version__, app, commands
+from msgvoice import __version__, app, commands, doctor, service
 from msgvoice.audio import FORMATS
 from msgvoice.config import Config, ConfigError, load
 from msgvoice.pipeline import SpeechError, SpeechJob
@@ -54,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--format", choices=sorted(FORMATS), help="audio format")
     say.add_argument("--json", action="store_true", help="print a JSON report")
     say.add_argument("--config", type=Path, help="TOML config file")
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", type=Path, help="TOML config file")
+    run.add_argument("--console", action="store_true", help="also chat on stdin/stdout")
+    run.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    doc = sub.add_parser("doctor", help="check the set-up; exit 0 pass, 2 warning, 1 error")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.add_argument("--config", type=Path, help="TOML config file")
+    svc = sub.add_parser("service", help="install or inspect the launchd/systemd service")
+    svc.add_argument("action", choices=("install", "uninstall", "status", "print"))
+    kind = svc.add_mutually_exclusive_group()
+    kind.add_argument("--launchd", dest="kind", action="store_const", const="launchd")
+    kind.add_argument("--systemd", dest="kind", action="store_const", const="systemd")
+    svc.add_argument("--config", type=Path, help="TOML config file the service runs with")
     return parser
 
 
@@ -114,6 +127,69 @@ async def _say(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _doctor(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config, os.environ)
+    except ConfigError as exc:
+        result = doctor.config_error(str(exc))
+    else:
+        result = await doctor.report(config, app.engine_options(config))
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        marks = {"pass": "ok  ", "warning": "WARN", "error": "FAIL"}
+        for check in result["checks"]:
+            print(f"{marks[check['status']]} {check['name']}: {check['message']}")
+            if check.get("fix"):
+                print(f"     fix: {check['fix']}")
+    return {"pass": EXIT_OK, "warning": EXIT_USAGE, "error": EXIT_ERROR}[result["status"]]
+
+
+def _service(config: Config, args: argparse.Namespace) -> int:
+    kind = args.kind or service.default_kind()
+    if args.action == "print":
+        sys.stdout.write(service.render(config, kind, args.config))
+        return EXIT_OK
+    if args.action == "status":
+        print(service.status(config, kind))
+        return EXIT_OK
+    try:
+        if args.action == "install":
+            print(service.install(config, kind, args.config))
+        else:
+            print(service.uninstall(config, kind))
+    except service.ServiceError as exc:
+        print(f"msgvoice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def _logging(args: argparse.Namespace, fmt: str = "text") -> None:
+    """Log to stderr, text or JSON lines: INFO for the daemon, WARNING otherwise; -v lowers it."""
+    base = logging.INFO if args.command == "run" else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=base - 10 * args.verbose, handlers=[handler], force=True)
+
+
 def _run_main(coro_factory: object) -> int:
     """Run the command's coroutine; SIGTERM cancels it so every worker is stopped."""
 
@@ -134,14 +210,18 @@ def _run_main(coro_factory: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `msgvoice`."""
     args = _parser().parse_args(argv)
-    level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _logging(args)
+    if args.command == "doctor":
+        return asyncio.run(_doctor(args))
     try:
         config = load(args.config, os.environ)
         if args.command == "say":
             return _run_main(lambda: _say(config, args))
+        if args.command == "run":
+            _logging(args, args.log_format or config.daemon.log_format)
+            return asyncio.run(app.serve(config, console=args.console))
+        if args.command == "service":
+            return _service(config, args)
     except (ConfigError, UsageError, SpeechError) as exc:
         print(f"msgvoice: {exc}", file=sys.stderr)
         return EXIT_USAGE

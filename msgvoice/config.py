@@ -139,6 +139,40 @@ class HttpConfig:
     """Bearer token required on every request when set."""
     max_body_bytes: int = _key(256 * 1024, lo=64)
     """Largest request body accepted."""
+    allow: tuple[str, ...] = ()
+    """Chat ids or senders allowed to use the HTTP channel (empty = everyone)."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    drain_timeout_s: float = _key(30.0, lo=0, hi=3600)
+    """On SIGTERM, how long a running synthesis may finish before it is cancelled."""
+    log_format: str = _key("text", choices=("text", "json"))
+    """Log lines as text or as JSON objects."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    label: str = "com.msgvoice.daemon"
+    """launchd label of the agent."""
+    env: tuple[str, ...] = ()
+    """Names of environment variables copied into the service file (nothing else is)."""
+    throttle_interval_s: int = _key(10, lo=1, hi=3600)
+    """Least time between automatic restarts after a crash."""
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    base_url: str = ""
+    """OpenAI-compatible server that answers ordinary messages; empty = msgvoice does not."""
+    model: str = ""
+    """Chat model for answers."""
+    api_key: str = ""
+    """Bearer key for the responder server, if it wants one."""
+    system_prompt: str = "你是一个友好、简洁的聊天助手。回答尽量简短。"
+    """System prompt for answers."""
+    timeout_s: float = _key(60.0, lo=0.1, hi=3600)
+    """Bound on one answer."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +197,9 @@ class Config:
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
     auto: AutoConfig = field(default_factory=AutoConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    responder: ResponderConfig = field(default_factory=ResponderConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each non-default value came from: file, env NAME or alias NAME."""
@@ -229,17 +266,21 @@ def _from_env(kind: Any, text: str) -> Any:
             return text.lower() in _TRUE
         if kind in (int, float, str):
             return kind(text)
-        return json.loads(text) if text.startswith("[") else [float(x) for x in text.split(",")]
+        if text.startswith("["):
+            return json.loads(text)
+        item = typing.get_args(kind)[0]
+        return [_from_env(item, x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"expected {_KINDS.get(kind, ((), 'a list of numbers'))[1]}") from None
+        raise ValueError(f"expected {_KINDS.get(kind, ((), 'a list'))[1]}") from None
 
 
 def _typed(kind: Any, value: Any) -> Any:
     """Check a value against its key's type (bool is never a number); floats must be finite."""
-    if kind not in _KINDS:  # tuple[float, ...]
+    if kind not in _KINDS:  # tuple[float, ...] or tuple[str, ...]
+        item = typing.get_args(kind)[0]
         if not isinstance(value, list | tuple):
-            raise ValueError("expected a list of numbers")
-        return tuple(_typed(float, x) for x in value)
+            raise ValueError(f"expected a list of {_KINDS[item][1].split()[-1]}s")
+        return tuple(_typed(item, x) for x in value)
     types, name = _KINDS[kind]
     if not isinstance(value, types) or (kind is not bool and isinstance(value, bool)):
         raise ValueError(f"expected {name}")

@@ -230,6 +230,11 @@ class Supervisor:
         self.state = "busy"
         try:
             result = await self._call(worker, "synthesize", params, limit_s)
+        except asyncio.CancelledError:
+            # Its answer would be read as the next job's: this worker takes no further job.
+            worker.retire = worker.retire or "cancelled"
+            _signal_group(worker.proc.pid, signal.SIGKILL)
+            raise
         finally:
             if self.state == "busy":
                 self.state = "ready"

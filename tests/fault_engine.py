@@ -32,12 +32,15 @@ class FaultEngine:
         exit_at_start: bool = False,
         load_s: float = 0.0,
         leak_mb_per_job: int = 0,
+        delay_s: float | None = None,
     ) -> None:
         if exit_at_start:
             os._exit(5)
         time.sleep(load_s)
         self.marker_dir = Path(marker_dir) if marker_dir else None
         self.leak_mb_per_job = leak_mb_per_job
+        # A daemon builds the engine from config alone, so tests set the pace by env.
+        self.delay_s = float(os.environ.get("FAULT_DELAY_S", "0")) if delay_s is None else delay_s
         self._hoard: list[bytearray] = []
 
     def _fires(self, token: str | None) -> bool:
@@ -77,6 +80,7 @@ class FaultEngine:
                 time.sleep(3600)
             elif mode == "error":
                 raise ValueError("the engine refused this text")
+        time.sleep(self.delay_s)
         spoken = _DIRECTIVE.sub("", text)
         t = np.arange(int(RATE * 0.05 * max(1, len(spoken)))) / RATE
         return (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), RATE

@@ -1,0 +1,1 @@
+"""Chat channels: http, console (and, later, imessage and telegram)."""

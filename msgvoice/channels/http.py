@@ -1,0 +1,272 @@
+"""The HTTP channel (aiohttp): messages in, jobs and outbox out, audio files, health, metrics.
+
+Bad input is always a 4xx with `{"error": "..."}`, never a 500. Without a token the channel
+binds only to loopback; with one, every route but /healthz needs `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from msgvoice.config import Config, ConfigError
+from msgvoice.router import Outcome, Router
+from msgvoice.store import Job, Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AUDIO_NAME = re.compile(r"^[0-9a-f]{16}\.(ogg|wav|flac|mp3)$")
+CONTENT_TYPES = {"ogg": "audio/ogg", "wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
+CHAT_ID_MAX = 256
+OPEN_ROUTES = ("/healthz",)
+
+
+class BadRequest(Exception):
+    """A client error: status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _iso(ms: int) -> str:
+    stamp = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the channel on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job as `GET /v1/jobs/{id}` shows it."""
+    audio = None
+    if job.audio_name and job.state == "done":
+        audio = {
+            "url": f"/v1/audio/{job.audio_name}",
+            "format": job.audio_format,
+            "duration_s": job.duration_s,
+        }
+    return {
+        "id": job.id,
+        "chat_id": job.chat_id,
+        "kind": job.kind,
+        "state": job.state,
+        "text": job.text,
+        "style": job.style,
+        "emotion": job.emotion,
+        "audio": audio,
+        "error": job.error,
+        "timings": job.timings,
+    }
+
+
+class HttpChannel:
+    """Serves the HTTP API for the daemon."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        store: Store,
+        *,
+        doctor: Callable[[], Awaitable[dict[str, Any]]],
+        health: Callable[[], dict[str, Any]],
+        metrics: Callable[[], bytes],
+    ) -> None:
+        http = config.http
+        if not http.token and not is_loopback(http.host):
+            raise ConfigError(
+                f"http.host = {http.host!r} is not loopback: set http.token "
+                "(MSGVOICE_HTTP_TOKEN) before exposing the HTTP channel"
+            )
+        self.config, self.router, self.store = config, router, store
+        self.doctor, self.health, self.metrics = doctor, health, metrics
+        self.accepting = True
+        self.app = web.Application(
+            client_max_size=http.max_body_bytes, middlewares=[self._errors, self._auth]
+        )
+        self.app.add_routes(
+            [
+                web.post("/v1/messages", self._message),
+                web.post("/v1/chats/{chat_id}/replies", self._reply),
+                web.get("/v1/jobs/{job_id}", self._job),
+                web.get("/v1/chats/{chat_id}/outbox", self._outbox),
+                web.get("/v1/audio/{name}", self._audio),
+                web.get("/healthz", self._healthz),
+                web.get("/v1/doctor", self._doctor),
+                web.get("/metrics", self._metrics),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self.config.http.host}:{self.config.http.port}: "
+                f"{exc.strerror or exc} (set http.port / MSGVOICE_HTTP_PORT)"
+            ) from exc
+        self.port = int(self._runner.addresses[0][1])
+        log.info("http channel on %s:%d", self.config.http.host, self.port)
+
+    async def stop(self) -> None:
+        """Close the listener and open connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- middleware --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except web.HTTPException as exc:  # aiohttp's own 404, 405, 413 …
+            if exc.status < 400:
+                raise
+            return web.json_response({"error": exc.reason}, status=exc.status)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self.config.http.token
+        if token and request.path not in OPEN_ROUTES:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise BadRequest(401, "missing or wrong bearer token")
+        return await handler(request)
+
+    # -- input -------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, *required: str) -> dict[str, Any]:
+        if not self.accepting:
+            raise BadRequest(503, "shutting down")
+        try:
+            body = await request.json(loads=json.loads)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest(400, "body must be a JSON object")
+        for name in required:
+            if name not in body:
+                raise BadRequest(400, f"missing field {name!r}")
+        return body
+
+    def _string(self, body: dict[str, Any], name: str, limit: int, required: bool = True) -> str:
+        value = body.get(name)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str):
+            raise BadRequest(400, f"field {name!r} must be a string")
+        if required and not value.strip():
+            raise BadRequest(400, f"field {name!r} is empty")
+        if len(value) > limit:
+            raise BadRequest(413, f"field {name!r} is {len(value)} characters; limit {limit}")
+        return value
+
+    def _chat_id(self, raw: str) -> str:
+        if not raw.strip() or len(raw) > CHAT_ID_MAX:
+            raise BadRequest(400, f"chat_id must be 1-{CHAT_ID_MAX} characters")
+        return raw
+
+    @staticmethod
+    def _outcome(outcome: Outcome, **extra: str) -> web.Response:
+        return web.json_response(
+            {**extra, "jobs": outcome.jobs, "replies": outcome.replies}, status=202
+        )
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def _message(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "chat_id", "text")
+        chat_id = self._chat_id(self._string(body, "chat_id", CHAT_ID_MAX))
+        text = self._string(body, "text", self.config.text.max_chars)
+        sender = self._string(body, "sender", CHAT_ID_MAX, required=False) or None
+        outcome = await self.router.message(chat_id, text, sender, self.config.http.allow)
+        if outcome.ignored:
+            raise BadRequest(403, "this chat or sender is not on the allow-list")
+        return self._outcome(outcome, message_id=uuid.uuid4().hex[:16])
+
+    async def _reply(self, request: web.Request) -> web.Response:
+        chat_id = self._chat_id(request.match_info["chat_id"])
+        if not self.router.allowed(self.config.http.allow, chat_id, None):
+            raise BadRequest(403, "this chat is not on the allow-list")
+        body = await self._body(request, "text")
+        text = self._string(body, "text", self.config.text.max_chars)
+        return self._outcome(self.router.bot_reply(chat_id, text))
+
+    async def _job(self, request: web.Request) -> web.Response:
+        job = self.store.job(request.match_info["job_id"])
+        if job is None:
+            raise BadRequest(404, "no such job")
+        return web.json_response(job_json(job))
+
+    async def _outbox(self, request: web.Request) -> web.Response:
+        chat_id = self._chat_id(request.match_info["chat_id"])
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            raise BadRequest(400, "after must be an integer sequence number") from None
+        if not self.store.known_chat(chat_id):
+            raise BadRequest(404, "no such chat")
+        items = []
+        for row in self.store.outbox(chat_id, after):
+            item: dict[str, Any] = {
+                "seq": row["seq"],
+                "kind": row["kind"],
+                "created_at": _iso(row["created_at_ms"]),
+            }
+            if row["text"] is not None:
+                item["text"] = row["text"]
+            if row["audio_name"]:
+                item["audio_url"] = f"/v1/audio/{row['audio_name']}"
+            if row["job_id"]:
+                item["job_id"] = row["job_id"]
+            items.append(item)
+        return web.json_response({"items": items})
+
+    async def _audio(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        match = AUDIO_NAME.match(name)
+        path = self.config.state_dir / "audio" / name
+        if match is None or not path.is_file():
+            raise BadRequest(404, "no such audio")
+        return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[match.group(1)]})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        facts = self.health()
+        status = 503 if facts.get("worker", {}).get("state") == "failed" else 200
+        return web.json_response(facts, status=status)
+
+    async def _doctor(self, _request: web.Request) -> web.Response:
+        return web.json_response(await self.doctor())
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )

@@ -1,0 +1,147 @@
+"""The synthesis lane: one job at a time, in the order asked, latest-wins for auto replies.
+
+The journal decides what is stale: a queued automatic reply is superseded in the transaction
+that journals its newer sibling, and a running one still finishes, but `Store.finish` checks it
+is the chat's latest before delivering, so its audio is never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from msgvoice.pipeline import Speaker, SpeechError, SpeechJob
+from msgvoice.store import Job, Store
+from msgvoice.supervisor import WorkerError
+
+log = logging.getLogger(__name__)
+
+FAILURE_NOTICE = "语音生成失败：{reason}"
+
+Listener = Callable[[Job, str], None]
+"""Told of every job outcome: (job, state)."""
+
+
+class Lane:
+    """Runs journalled jobs through the speaker, one at a time."""
+
+    def __init__(
+        self, store: Store, speaker: Speaker, audio_dir: Path, fmt: str, auto_timeout_s: float
+    ) -> None:
+        self.store = store
+        self.speaker = speaker
+        self.audio_dir = audio_dir
+        self.fmt = fmt
+        self.auto_timeout_s = auto_timeout_s
+        self.listeners: list[Listener] = []
+        self.running: str | None = None
+        self._queue: collections.deque[str] = collections.deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        audio_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not counting the running one)."""
+        return len(self._queue)
+
+    def submit(self, job_id: str) -> None:
+        """Queue a journalled job."""
+        self._queue.append(job_id)
+        self._wake.set()
+
+    def resume(self) -> int:
+        """Queue the jobs a crash or restart left open; stale automatic replies are superseded.
+        Returns how many were queued again."""
+        resumed = 0
+        for job in self.store.open_jobs():
+            if not self.store.is_latest(job):
+                self.store.set_state(job.id, "superseded")
+                self._tell(job, "superseded")
+                continue
+            self.store.set_state(job.id, "queued")
+            self.submit(job.id)
+            resumed += 1
+        if resumed:
+            log.info("resumed %d open jobs from the journal", resumed)
+        return resumed
+
+    async def run(self) -> None:
+        """Serve the queue until cancelled."""
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            job = self.store.job(self._queue.popleft())
+            if job is None or job.state != "queued":
+                continue  # superseded while it waited
+            self.running = job.id
+            self._idle.clear()
+            try:
+                await self._execute(job)
+            finally:
+                self.running = None
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait (bounded) for the running job to finish; True if none runs afterwards."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _execute(self, job: Job) -> None:
+        self.store.set_state(job.id, "running")
+        out = self.audio_dir / f"{job.id}.{self.fmt}"
+        started = time.monotonic()
+        cap = self.auto_timeout_s if job.kind == "auto" else None
+        speech = SpeechJob(job.id, job.text, out, self.fmt, style=job.style, timeout_cap_s=cap)
+        try:
+            result = await self.speaker.speak(speech)
+        except (WorkerError, SpeechError, OSError) as exc:
+            self._failed(job, str(exc))
+            return
+        except Exception as exc:  # the lane must outlive any one job
+            log.exception("job %s failed unexpectedly", job.id)
+            self._failed(job, f"{type(exc).__name__}: {exc}")
+            return
+        delivered = self.store.finish(
+            job,
+            audio_name=out.name,
+            audio_format=self.fmt,
+            duration_s=result.duration_s,
+            emotion=result.emotion.as_json(),
+            timings=result.timings,
+        )
+        if not delivered:
+            out.unlink(missing_ok=True)
+        state = "done" if delivered else "superseded"
+        log.info(
+            "job %s %s: chat=%s kind=%s chars=%d audio_s=%.2f ms=%.0f",
+            job.id,
+            state,
+            job.chat_id,
+            job.kind,
+            len(job.text),
+            result.duration_s,
+            (time.monotonic() - started) * 1000,
+        )
+        self._tell(job, state)
+
+    def _failed(self, job: Job, reason: str) -> None:
+        told = self.store.fail(job, reason, FAILURE_NOTICE.format(reason=reason[:200]))
+        log.warning(
+            "job %s failed: chat=%s kind=%s reason=%s", job.id, job.chat_id, job.kind, reason
+        )
+        self._tell(job, "failed" if told else "superseded")
+
+    def _tell(self, job: Job, state: str) -> None:
+        for listener in self.listeners:
+            listener(job, state)

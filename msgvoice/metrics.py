@@ -1,0 +1,119 @@
+"""Prometheus metrics on a registry of the daemon's own (no module-level state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from msgvoice.store import Job, Store
+from msgvoice.supervisor import Supervisor
+
+
+class _Live(Collector):
+    """Figures read at scrape time from their owners."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        depth: Callable[[], int],
+        llm_calls: Callable[[], dict[str, int]],
+        superseded: Callable[[], int],
+    ) -> None:
+        self.supervisor, self.depth, self.llm_calls = supervisor, depth, llm_calls
+        self.superseded = superseded
+
+    def collect(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "msgvoice_worker_restarts", "Worker restarts by reason", labels=["reason"]
+        )
+        for reason, count in self.supervisor.restarts.items():
+            restarts.add_metric([reason], count)
+        yield restarts
+        yield GaugeMetricFamily(
+            "msgvoice_worker_rss_bytes",
+            "Worker memory (footprint on macOS)",
+            value=self.supervisor.rss_mb() * 2**20,
+        )
+        yield CounterMetricFamily(
+            "msgvoice_worker_jobs", "Worker requests completed", value=self.supervisor.jobs_done
+        )
+        yield GaugeMetricFamily(
+            "msgvoice_queue_depth", "Jobs waiting in the synthesis lane", value=self.depth()
+        )
+        yield CounterMetricFamily(
+            "msgvoice_jobs_superseded_before_run",
+            "Automatic replies replaced while queued",
+            value=self.superseded(),
+        )
+        llm = CounterMetricFamily(
+            "msgvoice_llm_calls", "Emotion LLM calls by outcome", labels=["outcome"]
+        )
+        for outcome, count in self.llm_calls().items():
+            llm.add_metric([outcome], count)
+        yield llm
+
+
+class Metrics:
+    """The daemon's metrics; `on_job` is a lane listener."""
+
+    def __init__(
+        self,
+        store: Store,
+        supervisor: Supervisor,
+        depth: Callable[[], int],
+        llm_calls: Callable[[], dict[str, int]],
+        superseded: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "msgvoice_jobs", "Jobs by kind and outcome", ["kind", "outcome"], registry=self.registry
+        )
+        self.synthesis = Histogram(
+            "msgvoice_synthesis_seconds",
+            "Wall time of a job's synthesis",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.rtf = Histogram(
+            "msgvoice_rtf",
+            "Synthesis time over audio duration",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.llm_latency = Histogram(
+            "msgvoice_emotion_seconds",
+            "Time to resolve emotion",
+            buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.registry.register(_Live(supervisor, depth, llm_calls, superseded))
+
+    def on_job(self, job: Job, state: str) -> None:
+        """Count a job outcome; time the ones that produced audio."""
+        self.jobs.labels(job.kind, state).inc()
+        done = self.store.job(job.id)
+        if done is None or not done.timings or not done.duration_s:
+            return
+        seconds = done.timings.get("total_ms", 0.0) / 1000
+        self.synthesis.observe(seconds)
+        self.rtf.observe(seconds / done.duration_s)
+        self.llm_latency.observe(done.timings.get("emotion_ms", 0.0) / 1000)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return bytes(generate_latest(self.registry))
+
+
+def as_dict(metrics: Metrics) -> dict[str, Any]:
+    """Sample values by name and labels (for tests and doctor)."""
+    out: dict[str, Any] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            key = sample.name + ("" if not sample.labels else str(sorted(sample.labels.items())))
+            out[key] = sample.value
+    return out

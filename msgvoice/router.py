@@ -1,0 +1,158 @@
+"""Routes chat lines and bot replies: `/tts` to the lane, `/mode` to chat state, replies to the
+auto lane per the chat's voice mode. Every reply goes through the chat's outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from msgvoice import commands
+from msgvoice.config import Config
+from msgvoice.lanes import Lane
+from msgvoice.store import Store
+from msgvoice.text import truncate
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "正在生成语音…"
+MODE_NAMES = {"both": "文字+语音", "text": "仅文字", "audio": "仅语音"}
+
+Answer = Callable[[str, str], Awaitable[str | None]]
+"""A responder: (chat id, message) → the bot's answer, or None."""
+
+
+def fingerprint(text: str) -> str:
+    """What a log may say about a user's text: its length and a short hash."""
+    return f"len={len(text)} sha={hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class Outcome:
+    """What a message caused: jobs queued and text replies sent."""
+
+    jobs: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    ignored: bool = False
+
+
+class OutboxBell:
+    """Rings for every chat whose outbox or jobs changed; each listener has its own queue."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[str]] = []
+
+    def subscribe(self) -> asyncio.Queue[str]:
+        """A queue that receives the chat id of every change from now on."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[str]) -> None:
+        """Stop receiving changes."""
+        self._queues.remove(queue)
+
+    def ring(self, chat_id: str) -> None:
+        """Tell every listener that `chat_id` changed."""
+        for queue in self._queues:
+            queue.put_nowait(chat_id)
+
+
+class Router:
+    """The daemon's message router."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        lane: Lane,
+        bell: OutboxBell,
+        *,
+        engine: str,
+        answer: Answer | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.lane = lane
+        self.bell = bell
+        self.engine = engine
+        self.answer = answer
+        self.superseded_at_submit = 0
+
+    @staticmethod
+    def allowed(allow: Sequence[str], chat_id: str, sender: str | None) -> bool:
+        """An empty allow-list lets everyone in; otherwise the chat or sender must be on it."""
+        return not allow or chat_id in allow or (sender is not None and sender in allow)
+
+    async def message(
+        self, chat_id: str, line: str, sender: str | None = None, allow: Sequence[str] = ()
+    ) -> Outcome:
+        """Handle one chat line."""
+        if not self.allowed(allow, chat_id, sender):
+            log.warning(
+                "ignored message from chat=%s sender=%s: not on the allow-list", chat_id, sender
+            )
+            return Outcome(ignored=True)
+        command = commands.parse(line)
+        log.info(
+            "message chat=%s command=%s %s", chat_id, type(command).__name__, fingerprint(line)
+        )
+        if isinstance(command, commands.Speak):
+            style = command.style or self.store.chat(chat_id).style
+            return Outcome(jobs=[self._queue(chat_id, "tts", command.text, style)])
+        if isinstance(command, commands.PlainText):
+            self.store.touch_chat(chat_id)
+            return await self._converse(chat_id, command.text)
+        return Outcome(replies=[self._say(chat_id, self._settings_reply(chat_id, command))])
+
+    def _settings_reply(self, chat_id: str, command: commands.Command) -> str:
+        if isinstance(command, commands.SetVoiceMode):
+            self.store.update_chat(chat_id, voice_mode=command.mode)
+            return f"已设置语音模式：{MODE_NAMES[command.mode]}"
+        if isinstance(command, commands.SetStyle):
+            self.store.update_chat(chat_id, style=command.style)
+            return f"已设置风格：{command.style}" if command.style else "已清除风格"
+        if isinstance(command, commands.ShowMode):
+            chat = self.store.chat(chat_id)
+            return (
+                f"语音模式：{MODE_NAMES.get(chat.voice_mode, chat.voice_mode)}；"
+                f"风格：{chat.style or '无'}；引擎：{self.engine}"
+            )
+        if isinstance(command, commands.Help):
+            return commands.HELP_TEXT
+        if isinstance(command, commands.Usage):
+            return command.message
+        assert isinstance(command, commands.Unknown)
+        return f"未知命令 /{command.name}，发送 /help 查看可用命令"
+
+    async def _converse(self, chat_id: str, text: str) -> Outcome:
+        if self.answer is None or not text:
+            return Outcome()
+        answer = await self.answer(chat_id, text)
+        return self.bot_reply(chat_id, answer) if answer else Outcome()
+
+    def bot_reply(self, chat_id: str, text: str) -> Outcome:
+        """A bot's reply to a chat, voiced per the chat's mode (text first in `both`)."""
+        mode = self.store.chat(chat_id).voice_mode
+        if mode == "text":
+            return Outcome(replies=[self._say(chat_id, text)])
+        spoken = truncate(text, self.config.auto.max_chars)
+        first = self._say(chat_id, text if mode == "both" else PLACEHOLDER)
+        job = self._queue(chat_id, "auto", spoken, self.store.chat(chat_id).style)
+        return Outcome(jobs=[job], replies=[first])
+
+    def _queue(self, chat_id: str, kind: str, text: str, style: str | None) -> str:
+        job_id, superseded = self.store.add_job(chat_id, kind, text, style)
+        self.superseded_at_submit += len(superseded)
+        for old in superseded:
+            log.info("job %s superseded by %s in chat=%s before it ran", old, job_id, chat_id)
+        self.lane.submit(job_id)
+        self.bell.ring(chat_id)
+        return job_id
+
+    def _say(self, chat_id: str, text: str) -> str:
+        self.store.add_text(chat_id, text)
+        self.bell.ring(chat_id)
+        return text

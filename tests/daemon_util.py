@@ -1,0 +1,120 @@
+"""Helpers to run the daemon in-process or as a real process, and to talk to it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from msgvoice import app
+from msgvoice.config import load
+from tests.conftest import REPO
+
+FAULT_ENGINE = "tests.fault_engine:FaultEngine"
+FINAL = ("done", "failed", "superseded")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running(state: Path, **env: str) -> AsyncIterator[tuple[app.Daemon, httpx.AsyncClient]]:
+    """A daemon in this process on an ephemeral port, with its lane running; `env` is set in
+    the real environment for its lifetime (the worker inherits it)."""
+    settings = {"MSGVOICE_STATE_DIR": str(state), "MSGVOICE_HTTP_PORT": "0", **env}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        config = load(None, os.environ)
+        async with app.daemon(config) as daemon, _lane(daemon) as client:
+            yield daemon, client
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.asynccontextmanager
+async def _lane(daemon: app.Daemon) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the lane and hand out a client for the daemon's HTTP channel."""
+    lane = asyncio.create_task(daemon.lane.run())
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{daemon.http.port}", timeout=30
+        ) as client:
+            yield client
+    finally:
+        lane.cancel()
+        await asyncio.gather(lane, return_exceptions=True)
+
+
+async def wait_job(client: httpx.AsyncClient, job_id: str, within: float = 60) -> dict[str, Any]:
+    """Poll a job until it reaches a final state."""
+    deadline = time.monotonic() + within
+    while True:
+        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}")).json()
+        if job["state"] in FINAL:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck in {job['state']}"
+        await asyncio.sleep(0.05)
+
+
+async def outbox(client: httpx.AsyncClient, chat_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = (await client.get(f"/v1/chats/{chat_id}/outbox")).json()["items"]
+    return items
+
+
+class DaemonProcess:
+    """`msgvoice run` as a real process on a free port."""
+
+    def __init__(self, state: Path, **env: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "MSGVOICE_STATE_DIR": str(state),
+            "MSGVOICE_HTTP_PORT": str(self.port),
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, within: float = 30) -> DaemonProcess:
+        log = open(self.env["MSGVOICE_STATE_DIR"] + ".log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "msgvoice", "run"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            assert self.proc.poll() is None, "daemon exited at start"
+            time.sleep(0.05)
+        raise AssertionError("daemon did not come up")
+
+    def worker_pid(self) -> int:
+        return int(httpx.get(self.url + "/healthz", timeout=5).json()["worker"]["pid"])
+
+    def signal(self, sig: signal.Signals) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)

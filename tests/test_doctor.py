@@ -1,0 +1,129 @@
+"""`msgvoice doctor`: pass on a fresh machine, clear errors for broken set-ups, bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO
+from tests.daemon_util import DaemonProcess, free_port
+from tests.fake_llm import FakeLLM
+
+
+def doctor(env: dict[str, str] | None = None, *args: str) -> tuple[int, dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "msgvoice", "doctor", "--json", *args],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MSGVOICE_HTTP_PORT": str(free_port()), **(env or {})},
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def by_name(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_fresh_machine_is_pass_or_warning_and_leaves_no_process() -> None:
+    """Defaults only (no LLM, no daemon, no service): never an error; the engine probe really
+    speaks; the JSON has the documented shape; no worker is left behind."""
+    before = {p.pid for p in psutil.process_iter()}
+    code, report = doctor()
+    assert code in (0, 2) and report["status"] in ("pass", "warning")
+    checks = by_name(report)
+    assert checks["engine"]["status"] == "pass" and "spoke" in checks["engine"]["message"]
+    assert checks["state_dir"]["status"] == "pass"
+    assert checks["llm"]["status"] == "pass" and "lexicon" in checks["llm"]["message"]
+    assert report["config"]["worker"]["rss_limit_mb"] == 4500
+    assert report["config"]["emotion"]["max_segments"] == 4
+    assert report["worker"]["state"] == "not running"
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.pid not in before and "msgvoice.worker" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert workers == []
+
+
+def test_invalid_config_value_is_an_error() -> None:
+    """A bad env value makes doctor exit 1 with the key named."""
+    code, report = doctor({"MSGVOICE_WORKER_RSS_LIMIT_MB": "big"})
+    assert code == 1 and report["status"] == "error"
+    assert "worker.rss_limit_mb" in by_name(report)["config"]["message"]
+
+
+def test_config_sources_are_reported() -> None:
+    """Where each value came from (env, alias) shows in the report."""
+    _, report = doctor({"TTS_EMO_MAX_SEGMENTS": "3"})
+    assert report["config_sources"]["emotion.max_segments"] == "alias TTS_EMO_MAX_SEGMENTS"
+    assert report["config"]["emotion"]["max_segments"] == 3
+
+
+def test_unwritable_state_dir_is_an_error(tmp_path: Path) -> None:
+    """A state dir that cannot be created is an error with a fix hint."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, report = doctor({"MSGVOICE_STATE_DIR": str(blocker / "state")})
+    assert code == 1
+    check = by_name(report)["state_dir"]
+    assert check["status"] == "error" and check["fix"]
+
+
+def test_unreachable_llm_is_a_warning() -> None:
+    """An LLM that does not answer is a warning (styles still work), with a fix."""
+    code, report = doctor({"LMSTUDIO_BASE_URL": f"http://127.0.0.1:{free_port()}"})
+    assert code == 2
+    check = by_name(report)["llm"]
+    assert check["status"] == "warning" and "LM Studio" in check["fix"]
+
+
+async def test_reachable_llm_with_missing_model_is_a_warning() -> None:
+    """A live server that does not list the configured model is a warning naming it."""
+    async with FakeLLM() as llm:
+        import asyncio  # noqa: PLC0415
+
+        good = await asyncio.to_thread(
+            doctor, {"LMSTUDIO_BASE_URL": llm.url + "/v1", "LMSTUDIO_EMO_MODEL": "emo-model"}
+        )
+        bad = await asyncio.to_thread(
+            doctor, {"LMSTUDIO_BASE_URL": llm.url, "LMSTUDIO_EMO_MODEL": "other"}
+        )
+    assert by_name(good[1])["llm"]["status"] == "pass"
+    assert by_name(bad[1])["llm"]["status"] == "warning"
+    assert "'other'" in by_name(bad[1])["llm"]["message"]
+
+
+def test_broken_engine_is_an_error() -> None:
+    """An engine that cannot load is an error, bounded, with a fix hint."""
+    code, report = doctor(
+        {"MSGVOICE_TTS_ENGINE": "no_such_module:Engine", "MSGVOICE_WORKER_MAX_START_FAILURES": "1"}
+    )
+    assert code == 1
+    check = by_name(report)["engine"]
+    assert check["status"] == "error" and "no_such_module" in check["message"]
+
+
+@pytest.mark.slow
+def test_running_daemon_facts_appear_and_match_metrics(clean_env: Path) -> None:
+    """With a daemon running, doctor shows its worker's pid and counters, as /metrics does."""
+    daemon = DaemonProcess(clean_env).start()
+    try:
+        import httpx  # noqa: PLC0415
+
+        code, report = doctor({"MSGVOICE_HTTP_PORT": str(daemon.port)})
+        assert code in (0, 2)
+        assert report["worker"]["pid"] == daemon.worker_pid()
+        assert by_name(report)["daemon"]["status"] == "pass"
+        metrics = httpx.get(daemon.url + "/metrics", timeout=5).text
+        assert f"msgvoice_worker_jobs_total {float(report['worker']['jobs_done'])}" in metrics
+    finally:
+        daemon.signal(__import__("signal").SIGTERM)
