@@ -206,3 +206,16 @@ async def test_soak_100_jobs_with_random_faults_loses_nothing(tmp_path: Path) ->
         assert done == 100 and sup.jobs_done == 100
         assert sup.restarts["crash"] == faults["crash"] + faults["garbage"]
         assert sup.restarts["timeout"] == faults["hang"]
+
+
+async def test_cancelled_job_never_hands_its_audio_to_the_next(tmp_path: Path) -> None:
+    """A job cancelled mid-synthesis retires its worker, so the next job gets its own audio."""
+    async with make(tmp_path) as sup:
+        slow = asyncio.create_task(sup.synthesize(req("[slow:1] a long one here")))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        result = await sup.synthesize(req("ab"))
+        assert result.samples.size == 16_000 * 0.05 * 2
+        assert result.attempts == 1 and sup.restarts["crash"] == 0  # no mix-up to recover from
