@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -41,10 +42,13 @@ class App:
     client: httpx.AsyncClient
 
 
-def engine_options(config: Config) -> dict[str, Any]:
-    """The options the worker's engine is constructed with."""
-    if config.tts.engine == "espeak":
-        return {"voice": config.tts.voice}
+def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
+    """The options an engine's worker constructs it with (the main engine by default)."""
+    engine = engine or config.tts.engine
+    if engine == "espeak":
+        return {"voice": config.tts.voice if engine == config.tts.engine else "cmn"}
+    if engine == "indextts2":
+        return dataclasses.asdict(config.indextts) | {"cache_dir": str(config.state_dir / "refs")}
     return {}
 
 
@@ -60,7 +64,19 @@ async def build(config: Config) -> AsyncIterator[App]:
         supervisor = await stack.enter_async_context(
             Supervisor(config.worker, config.tts.engine, engine_options(config), scratch)
         )
-        speaker = Speaker(config, supervisor, emotions)
+        fallbacks = [  # started only when first needed
+            await stack.enter_async_context(
+                Supervisor(
+                    dataclasses.replace(config.worker, eager=False),
+                    name,
+                    engine_options(config, name),
+                    scratch,
+                )
+            )
+            for name in config.tts.fallback
+            if name != config.tts.engine
+        ]
+        speaker = Speaker(config, [supervisor, *fallbacks], emotions)
         yield App(config, supervisor, emotions, speaker, analyser, client)
 
 
@@ -95,7 +111,7 @@ async def daemon(config: Config) -> AsyncIterator[Daemon]:
             store,
             lane,
             bell,
-            engine=config.tts.engine,
+            engine=built.speaker.active_engine,
             answer=responder.answer if responder else None,
         )
         metrics = Metrics(

@@ -43,6 +43,8 @@ class TtsConfig:
     """Voice handed to the engine (eSpeak voice name, or a reference voice name)."""
     format: str = _key("ogg", choices=("ogg", "wav", "flac", "mp3"))
     """Default output format when neither --format nor a file suffix says."""
+    fallback: tuple[str, ...] = ()
+    """Engines to use, in order, while the main one cannot start (e.g. ["espeak"])."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,48 @@ class ResponderConfig:
 
 @dataclass(frozen=True)
 class IndexTtsConfig:
+    model_dir: str = "checkpoints"
+    """IndexTTS2 checkpoints folder (config.yaml, gpt.pth, s2mel.pth, bpe.model, ...)."""
+    cfg_path: str = ""
+    """IndexTTS2 config file; empty = <model_dir>/config.yaml."""
+    ref_audio: str = ""
+    """Reference voice clip (any format soundfile reads); converted once to 16 kHz mono."""
+    voices_dir: str = ""
+    """Folder of named reference clips (name.wav, name.flac, ...) selectable as the voice."""
+    device: str = _key("auto", choices=("auto", "cuda", "mps", "cpu"))
+    """Where the model runs."""
+    precision: str = _key("auto", choices=("auto", "fp32", "fp16", "bf16"))
+    """auto: bf16 on sm_80+, fp16 on sm_70/75, fp32 on CPU and MPS."""
+    emo_alpha: float = _key(1.0, lo=0, hi=2)
+    """Weight of the emotion vector against the speaker's own delivery."""
+    use_emo_text: bool = False
+    """Let IndexTTS2 read emotion from text itself (slow, unstable; off: vectors are used)."""
+    use_accel: bool = False
+    """IndexTTS2's accelerated GPT2 engine (CUDA)."""
+    use_torch_compile: bool = False
+    """torch.compile the model (long warm-up; pays off for long-running workers)."""
+    use_cuda_kernel: bool = True
+    """BigVGAN's fused CUDA activation kernel (CUDA only)."""
+    use_deepspeed: bool = False
+    """DeepSpeed inference for the GPT (if installed)."""
+    top_k: int = _key(30, lo=0)
+    """GPT sampling top-k."""
+    top_p: float = _key(0.8, lo=0, hi=1)
+    """GPT sampling top-p."""
+    temperature: float = _key(0.8, lo=0.01, hi=5)
+    """GPT sampling temperature."""
+    max_mel_tokens: int = _key(1500, lo=50)
+    """Longest GPT output per segment."""
+    max_text_tokens_per_segment: int = _key(120, lo=20)
+    """IndexTTS2's own segmenting of the text it is given."""
+    interval_silence_ms: int = _key(200, lo=0, hi=5000)
+    """Silence IndexTTS2 puts between its own segments."""
+    tf32: bool = True
+    """Allow TF32 matmuls on Ampere and newer GPUs."""
+    cudnn_benchmark: bool = False
+    """cuDNN autotuning (helps fixed shapes, hurts varied ones)."""
+    empty_cache: bool = True
+    """gc and empty the CUDA/MPS cache after each job."""
     max_seq_length: int = _key(0, lo=0)
     """GPT cache length (0 = upstream default 8192; the seeds suggest 4096)."""
     diffusion_steps: int = _key(25, lo=1, hi=200)
@@ -233,10 +277,21 @@ ALIASES: dict[str, str] = {
     "INDEX_TTS_DIFFUSION_STEPS": "indextts.diffusion_steps",
     "INDEX_TTS_NUM_BEAMS": "indextts.num_beams",
     "INDEX_TTS_MPS_MEMORY_FRACTION": "indextts.mps_memory_fraction",
+    "INDEX_TTS_MODEL_DIR": "indextts.model_dir",
+    "INDEX_TTS_CONFIG": "indextts.cfg_path",
+    "INDEX_TTS_DEVICE": "indextts.device",
+    "INDEX_TTS_FP16": "indextts.precision",
+    "INDEXTTS_REF_AUDIO": "indextts.ref_audio",
+    "INDEX_TTS_EMO_ALPHA": "indextts.emo_alpha",
     "LMSTUDIO_BASE_URL": "emotion.llm_base_url",
     "LMSTUDIO_EMO_MODEL": "emotion.llm_model",
     "LMSTUDIO_API_KEY": "emotion.llm_api_key",
 }
+
+ALIAS_VALUES: dict[str, dict[str, str]] = {
+    "INDEX_TTS_FP16": {"1": "fp16", "true": "fp16", "0": "fp32", "false": "fp32"},
+}
+"""Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -330,11 +385,12 @@ def _candidates(
     found: list[tuple[str, Any, bool]] = []
     if key in table:
         found.append((f"file {path}", table[key], False))
-    found += [
-        (f"alias {a}", environ[a], True)
-        for a, target in ALIASES.items()
-        if target == dotted and a in environ
-    ]
+    for alias, target in ALIASES.items():
+        if target == dotted and alias in environ:
+            raw = environ[alias]
+            found.append(
+                (f"alias {alias}", ALIAS_VALUES.get(alias, {}).get(raw.lower(), raw), True)
+            )
     env_name = f"MSGVOICE_{section}_{key}".upper()
     if env_name in environ:
         found.append((f"env {env_name}", environ[env_name], True))

@@ -119,6 +119,8 @@ class Lane:
             duration_s=result.duration_s,
             emotion=result.emotion.as_json(),
             timings=result.timings,
+            engine=result.engine,
+            fallback_from=result.fallback_from,
         )
         if not delivered:
             out.unlink(missing_ok=True)

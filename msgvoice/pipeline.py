@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from msgvoice import audio, text
 from msgvoice.config import Config
 from msgvoice.emotion import EmotionResult, Emotions, to_prosody
 from msgvoice.samples import Samples
-from msgvoice.supervisor import Supervisor, SynthRequest
+from msgvoice.supervisor import Supervisor, Synthesis, SynthRequest, WorkerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class SpeechResult:
     emotion: EmotionResult
     segments: int
     timings: dict[str, float] = field(default_factory=dict)
+    fallback_from: str | None = None
+    """The main engine, when it could not start and a fallback spoke instead."""
 
     def as_json(self) -> dict[str, Any]:
         """The `say --json` object."""
@@ -64,20 +66,34 @@ class SpeechResult:
             "engine": self.engine,
             "segments": self.segments,
             "emotion": self.emotion.as_json(),
-            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "fallback_from": self.fallback_from,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
 
 class Speaker:
-    """Turns text into an audio file through the supervised worker."""
+    """Turns text into an audio file through the supervised worker (or a fallback's)."""
 
-    def __init__(self, config: Config, supervisor: Supervisor, emotions: Emotions) -> None:
+    def __init__(self, config: Config, supervisors: list[Supervisor], emotions: Emotions) -> None:
         self.config = config
-        self.supervisor = supervisor
+        self.supervisors = supervisors
+        """The main engine's supervisor first, then the fallbacks' in order."""
         self.emotions = emotions
         self.shaping = audio.Shaping(
             config.audio.fade_ms, config.audio.gap_ms, config.audio.silence_db
         )
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The main engine's supervisor."""
+        return self.supervisors[0]
+
+    def active_engine(self) -> str:
+        """The engine new jobs will use: the main one unless it is marked failed."""
+        main = self.supervisor
+        if main.state != "failed" or len(self.supervisors) == 1:
+            return main.engine
+        return f"{self.supervisors[1].engine}（{main.engine} 不可用，已回退）"
 
     def segments(self, message: str) -> list[str]:
         """The segments a message is spoken in; SpeechError when there is nothing to say."""
@@ -90,15 +106,42 @@ class Speaker:
             raise SpeechError("nothing to speak")
         return pieces
 
+    async def _synthesize(self, request: SynthRequest, used: list[str]) -> Synthesis:
+        """Ask the main engine; while it cannot start, the fallbacks in order. The engine that
+        spoke is appended to `used`."""
+        for supervisor in self.supervisors:
+            if supervisor is not self.supervisor:
+                request = replace(request, voice=None)  # the main engine's voice names
+            try:
+                synthesis = await supervisor.synthesize(request)
+            except WorkerUnavailable as exc:
+                if supervisor is self.supervisors[-1]:
+                    raise
+                log.warning(
+                    "engine %s unavailable for job %s, falling back: %s",
+                    supervisor.engine,
+                    request.job_id,
+                    exc,
+                )
+                continue
+            used.append(supervisor.engine)
+            return synthesis
+        raise AssertionError("unreachable")
+
     async def speak(self, job: SpeechJob, progress: Progress | None = None) -> SpeechResult:
         """Synthesise `job.text` into `job.out`; the file appears only when complete."""
         started = time.perf_counter()
         pieces = self.segments(job.text)
         emotion = await self.emotions.resolve(job.style, pieces)
-        emotion_ms = (time.perf_counter() - started) * 1000
-        timings = {"emotion_ms": emotion_ms, "synth_ms": 0.0, "worker_ms": 0.0, "encode_ms": 0.0}
+        timings = {
+            "emotion_ms": (time.perf_counter() - started) * 1000,
+            "synth_ms": 0.0,
+            "worker_ms": 0.0,
+            "encode_ms": 0.0,
+        }
         writer: audio.AudioWriter | None = None
         encoding: asyncio.Task[float] | None = None
+        used: list[str] = []
         try:
             for i, (piece, vector) in enumerate(zip(pieces, emotion.vectors, strict=True)):
                 request = SynthRequest(
@@ -109,9 +152,8 @@ class Speaker:
                     vector,
                     job.timeout_cap_s,
                 )
-                synthesis = await self.supervisor.synthesize(request)
-                timings["synth_ms"] += synthesis.synth_s * 1000
-                timings["worker_ms"] += synthesis.wall_s * 1000
+                synthesis = await self._synthesize(request, used)
+                _add_times(timings, synthesis)
                 if writer is None:
                     rate = audio.output_rate(
                         job.fmt, synthesis.sample_rate, self.config.audio.opus_rate_hz
@@ -136,23 +178,29 @@ class Speaker:
                 writer.abort()
             raise
         timings["total_ms"] = (time.perf_counter() - started) * 1000
+        if writer.duration_s:
+            timings["rtf"] = timings["total_ms"] / 1000 / writer.duration_s
+        engine = used[-1]
         log.info(
-            "spoke job=%s segments=%d chars=%d duration_s=%.2f source=%s total_ms=%.0f",
+            "spoke job=%s segments=%d chars=%d duration_s=%.2f engine=%s source=%s total_ms=%.0f",
             job.job_id,
             len(pieces),
             sum(map(len, pieces)),
             writer.duration_s,
+            engine,
             emotion.source,
             timings["total_ms"],
         )
+        fallback = self.supervisor.engine if engine != self.supervisor.engine else None
         return SpeechResult(
             job.out,
             job.fmt,
             writer.duration_s,
-            self.supervisor.engine,
+            engine,
             emotion,
             len(pieces),
             timings,
+            fallback_from=fallback,
         )
 
     def _encode(
@@ -165,3 +213,11 @@ class Speaker:
             writer.write(audio.gap(writer.rate, self.shaping))
         writer.write(audio.resample(shaped, rate, writer.rate))
         return (time.perf_counter() - started) * 1000
+
+
+def _add_times(timings: dict[str, float], synthesis: Synthesis) -> None:
+    """Add one segment's worker figures (and engine stages) to the job's timings."""
+    timings["synth_ms"] += synthesis.synth_s * 1000
+    timings["worker_ms"] += synthesis.wall_s * 1000
+    for stage, ms in synthesis.stages.items():
+        timings[stage] = timings.get(stage, 0.0) + ms

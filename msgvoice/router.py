@@ -70,7 +70,7 @@ class Router:
         lane: Lane,
         bell: OutboxBell,
         *,
-        engine: str,
+        engine: Callable[[], str],
         answer: Answer | None = None,
     ) -> None:
         self.config = config
@@ -118,7 +118,7 @@ class Router:
             chat = self.store.chat(chat_id)
             return (
                 f"语音模式：{MODE_NAMES.get(chat.voice_mode, chat.voice_mode)}；"
-                f"风格：{chat.style or '无'}；引擎：{self.engine}"
+                f"风格：{chat.style or '无'}；引擎：{self.engine()}"
             )
         if isinstance(command, commands.Help):
             return commands.HELP_TEXT

@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration_s REAL,
     error TEXT,
     timings TEXT,
+    engine TEXT,
+    fallback_from TEXT,
     created_at_ms INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL
 );
@@ -96,6 +98,8 @@ class Job:
     error: str | None
     timings: dict[str, float] | None
     created_at_ms: int
+    engine: str | None = None
+    fallback_from: str | None = None
 
 
 class Store:
@@ -110,6 +114,10 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for column in ("engine", "fallback_from"):  # journals from before these columns
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         """Close the database."""
@@ -234,6 +242,8 @@ class Store:
         duration_s: float,
         emotion: dict[str, Any],
         timings: dict[str, float],
+        engine: str,
+        fallback_from: str | None = None,
     ) -> bool:
         """Deliver a finished job's audio, unless a newer automatic reply made it stale.
         Returns whether it was delivered."""
@@ -241,7 +251,8 @@ class Store:
             latest = self.is_latest(job)
             db.execute(
                 "UPDATE jobs SET state = ?, audio_name = ?, audio_format = ?, duration_s = ?,"
-                " emotion = ?, timings = ?, updated_at_ms = ? WHERE id = ?",
+                " emotion = ?, timings = ?, engine = ?, fallback_from = ?, updated_at_ms = ?"
+                " WHERE id = ?",
                 (
                     "done" if latest else "superseded",
                     audio_name,
@@ -249,6 +260,8 @@ class Store:
                     duration_s,
                     json.dumps(emotion),
                     json.dumps(timings),
+                    engine,
+                    fallback_from,
                     now_ms(),
                     job.id,
                 ),
@@ -360,4 +373,6 @@ def _job(row: sqlite3.Row) -> Job:
         error=row["error"],
         timings=json.loads(row["timings"]) if row["timings"] else None,
         created_at_ms=row["created_at_ms"],
+        engine=row["engine"],
+        fallback_from=row["fallback_from"],
     )

@@ -81,6 +81,8 @@ class Synthesis:
     synth_s: float
     wall_s: float
     attempts: int
+    stages: dict[str, float] = field(default_factory=dict)
+    """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Supervisor:
         self.last_error = ""
         self.start_failures = 0
         self.state = "stopped"
+        self.engine_facts: dict[str, Any] = {}
+        """What the engine said about itself when its worker last became ready."""
         self._worker: _Worker | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -201,6 +205,7 @@ class Supervisor:
                     float(result["synth_s"]),
                     time.monotonic() - started,
                     attempt,
+                    dict(result.get("stages") or {}),
                 )
         raise AssertionError("unreachable")
 
@@ -424,6 +429,7 @@ class Supervisor:
             await self._stop("start", kill=True)
             raise _StartFailed(str(message.get("error") or message)[:500])
         worker.ready_s = time.monotonic() - started
+        self.engine_facts = dict(message.get("facts") or {})
         if self.config.max_jobs:
             worker.job_limit = self.config.max_jobs + random.randint(0, self.config.max_jobs_jitter)
         self.state = "ready"

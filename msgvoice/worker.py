@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from msgvoice.engines.base import Engine, Prosody, load_engine
+from msgvoice.engines.base import Engine, Prosody, load_engine, stage_times
 from msgvoice.samples import to_float32
 
 log = logging.getLogger("msgvoice.worker")
@@ -81,6 +81,7 @@ def synthesize(engine: Engine, params: dict[str, Any]) -> dict[str, Any]:
         "samples": int(audio.size),
         "duration_s": audio.size / rate,
         "synth_s": synth_s,
+        "stages": stage_times(engine),
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -254,3 +254,29 @@ async def test_metrics_count_jobs_and_show_worker_facts(clean_env: Path) -> None
     assert 'msgvoice_worker_restarts_total{reason="crash"} 0.0' in text
     assert "msgvoice_worker_rss_bytes" in text and "msgvoice_queue_depth 0.0" in text
     assert "msgvoice_synthesis_seconds_count 1.0" in text
+
+
+def test_json_logs_parse_and_never_carry_the_users_text(clean_env: Path) -> None:
+    """With --log-format json every log line is a JSON object, and a user's message appears
+    only as its length and a short hash."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from tests.daemon_util import free_port  # noqa: PLC0415
+
+    secret = "我的银行密码是一二三四"
+    done = subprocess.run(
+        [sys.executable, "-m", "msgvoice", "run", "--console", "--log-format", "json"],
+        cwd=REPO,
+        check=False,
+        input=f"/tts {secret}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MSGVOICE_HTTP_PORT": str(free_port())},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert any("sha=" in line["msg"] for line in lines)
+    assert {"ts", "level", "logger", "msg"} <= set(lines[0])
+    assert secret not in done.stderr

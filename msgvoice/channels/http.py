@@ -74,6 +74,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "audio": audio,
         "error": job.error,
         "timings": job.timings,
+        "engine": job.engine,
+        "fallback_from": job.fallback_from,
     }
 
 

