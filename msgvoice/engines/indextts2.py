@@ -114,6 +114,7 @@ class IndexTts2Engine:
 
     def __init__(
         self,
+        *,
         model_dir: str = "checkpoints",
         cfg_path: str = "",
         ref_audio: str = "",
