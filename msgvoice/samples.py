@@ -9,6 +9,8 @@ import numpy.typing as npt
 
 Samples = npt.NDArray[np.float32]
 INT16_SCALE = 32768.0
+HOT_FLOAT_MAX = 4.0
+"""Float peaks up to this are over-driven float audio; above it, PCM values in a float array."""
 
 
 class SampleError(ValueError):
@@ -37,6 +39,8 @@ def to_float32(samples: Any) -> Samples:
     if not np.all(np.isfinite(array)):
         raise SampleError("engine returned NaN or infinite samples")
     peak = float(np.max(np.abs(array)))
-    if peak > 1.0:
+    if peak > HOT_FLOAT_MAX:  # PCM values carried in a float array
         array = array / (INT16_SCALE if peak <= INT16_SCALE else peak)
+    elif peak > 1.0:  # float audio a little too hot: scale down, never clip
+        array = array / peak
     return array.astype(np.float32, copy=False)

@@ -28,6 +28,12 @@ def test_int16_range_floats_are_rescaled_not_clipped() -> None:
     assert np.allclose(out, tone(0.1, amp=0.5), atol=1e-4)
 
 
+def test_slightly_hot_float_is_scaled_down_not_mistaken_for_pcm() -> None:
+    """A float array peaking at 1.25 keeps its level (scaled to peak 1), not divided by 32768."""
+    out = to_float32(tone(0.1, amp=1.25))
+    assert float(np.abs(out).max()) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_integer_pcm_and_stereo_become_mono_float() -> None:
     """int16 PCM is scaled by its range; (n, 2) stereo is averaged to mono."""
     pcm = (tone(0.1) * 32767).astype(np.int16)

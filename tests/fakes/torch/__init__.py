@@ -8,17 +8,19 @@ from types import SimpleNamespace
 
 from fakelog import record
 
-_DEVICE = os.environ.get("FAKE_TORCH_DEVICE", "cpu")
+
+def _device() -> str:
+    return os.environ.get("FAKE_TORCH_DEVICE", "cpu")
 
 
 class _Cuda:
     @staticmethod
     def is_available() -> bool:
-        return _DEVICE.startswith("cuda")
+        return _device().startswith("cuda")
 
     @staticmethod
     def get_device_capability(device: object = None) -> tuple[int, int]:
-        major, minor = _DEVICE.split(":")[1].split(".")
+        major, minor = _device().split(":")[1].split(".")
         return int(major), int(minor)
 
     @staticmethod
@@ -41,5 +43,5 @@ mps = _Mps()
 backends = SimpleNamespace(
     cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=False)),
     cudnn=SimpleNamespace(allow_tf32=True, benchmark=False),
-    mps=SimpleNamespace(is_available=lambda: _DEVICE == "mps"),
+    mps=SimpleNamespace(is_available=lambda: _device() == "mps"),
 )
