@@ -17,6 +17,8 @@ from msgvoice import doctor
 from msgvoice.analyser import Analyser
 from msgvoice.channels.console import ConsoleChannel
 from msgvoice.channels.http import HttpChannel
+from msgvoice.channels.imessage import ImessageChannel
+from msgvoice.channels.telegram import TelegramChannel
 from msgvoice.config import Config
 from msgvoice.emotion import Emotions
 from msgvoice.lanes import Lane
@@ -91,6 +93,8 @@ class Daemon:
     bell: OutboxBell
     http: HttpChannel
     metrics: Metrics
+    channels: list[Any]
+    """Push channels (Telegram, iMessage): each has `async run()`."""
 
 
 @contextlib.asynccontextmanager
@@ -138,7 +142,16 @@ async def daemon(config: Config) -> AsyncIterator[Daemon]:
         http = HttpChannel(
             config, router, store, doctor=doctor_report, health=health, metrics=metrics.render
         )
-        part = Daemon(built, store, lane, router, bell, http, metrics)
+        channels: list[Any] = []
+        if config.telegram.enabled:
+            channels.append(
+                TelegramChannel(
+                    config.telegram, router, store, bell, client=built.client, audio_dir=audio_dir
+                )
+            )
+        if config.imessage.enabled:
+            channels.append(ImessageChannel(config.imessage, router, store, bell, audio_dir))
+        part = Daemon(built, store, lane, router, bell, http, metrics, channels)
         await part.http.start()
         stack.push_async_callback(part.http.stop)
         lane.resume()
@@ -155,6 +168,7 @@ async def serve(config: Config, console: bool = False) -> int:
     async with daemon(config) as part:
         log.info("msgvoice running: engine=%s state_dir=%s", config.tts.engine, config.state_dir)
         tasks = [asyncio.create_task(part.lane.run(), name="lane")]
+        tasks += [asyncio.create_task(ch.run(), name=type(ch).__name__) for ch in part.channels]
         if console:
             channel = ConsoleChannel(part.router, part.store, part.bell, config.state_dir / "audio")
             tasks += [

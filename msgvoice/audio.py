@@ -161,3 +161,14 @@ class AudioWriter:
 def read_raw(path: Path) -> Samples:
     """Read a worker's raw little-endian float32 output file."""
     return np.fromfile(path, dtype="<f4").astype(np.float32, copy=False)
+
+
+def convert(src: Path, fmt: str, rate: int) -> Path:
+    """`src` re-encoded as `fmt` at `rate` beside it (made once; reused afterwards)."""
+    target = src.with_name(f"{src.stem}.{rate // 1000}k.{fmt}")
+    if not target.exists():
+        data, src_rate = sf.read(str(src), dtype="float32", always_2d=False)
+        with AudioWriter(target, fmt, rate) as writer:
+            writer.write(resample(to_float32(data), src_rate, rate))
+            writer.commit()
+    return target

@@ -146,6 +146,34 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class TelegramConfig:
+    enabled: bool = False
+    """Run the Telegram channel (TOML: [channels.telegram])."""
+    token: str = ""
+    """Bot API token from @BotFather."""
+    base_url: str = "https://api.telegram.org"
+    """Bot API server (a local telegram-bot-api server works too)."""
+    poll_timeout_s: int = _key(30, lo=0, hi=50)
+    """Long-polling wait of getUpdates."""
+    allow: tuple[str, ...] = ()
+    """Telegram chat or user ids allowed to use commands (empty = everyone)."""
+
+
+@dataclass(frozen=True)
+class ImessageConfig:
+    enabled: bool = False
+    """Run the iMessage channel through `imsg rpc` (TOML: [channels.imessage])."""
+    command: tuple[str, ...] = ("imsg", "rpc")
+    """The imsg program and its arguments."""
+    request_timeout_s: float = _key(15.0, lo=0.1, hi=600)
+    """Bound on one JSON-RPC request to imsg."""
+    voice_format: str = _key("caf", choices=("caf", "mp3"))
+    """caf: Opus 24 kHz in CAF (voice bubbles; needs ffmpeg with libopus); else MP3."""
+    allow: tuple[str, ...] = ()
+    """Chat ids or sender handles allowed to use commands (empty = everyone)."""
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     drain_timeout_s: float = _key(30.0, lo=0, hi=3600)
     """On SIGTERM, how long a running synthesis may finish before it is cancelled."""
@@ -244,6 +272,8 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     responder: ResponderConfig = field(default_factory=ResponderConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    imessage: ImessageConfig = field(default_factory=ImessageConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each non-default value came from: file, env NAME or alias NAME."""
@@ -286,12 +316,16 @@ ALIASES: dict[str, str] = {
     "LMSTUDIO_BASE_URL": "emotion.llm_base_url",
     "LMSTUDIO_EMO_MODEL": "emotion.llm_model",
     "LMSTUDIO_API_KEY": "emotion.llm_api_key",
+    "TELEGRAM_BOT_TOKEN": "telegram.token",
 }
 
 ALIAS_VALUES: dict[str, dict[str, str]] = {
     "INDEX_TTS_FP16": {"1": "fp16", "true": "fp16", "0": "fp32", "false": "fp32"},
 }
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
+
+CHANNEL_SECTIONS = ("telegram", "imessage")
+"""Sections written as [channels.<name>] in TOML."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -364,6 +398,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for name, table in data.pop("channels", {}).items():  # [channels.telegram] → [telegram]
+        data[name if name in CHANNEL_SECTIONS else f"channels.{name}"] = table
     known = sections()
     for name, table in data.items():
         if name not in known:

@@ -22,6 +22,7 @@ import soundfile as sf
 from msgvoice import service
 from msgvoice.analyser import base_url
 from msgvoice.audio import FORMATS
+from msgvoice.channels.imessage import caf_encoder
 from msgvoice.config import Config
 from msgvoice.supervisor import Supervisor, SynthRequest, WorkerError
 
@@ -88,6 +89,14 @@ def check_encoders(config: Config) -> Check:
             "warning",
             f"libsndfile cannot write {', '.join(missing)}",
             "pip install -U soundfile",
+        )
+    if config.imessage.enabled and config.imessage.voice_format == "caf" and caf_encoder() is None:
+        return Check(
+            "encoders",
+            "warning",
+            "no ffmpeg with libopus: iMessage voice notes go "
+            "out as MP3 attachments, not voice bubbles",
+            "install ffmpeg (brew install ffmpeg) and restart msgvoice",
         )
     ffmpeg = shutil.which("ffmpeg")
     extra = f"; ffmpeg at {ffmpeg}" if ffmpeg else "; no ffmpeg (only needed for CAF voice notes)"

@@ -105,7 +105,7 @@ class Router:
         if isinstance(command, commands.PlainText):
             self.store.touch_chat(chat_id)
             return await self._converse(chat_id, command.text)
-        return Outcome(replies=[self._say(chat_id, self._settings_reply(chat_id, command))])
+        return Outcome(replies=[self.say(chat_id, self._settings_reply(chat_id, command))])
 
     def _settings_reply(self, chat_id: str, command: commands.Command) -> str:
         if isinstance(command, commands.SetVoiceMode):
@@ -137,9 +137,9 @@ class Router:
         """A bot's reply to a chat, voiced per the chat's mode (text first in `both`)."""
         mode = self.store.chat(chat_id).voice_mode
         if mode == "text":
-            return Outcome(replies=[self._say(chat_id, text)])
+            return Outcome(replies=[self.say(chat_id, text)])
         spoken = truncate(text, self.config.auto.max_chars)
-        first = self._say(chat_id, text if mode == "both" else PLACEHOLDER)
+        first = self.say(chat_id, text if mode == "both" else PLACEHOLDER)
         job = self._queue(chat_id, "auto", spoken, self.store.chat(chat_id).style)
         return Outcome(jobs=[job], replies=[first])
 
@@ -152,7 +152,8 @@ class Router:
         self.bell.ring(chat_id)
         return job_id
 
-    def _say(self, chat_id: str, text: str) -> str:
+    def say(self, chat_id: str, text: str) -> str:
+        """Send a text to a chat (through its outbox)."""
         self.store.add_text(chat_id, text)
         self.bell.ring(chat_id)
         return text

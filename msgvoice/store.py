@@ -322,11 +322,13 @@ class Store:
         ).fetchall()
         return [dict(r) for r in rows]
 
-    def unsent(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Outbox items no push channel has acknowledged yet, oldest first."""
+    def unsent(self, prefix: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox items of a push channel's chats (ids starting with `prefix`) not yet
+        acknowledged, oldest first."""
         rows = self._db.execute(
-            "SELECT * FROM outbox WHERE sent_at_ms IS NULL ORDER BY created_at_ms, seq LIMIT ?",
-            (limit,),
+            "SELECT * FROM outbox WHERE sent_at_ms IS NULL AND substr(chat_id, 1, ?) = ?"
+            " ORDER BY created_at_ms, seq LIMIT ?",
+            (len(prefix), prefix, limit),
         ).fetchall()
         return [dict(r) for r in rows]
 

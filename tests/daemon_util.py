@@ -51,16 +51,18 @@ async def running(state: Path, **env: str) -> AsyncIterator[tuple[app.Daemon, ht
 
 @contextlib.asynccontextmanager
 async def _lane(daemon: app.Daemon) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the lane and hand out a client for the daemon's HTTP channel."""
-    lane = asyncio.create_task(daemon.lane.run())
+    """Run the lane and the push channels; hand out a client for the HTTP channel."""
+    tasks = [asyncio.create_task(daemon.lane.run())]
+    tasks += [asyncio.create_task(channel.run()) for channel in daemon.channels]
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{daemon.http.port}", timeout=30
         ) as client:
             yield client
     finally:
-        lane.cancel()
-        await asyncio.gather(lane, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def wait_job(client: httpx.AsyncClient, job_id: str, within: float = 60) -> dict[str, Any]:

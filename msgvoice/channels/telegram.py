@@ -1,0 +1,162 @@
+"""The Telegram channel: Bot API long polling in, sendMessage / sendVoice out.
+
+The getUpdates offset is journalled after each update is handled, so a restart neither replays
+nor misses messages. Voice notes go as OGG/Opus 48 kHz mono through sendVoice (a voice bubble,
+not a file). 429 waits out `retry_after`; network errors and 5xx back off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from msgvoice import audio
+from msgvoice.channels.outbox import BACKOFF_MAX_S, ChannelError, OutboxPump
+from msgvoice.config import TelegramConfig
+from msgvoice.router import OutboxBell, Router
+from msgvoice.store import Store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tg:"
+CURSOR = "telegram.offset"
+VOICE_RATE = 48_000
+TEXT_ONLY = "目前只支持文字消息，发送 /help 查看可用命令"
+
+
+class TelegramChannel:
+    """Telegram through the Bot API over one shared httpx client."""
+
+    def __init__(
+        self,
+        config: TelegramConfig,
+        router: Router,
+        store: Store,
+        bell: OutboxBell,
+        *,
+        client: httpx.AsyncClient,
+        audio_dir: Path,
+    ) -> None:
+        self.config, self.router, self.store = config, router, store
+        self.client, self.audio_dir = client, audio_dir
+        self.url = f"{config.base_url.rstrip('/')}/bot{config.token}"
+        self.pump = OutboxPump(store, bell, PREFIX, self._send)
+
+    async def run(self) -> None:
+        """Poll for updates and push the outbox until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._poll())
+            group.create_task(self.pump.run())
+
+    async def call(
+        self,
+        method: str,
+        files: dict[str, Any] | None = None,
+        timeout_s: float = 30.0,
+        **params: Any,
+    ) -> Any:
+        """One Bot API call; ChannelError (with retry_after on 429) when it fails."""
+        try:
+            if files:
+                response = await self.client.post(
+                    f"{self.url}/{method}", data=params, files=files, timeout=timeout_s
+                )
+            else:
+                response = await self.client.post(
+                    f"{self.url}/{method}", json=params, timeout=timeout_s
+                )
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ChannelError(f"{method}: {type(exc).__name__}: {exc}") from exc
+        if body.get("ok"):
+            return body.get("result")
+        retry = (body.get("parameters") or {}).get("retry_after")
+        raise ChannelError(
+            f"{method}: {body.get('error_code')} {body.get('description')}",
+            float(retry) if retry is not None else None,
+        )
+
+    async def _poll(self) -> None:
+        offset = int(self.store.cursor(CURSOR) or 0)
+        backoff = 0.0
+        while True:
+            try:
+                updates = await self.call(
+                    "getUpdates",
+                    offset=offset,
+                    timeout=self.config.poll_timeout_s,
+                    allowed_updates=["message", "edited_message"],
+                    timeout_s=self.config.poll_timeout_s + 10,
+                )
+            except ChannelError as exc:
+                backoff = min(max(1.0, backoff * 2), BACKOFF_MAX_S)
+                wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
+                log.warning("telegram getUpdates failed, retrying in %.1fs: %s", wait, exc)
+                await asyncio.sleep(wait)
+                continue
+            backoff = 0.0
+            for update in updates or []:
+                await self._handle(update)
+                offset = int(update["update_id"]) + 1
+                self.store.set_cursor(CURSOR, str(offset))
+
+    async def _handle(self, update: dict[str, Any]) -> None:
+        message = update.get("message")
+        if message is None:
+            log.info(
+                "telegram update %s ignored: %s",
+                update.get("update_id"),
+                ", ".join(k for k in update if k != "update_id"),
+            )
+            return
+        chat = f"{PREFIX}{message['chat']['id']}"
+        sender = str((message.get("from") or {}).get("id", ""))
+        text = message.get("text")
+        if not text:
+            if self.router.allowed(_prefixed(self.config.allow), chat, sender):
+                self.router.say(chat, TEXT_ONLY)
+            return
+        outcome = await self.router.message(chat, text, sender, _prefixed(self.config.allow))
+        if outcome.jobs:
+            try:
+                await self.call(
+                    "sendChatAction", chat_id=message["chat"]["id"], action="record_voice"
+                )
+            except ChannelError as exc:
+                log.info("telegram sendChatAction failed: %s", exc)
+
+    async def _send(self, row: dict[str, Any]) -> None:
+        chat_id = row["chat_id"][len(PREFIX) :]
+        if row["kind"] == "text":
+            await self.call("sendMessage", chat_id=chat_id, text=row["text"])
+            return
+        source = self.audio_dir / row["audio_name"]
+        voice = (
+            await asyncio.to_thread(audio.convert, source, "ogg", VOICE_RATE)
+            if not _is_voice_ready(source)
+            else source
+        )
+        job = self.store.job(row["job_id"]) if row["job_id"] else None
+        params = {"chat_id": chat_id}
+        if job is not None and job.duration_s:
+            params["duration"] = str(round(job.duration_s))
+        await self.call(
+            "sendVoice", files={"voice": (voice.name, voice.read_bytes(), "audio/ogg")}, **params
+        )
+
+
+def _is_voice_ready(path: Path) -> bool:
+    """Already OGG/Opus at 48 kHz?"""
+    import soundfile as sf  # noqa: PLC0415
+
+    info = sf.info(str(path))
+    return (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", VOICE_RATE)
+
+
+def _prefixed(allow: tuple[str, ...]) -> tuple[str, ...]:
+    """Allow-list entries name Telegram ids; chats are journalled as tg:<id>."""
+    return allow + tuple(f"{PREFIX}{a}" for a in allow)

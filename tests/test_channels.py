@@ -1,0 +1,259 @@
+"""Telegram and iMessage channels against protocol-faithful fakes: a loopback Bot API server
+and an `imsg rpc` program over stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+
+from tests.daemon_util import running
+from tests.fake_telegram import TOKEN, FakeTelegram
+
+FAKE_IMSG = Path(__file__).resolve().parent / "fake_imsg.py"
+
+
+async def until(predicate: Any, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+# -- Telegram ----------------------------------------------------------------------------------
+
+
+def tg_env(bot: FakeTelegram) -> dict[str, str]:
+    return {
+        "MSGVOICE_TELEGRAM_ENABLED": "true",
+        "MSGVOICE_TELEGRAM_BASE_URL": bot.url,
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "MSGVOICE_TELEGRAM_POLL_TIMEOUT_S": "1",
+    }
+
+
+async def test_telegram_tts_becomes_one_ogg_opus_voice_note(clean_env: Path) -> None:
+    """`/tts 开心：你好` in → one sendVoice with OGG/Opus 48 kHz mono (a voice note), with a
+    record_voice chat action first; `/mode style` replies as text."""
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)):
+        bot.text(42, "/mode style 温柔")
+        bot.text(42, "/tts 开心：你好")
+        await until(lambda: bot.sent_by("sendVoice"))
+        await asyncio.sleep(0.3)
+    (voice,) = bot.sent_by("sendVoice")
+    assert voice["chat_id"] == "42" and int(voice["duration"]) >= 0
+    info = sf.info(io.BytesIO(voice["voice_bytes"]))
+    assert (info.format, info.subtype, info.samplerate, info.channels) == ("OGG", "OPUS", 48_000, 1)
+    assert info.duration > 0.3
+    texts = [m["text"] for m in bot.sent_by("sendMessage")]
+    assert texts == ["已设置风格：温柔"]
+    action = bot.sent_by("sendChatAction")[0]
+    assert action["action"] == "record_voice" and action["at"] < voice["at"]
+
+
+async def test_telegram_ignores_edits_and_answers_non_text_politely(clean_env: Path) -> None:
+    """Edited messages are ignored; a sticker gets a short hint; nothing crashes."""
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)):
+        bot.push(edited_message={"message_id": 1, "chat": {"id": 5}, "text": "/tts 改了"})
+        bot.push(
+            message={
+                "message_id": 2,
+                "chat": {"id": 5},
+                "from": {"id": 7},
+                "sticker": {"file_id": "x"},
+            }
+        )
+        bot.text(5, "/help")
+        await until(lambda: len(bot.sent_by("sendMessage")) == 2)
+        await asyncio.sleep(0.3)
+    texts = [m["text"] for m in bot.sent_by("sendMessage")]
+    assert texts[0].startswith("目前只支持文字消息") and texts[1].startswith("/tts 文本")
+    assert bot.sent_by("sendVoice") == []
+
+
+async def test_telegram_429_and_502_are_retried_without_duplicates(clean_env: Path) -> None:
+    """A 502 on getUpdates backs off and polling resumes; a 429 on sendMessage waits out
+    retry_after, then the message is delivered exactly once."""
+    async with (
+        FakeTelegram(failures={"getUpdates": [502], "sendMessage": [429]}) as bot,
+        running(clean_env, **tg_env(bot)),
+    ):
+        bot.text(9, "/help")
+        await until(lambda: bot.sent_by("sendMessage"))
+        await asyncio.sleep(0.5)
+    assert len(bot.sent_by("sendMessage")) == 1
+    assert bot.sent_by("sendMessage")[0]["at"] - bot.failed_at["sendMessage"][0] >= 1.0
+
+
+async def test_telegram_restart_resumes_at_the_saved_offset(clean_env: Path) -> None:
+    """After a restart the channel asks from the next update on: nothing replayed, nothing lost."""
+    async with FakeTelegram() as bot:
+        async with running(clean_env, **tg_env(bot)):
+            bot.text(3, "/mode voice on")
+            bot.text(3, "/mode")
+            await until(lambda: len(bot.sent_by("sendMessage")) == 2)
+        bot.text(3, "/help")
+        async with running(clean_env, **tg_env(bot)):
+            await until(lambda: len(bot.sent_by("sendMessage")) == 3)
+            await asyncio.sleep(0.5)
+    assert len(bot.sent_by("sendMessage")) == 3
+    assert bot.offsets[-1] >= 1003
+
+
+async def test_telegram_allow_list(clean_env: Path) -> None:
+    """Only allowed users get answers."""
+    async with (
+        FakeTelegram() as bot,
+        running(clean_env, MSGVOICE_TELEGRAM_ALLOW="7", **tg_env(bot)),
+    ):
+        bot.text(11, "/help", user_id=666)
+        bot.text(12, "/help", user_id=7)
+        await until(lambda: bot.sent_by("sendMessage"))
+        await asyncio.sleep(0.5)
+    assert [m["chat_id"] for m in bot.sent_by("sendMessage")] == ["12"]
+
+
+# -- iMessage ----------------------------------------------------------------------------------
+
+
+class Imsg:
+    """The fake imsg's state folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.rowid = 100
+
+    def incoming(self, text: str, chat_id: int = 1, is_from_me: bool = False) -> int:
+        self.rowid += 1
+        message = {
+            "id": self.rowid,
+            "chat_id": chat_id,
+            "guid": f"g{self.rowid}",
+            "sender": "+15550001",
+            "is_from_me": is_from_me,
+            "text": text,
+            "created_at": "2026-11-23T03:00:00Z",
+            "attachments": [],
+            "reactions": [],
+        }
+        with (self.dir / "inbox.jsonl").open("a", encoding="utf-8") as inbox:
+            inbox.write(json.dumps(message, ensure_ascii=False) + "\n")
+        return self.rowid
+
+    def lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.dir / name
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MSGVOICE_IMESSAGE_ENABLED": "true",
+            "FAKE_IMSG_DIR": str(self.dir),
+            "MSGVOICE_IMESSAGE_COMMAND": json.dumps([sys.executable, str(FAKE_IMSG)]),
+            "MSGVOICE_IMESSAGE_REQUEST_TIMEOUT_S": "5",
+        }
+
+
+def codec_of(path: Path) -> tuple[str, str, int]:
+    """(container, codec, channels) by ffprobe."""
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=format_name:stream=codec_name,sample_rate,channels",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    info = json.loads(probe.stdout)
+    stream = info["streams"][0]
+    return info["format"]["format_name"], stream["codec_name"], int(stream["channels"])
+
+
+async def test_imessage_tts_becomes_a_voice_note_and_mode_a_text(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """`/tts 开心：你好` → one `send` with a file (CAF/Opus mono where ffmpeg has libopus,
+    else MP3); `/mode style` → a text send; the bot's own message is ignored."""
+    imsg = Imsg(tmp_path / "imsg")
+    imsg.incoming("/tts 我自己发的", is_from_me=True)
+    async with running(clean_env, **imsg.env()):
+        imsg.incoming("/mode style 温柔")
+        imsg.incoming("/tts 开心：你好")
+        await until(lambda: len(imsg.lines("sent.jsonl")) == 2)
+        await asyncio.sleep(0.3)
+    text, voice = imsg.lines("sent.jsonl")
+    assert text == {"chat_id": 1, "text": "已设置风格：温柔"}
+    path = Path(voice["file"])
+    if shutil.which("ffprobe"):
+        assert codec_of(path) == ("caf", "opus", 1)
+    else:
+        assert sf.info(str(path)).format == "MP3"
+
+
+async def test_imessage_unknown_method_is_an_error_not_a_crash(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """imsg's JSON-RPC error comes back as an error; the channel keeps working."""
+    from msgvoice.channels.imessage import RpcError  # noqa: PLC0415
+
+    imsg = Imsg(tmp_path / "imsg")
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        (channel,) = daemon.channels
+        await until(lambda: imsg.lines("subscribes.jsonl"))
+        with pytest.raises(RpcError, match="Method not found"):
+            await channel.request("chats.frobnicate", {})
+        imsg.incoming("/help")
+        await until(lambda: imsg.lines("sent.jsonl"))
+
+
+async def test_imessage_death_mid_session_restarts_without_replay_or_loss(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """imsg dying during a send is restarted (with back-off), resubscribes from the last rowid,
+    and the unacknowledged reply is delivered exactly once; no message is handled twice."""
+    imsg = Imsg(tmp_path / "imsg")
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/help")
+        await until(lambda: imsg.lines("sent.jsonl"))
+        (imsg.dir / "die").touch()
+        imsg.incoming("/mode")
+        await until(lambda: len(imsg.lines("sent.jsonl")) == 2, within=30)
+        await asyncio.sleep(0.5)
+        assert daemon.channels[0].restarts >= 1
+    sent = [s["text"] for s in imsg.lines("sent.jsonl")]
+    assert sent[0].startswith("/tts 文本") and sent[1].startswith("语音模式")
+    subscribes = imsg.lines("subscribes.jsonl")
+    assert len(subscribes) >= 2 and subscribes[-1]["since_rowid"] == imsg.rowid
+
+
+async def test_imessage_daemon_restart_resumes_from_the_saved_rowid(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """A restarted daemon subscribes after the last handled rowid: no replays, no losses."""
+    imsg = Imsg(tmp_path / "imsg")
+    async with running(clean_env, **imsg.env()):
+        imsg.incoming("/help")
+        await until(lambda: imsg.lines("sent.jsonl"))
+    imsg.incoming("/mode")  # arrives while the daemon is down
+    async with running(clean_env, **imsg.env()):
+        await until(lambda: len(imsg.lines("sent.jsonl")) == 2)
+        await asyncio.sleep(0.5)
+    assert len(imsg.lines("sent.jsonl")) == 2
+    assert imsg.lines("subscribes.jsonl")[-1] == {"since_rowid": imsg.rowid - 1}
