@@ -9,6 +9,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from msgvoice.analyser import Analyser
 from msgvoice.channels.console import ConsoleChannel
 from msgvoice.channels.http import HttpChannel
 from msgvoice.channels.imessage import ImessageChannel
+from msgvoice.channels.speech_api import SpeechApi
 from msgvoice.channels.telegram import TelegramChannel
 from msgvoice.config import Config
 from msgvoice.emotion import Emotions
@@ -52,6 +54,16 @@ def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
     if engine == "indextts2":
         return dataclasses.asdict(config.indextts) | {"cache_dir": str(config.state_dir / "refs")}
     return {}
+
+
+def voices(config: Config, supervisor: Supervisor) -> list[str]:
+    """Voice names the main engine offers (from its own facts, or the voices folder)."""
+    listed = supervisor.engine_facts.get("voices")
+    if isinstance(listed, list):
+        return [str(v) for v in listed]
+    folder = Path(config.indextts.voices_dir).expanduser() if config.indextts.voices_dir else None
+    names = sorted({p.stem for p in folder.iterdir()}) if folder and folder.is_dir() else []
+    return [config.tts.voice, *names]
 
 
 @contextlib.asynccontextmanager
@@ -139,8 +151,15 @@ async def daemon(config: Config) -> AsyncIterator[Daemon]:
                 "worker": built.supervisor.facts(),
             }
 
+        speech = SpeechApi(config, built.speaker, lane, lambda: voices(config, built.supervisor))
         http = HttpChannel(
-            config, router, store, doctor=doctor_report, health=health, metrics=metrics.render
+            config,
+            router,
+            store,
+            doctor=doctor_report,
+            health=health,
+            metrics=metrics.render,
+            extra_routes=speech.routes(),
         )
         channels: list[Any] = []
         if config.telegram.enabled:

@@ -95,6 +95,30 @@ def max_jump(samples: Samples) -> float:
     return float(np.max(np.abs(np.diff(samples)))) if samples.size > 1 else 0.0
 
 
+def click_ratio(
+    samples: Samples, rate: int, min_gap_ms: float = 60.0, window_ms: float = 5.0
+) -> float:
+    """Largest sample jump within `window_ms` of a silent gap's edges (where segments are
+    joined) over the largest jump elsewhere: at most 1 means the joins are no sharper than the
+    speech itself. 0 when there are no joins."""
+    silent = np.abs(samples) < 1e-4
+    padded = np.concatenate([[False], silent, [False]]).astype(np.int8)
+    starts = np.flatnonzero(np.diff(padded) == 1)
+    ends = np.flatnonzero(np.diff(padded) == -1)
+    long = (ends - starts) >= rate * min_gap_ms / 1000
+    inner = (starts > 0) & (ends < len(samples))
+    edges = np.concatenate([starts[long & inner], ends[long & inner]])
+    jumps = np.abs(np.diff(samples))
+    if edges.size == 0 or jumps.size == 0:
+        return 0.0
+    near = np.zeros(jumps.size, dtype=bool)
+    reach = int(rate * window_ms / 1000)
+    for edge in edges:
+        near[max(0, edge - reach) : edge + reach] = True
+    elsewhere = float(jumps[~near].max()) if (~near).any() else 0.0
+    return float(jumps[near].max()) / elsewhere if elsewhere else 0.0
+
+
 class AudioWriter:
     """Write an audio file piece by piece, atomically: the file appears only when complete.
 

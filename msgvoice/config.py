@@ -45,6 +45,8 @@ class TtsConfig:
     """Default output format when neither --format nor a file suffix says."""
     fallback: tuple[str, ...] = ()
     """Engines to use, in order, while the main one cannot start (e.g. ["espeak"])."""
+    seed: int = _key(-1, lo=-1)
+    """Default seed for sampling engines in API requests (-1 = none; eSpeak needs none)."""
 
 
 @dataclass(frozen=True)

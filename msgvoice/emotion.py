@@ -186,8 +186,14 @@ class Emotions:
             and sum(map(len, segments)) <= self.config.segment_synth_max_chars
         )
 
-    async def resolve(self, style: str | None, segments: Sequence[str]) -> EmotionResult:
-        """Vectors for `segments`; never raises for an LLM failure (falls back instead)."""
+    async def resolve(
+        self, style: str | None, segments: Sequence[str], vector: Sequence[float] | None = None
+    ) -> EmotionResult:
+        """Vectors for `segments` (an explicit `vector` wins over everything); never raises
+        for an LLM failure (falls back instead)."""
+        if vector is not None:
+            fixed = safe(vector)
+            return EmotionResult("fixed", [fixed] * len(segments), fixed)
         source, raw = await self._raw(style, segments)
         vectors = smooth([safe(v) for v in raw], self.config.smooth_factor)
         mean = average(vectors)

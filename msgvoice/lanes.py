@@ -39,6 +39,8 @@ class Lane:
         self.auto_timeout_s = auto_timeout_s
         self.listeners: list[Listener] = []
         self.running: str | None = None
+        self.turn = asyncio.Lock()
+        """Held by each job for its whole synthesis; API speech requests queue for it too."""
         self._queue: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -83,7 +85,8 @@ class Lane:
             self.running = job.id
             self._idle.clear()
             try:
-                await self._execute(job)
+                async with self.turn:
+                    await self._execute(job)
             finally:
                 self.running = None
                 self._idle.set()

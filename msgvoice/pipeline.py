@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from msgvoice import audio, text
 from msgvoice.config import Config
@@ -41,6 +43,23 @@ class SpeechJob:
     style: str | None = None
     voice: str | None = None
     timeout_cap_s: float | None = None
+    seed: int | None = None
+    """Seed for sampling engines (eSpeak is reproducible without one)."""
+    speed: float = 1.0
+    """Multiplies the speaking rate (engines that take prosody)."""
+    vector: tuple[float, ...] | None = None
+    """An explicit emotion vector for this job (wins over style and LLM)."""
+
+
+@dataclass
+class Report:
+    """How a job is being made, filled in as its segments are spoken."""
+
+    emotion: EmotionResult | None = None
+    segments: int = 0
+    engines: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    unseeded_why: str | None = None
 
 
 @dataclass
@@ -72,7 +91,7 @@ class SpeechResult:
 
 
 class Speaker:
-    """Turns text into an audio file through the supervised worker (or a fallback's)."""
+    """Turns text into audio through the supervised worker (or a fallback's)."""
 
     def __init__(self, config: Config, supervisors: list[Supervisor], emotions: Emotions) -> None:
         self.config = config
@@ -106,6 +125,34 @@ class Speaker:
             raise SpeechError("nothing to speak")
         return pieces
 
+    async def syntheses(self, job: SpeechJob, report: Report) -> AsyncIterator[Synthesis]:
+        """The job's segments as the worker speaks them, one at a time, in order."""
+        started = time.perf_counter()
+        pieces = self.segments(job.text)
+        emotion = await self.emotions.resolve(job.style, pieces, job.vector)
+        report.emotion, report.segments = emotion, len(pieces)
+        report.timings.update(
+            emotion_ms=(time.perf_counter() - started) * 1000, synth_ms=0.0, worker_ms=0.0
+        )
+        voice = job.voice or self.config.tts.voice
+        for piece, vector in zip(pieces, emotion.vectors, strict=True):
+            prosody = to_prosody(vector)
+            prosody = replace(prosody, rate=prosody.rate * job.speed)
+            request = SynthRequest(
+                job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed
+            )
+            synthesis = await self._synthesize(request, report.engines)
+            _add_times(report.timings, synthesis)
+            report.unseeded_why = report.unseeded_why or synthesis.unseeded_why
+            yield synthesis
+
+    def piece(self, synthesis: Synthesis, rate: int, after_gap: bool) -> Samples:
+        """One segment as it goes into the joined output at `rate`: trimmed, faded, resampled,
+        after the gap that separates it from the one before."""
+        shaped = audio.shape_segment(synthesis.samples, synthesis.sample_rate, self.shaping)
+        joined = audio.resample(shaped, synthesis.sample_rate, rate)
+        return np.concatenate([audio.gap(rate, self.shaping), joined]) if after_gap else joined
+
     async def _synthesize(self, request: SynthRequest, used: list[str]) -> Synthesis:
         """Ask the main engine; while it cannot start, the fallbacks in order. The engine that
         spoke is appended to `used`."""
@@ -129,47 +176,28 @@ class Speaker:
         raise AssertionError("unreachable")
 
     async def speak(self, job: SpeechJob, progress: Progress | None = None) -> SpeechResult:
-        """Synthesise `job.text` into `job.out`; the file appears only when complete."""
+        """Synthesise `job.text` into `job.out`; the file appears only when complete. Each
+        segment is encoded in a thread while the worker speaks the next one."""
         started = time.perf_counter()
-        pieces = self.segments(job.text)
-        emotion = await self.emotions.resolve(job.style, pieces)
-        timings = {
-            "emotion_ms": (time.perf_counter() - started) * 1000,
-            "synth_ms": 0.0,
-            "worker_ms": 0.0,
-            "encode_ms": 0.0,
-        }
+        report = Report(timings={"encode_ms": 0.0})
         writer: audio.AudioWriter | None = None
         encoding: asyncio.Task[float] | None = None
-        used: list[str] = []
         try:
-            for i, (piece, vector) in enumerate(zip(pieces, emotion.vectors, strict=True)):
-                request = SynthRequest(
-                    job.job_id,
-                    piece,
-                    job.voice or self.config.tts.voice,
-                    to_prosody(vector),
-                    vector,
-                    job.timeout_cap_s,
-                )
-                synthesis = await self._synthesize(request, used)
-                _add_times(timings, synthesis)
+            async for synthesis in self.syntheses(job, report):
                 if writer is None:
                     rate = audio.output_rate(
                         job.fmt, synthesis.sample_rate, self.config.audio.opus_rate_hz
                     )
                     writer = await asyncio.to_thread(audio.AudioWriter, job.out, job.fmt, rate)
                 if encoding is not None:
-                    timings["encode_ms"] += await encoding
+                    report.timings["encode_ms"] += await encoding
                 encoding = asyncio.create_task(
-                    asyncio.to_thread(
-                        self._encode, writer, synthesis.samples, synthesis.sample_rate, i > 0
-                    )
+                    asyncio.to_thread(self._encode, writer, synthesis, encoding is not None)
                 )
                 if progress is not None:
-                    progress(i + 1, len(pieces))
-            assert writer is not None and encoding is not None
-            timings["encode_ms"] += await encoding
+                    progress(len(report.engines), report.segments)
+            assert writer is not None and encoding is not None and report.emotion is not None
+            report.timings["encode_ms"] += await encoding
             await asyncio.to_thread(writer.commit)
         except BaseException:
             if encoding is not None and not encoding.done():
@@ -177,18 +205,19 @@ class Speaker:
             if writer is not None:
                 writer.abort()
             raise
+        timings = report.timings
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         if writer.duration_s:
             timings["rtf"] = timings["total_ms"] / 1000 / writer.duration_s
-        engine = used[-1]
+        engine = report.engines[-1]
         log.info(
             "spoke job=%s segments=%d chars=%d duration_s=%.2f engine=%s source=%s total_ms=%.0f",
             job.job_id,
-            len(pieces),
-            sum(map(len, pieces)),
+            report.segments,
+            len(job.text),
             writer.duration_s,
             engine,
-            emotion.source,
+            report.emotion.source,
             timings["total_ms"],
         )
         fallback = self.supervisor.engine if engine != self.supervisor.engine else None
@@ -197,21 +226,16 @@ class Speaker:
             job.fmt,
             writer.duration_s,
             engine,
-            emotion,
-            len(pieces),
+            report.emotion,
+            report.segments,
             timings,
             fallback_from=fallback,
         )
 
-    def _encode(
-        self, writer: audio.AudioWriter, samples: Samples, rate: int, after_gap: bool
-    ) -> float:
-        """Shape one segment and feed it to the encoder; returns milliseconds spent."""
+    def _encode(self, writer: audio.AudioWriter, synthesis: Synthesis, after_gap: bool) -> float:
+        """Feed one segment to the encoder; returns milliseconds spent."""
         started = time.perf_counter()
-        shaped = audio.shape_segment(samples, rate, self.shaping)
-        if after_gap:
-            writer.write(audio.gap(writer.rate, self.shaping))
-        writer.write(audio.resample(shaped, rate, writer.rate))
+        writer.write(self.piece(synthesis, writer.rate, after_gap))
         return (time.perf_counter() - started) * 1000
 
 

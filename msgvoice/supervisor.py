@@ -70,6 +70,8 @@ class SynthRequest:
     emotion: tuple[float, ...] | None = None
     timeout_cap_s: float | None = None
     """Upper bound on this request's timeout (automatic replies)."""
+    seed: int | None = None
+    """Seed for sampling engines, so the same request gives the same audio."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Synthesis:
     attempts: int
     stages: dict[str, float] = field(default_factory=dict)
     """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
+    unseeded_why: str | None = None
+    """Why a requested seed could not be applied (the engine takes none)."""
 
 
 @dataclass
@@ -206,6 +210,7 @@ class Supervisor:
                     time.monotonic() - started,
                     attempt,
                     dict(result.get("stages") or {}),
+                    result.get("unseeded_why"),
                 )
         raise AssertionError("unreachable")
 
@@ -230,6 +235,7 @@ class Supervisor:
             "voice": request.voice,
             "prosody": asdict(request.prosody),
             "emotion": list(request.emotion) if request.emotion else None,
+            "seed": request.seed,
             "out": str(out),
         }
         self.state = "busy"

@@ -10,6 +10,7 @@ little-endian float32 mono. Anything the engine prints lands on stderr, never on
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -67,11 +68,15 @@ def peak_rss_mb() -> float:
 def synthesize(engine: Engine, params: dict[str, Any]) -> dict[str, Any]:
     """Speak one request's text into its output file."""
     started = time.perf_counter()
+    seed = params.get("seed")
+    takes_seed = "seed" in inspect.signature(engine.synthesize).parameters
+    extra = {"seed": seed} if seed is not None and takes_seed else {}
     samples, rate = engine.synthesize(
         params["text"],
         params.get("voice"),
         Prosody(**params.get("prosody", {})),
         params.get("emotion"),
+        **extra,
     )
     synth_s = time.perf_counter() - started
     audio = to_float32(samples)
@@ -82,6 +87,7 @@ def synthesize(engine: Engine, params: dict[str, Any]) -> dict[str, Any]:
         "duration_s": audio.size / rate,
         "synth_s": synth_s,
         "stages": stage_times(engine),
+        "unseeded_why": None if extra or seed is None else f"{engine.name} takes no seed",
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -68,6 +68,22 @@ def test_joins_do_not_click() -> None:
     assert naive > inner * 2  # the naive join would click
 
 
+def test_click_ratio_tells_a_clicky_join_from_a_faded_one() -> None:
+    """The click measure is at most 1 for faded joins and well above for a hard cut."""
+    shaping = audio.Shaping(fade_ms=8, gap_ms=100, silence_db=-50)
+    a, b = tone(0.3, 220, 0.8), tone(0.3, 330, 0.8)[17:]
+    faded = np.concatenate(
+        [
+            audio.shape_segment(a, RATE, shaping),
+            audio.gap(RATE, shaping),
+            audio.shape_segment(b, RATE, shaping),
+        ]
+    )
+    hard = np.concatenate([a, np.zeros(int(RATE * 0.1), np.float32), b])
+    assert audio.click_ratio(faded, RATE) <= 1.0
+    assert audio.click_ratio(hard, RATE) > 2.0
+
+
 def test_trailing_and_leading_silence_is_trimmed() -> None:
     """Silence around speech is cut down to a short margin."""
     x = np.concatenate([np.zeros(RATE), tone(0.5), np.zeros(RATE)])

@@ -91,6 +91,7 @@ class HttpChannel:
         doctor: Callable[[], Awaitable[dict[str, Any]]],
         health: Callable[[], dict[str, Any]],
         metrics: Callable[[], bytes],
+        extra_routes: list[web.RouteDef] | None = None,
     ) -> None:
         http = config.http
         if not http.token and not is_loopback(http.host):
@@ -114,6 +115,7 @@ class HttpChannel:
                 web.get("/healthz", self._healthz),
                 web.get("/v1/doctor", self._doctor),
                 web.get("/metrics", self._metrics),
+                *(extra_routes or []),
             ]
         )
         self._runner: web.AppRunner | None = None

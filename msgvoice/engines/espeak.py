@@ -8,8 +8,10 @@ the life of the engine, or the library would call freed memory.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import espeakng_loader
@@ -83,6 +85,7 @@ class EspeakEngine:
         self._callback = _Callback(self._collect)  # keep referenced: the library holds it
         lib.espeak_SetSynthCallback(self._callback)
         self._lib = lib
+        self._libc = ctypes.CDLL(None)  # eSpeak also draws on libc's rand()
         self._set_voice(voice)
 
     def _collect(self, wav: Any, count: int, _events: Any) -> int:
@@ -95,29 +98,69 @@ class EspeakEngine:
             raise ValueError(f"eSpeak has no voice {voice!r}")
 
     def synthesize(
-        self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
+        self,
+        text: str,
+        voice: str | None,
+        prosody: Prosody,
+        emotion: Sequence[float] | None,
+        seed: int | None = None,
     ) -> tuple[npt.NDArray[np.int16], int]:
-        """Speak text; `emotion` is ignored here (the daemon maps it to `prosody`)."""
+        """Speak text; `emotion` is ignored here (the daemon maps it to `prosody`).
+
+        eSpeak keeps state between utterances (pitch flutter, random streams), so the same
+        call twice would differ by a few samples. Each call therefore runs in a forked child
+        of this pristine process: every utterance starts from the same state, and output is
+        byte-identical for the same text, voice, prosody and seed.
+        """
         del emotion
-        data = text.encode("utf-8")
         with self._lock:
-            self._set_voice(voice or self.default_voice)
-            for name, value in espeak_parameters(prosody).items():
-                self._lib.espeak_SetParameter(_PARAMS[name], value, 0)
-            self._chunks = []
-            status = self._lib.espeak_Synth(
-                data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-            )
-            self._lib.espeak_Synchronize()
-            if status != 0:
-                raise RuntimeError(f"espeak_Synth failed with status {status}")
-            chunks, self._chunks = self._chunks, []
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        return samples, self.sample_rate
+            if not hasattr(os, "fork"):
+                return self._speak(text, voice, prosody, seed), self.sample_rate
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: speak, hand the samples over, leave at once
+                code = 1
+                try:
+                    os.close(read_fd)
+                    samples = self._speak(text, voice, prosody, seed)
+                    with os.fdopen(write_fd, "wb") as pipe:
+                        pipe.write(samples.tobytes())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
+            with os.fdopen(read_fd, "rb") as pipe:
+                data = pipe.read()
+            _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise RuntimeError(f"eSpeak synthesis failed (child status {status})")
+        return np.frombuffer(data, dtype=np.int16).copy(), self.sample_rate
+
+    def _speak(
+        self, text: str, voice: str | None, prosody: Prosody, seed: int | None
+    ) -> npt.NDArray[np.int16]:
+        """One utterance with every parameter set (they are sticky)."""
+        self._libc.srand(0 if seed is None else seed & 0x7FFFFFFF)
+        self._lib.espeak_ng_SetRandSeed(ctypes.c_long(0 if seed is None else seed))
+        self._set_voice(voice or self.default_voice)
+        for name, value in espeak_parameters(prosody).items():
+            self._lib.espeak_SetParameter(_PARAMS[name], value, 0)
+        self._chunks = []
+        data = text.encode("utf-8")
+        status = self._lib.espeak_Synth(
+            data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+        )
+        self._lib.espeak_Synchronize()
+        if status != 0:
+            raise RuntimeError(f"espeak_Synth failed with status {status}")
+        chunks, self._chunks = self._chunks, []
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def facts(self) -> dict[str, Any]:
-        """Library path, sample rate and default voice."""
+        """Voices, library path, sample rate and default voice."""
+        lang = Path(espeakng_loader.get_data_path()) / "lang"
         return {
+            "voices": sorted({p.name for p in lang.rglob("*") if p.is_file()}),
             "library": espeakng_loader.get_library_path(),
             "sample_rate": self.sample_rate,
             "voice": self.default_voice,

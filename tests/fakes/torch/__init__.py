@@ -38,6 +38,10 @@ class _Mps:
         record("torch.mps.set_per_process_memory_fraction", fraction=fraction)
 
 
+def manual_seed(seed: int) -> None:
+    record("torch.manual_seed", seed=seed)
+
+
 cuda = _Cuda()
 mps = _Mps()
 backends = SimpleNamespace(

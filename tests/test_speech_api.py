@@ -1,0 +1,195 @@
+"""The OpenAI-compatible speech endpoint, driven by the official `openai` client over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from msgvoice import audio
+from tests.daemon_util import running
+
+TEXT = "今天天气很好。我们下午一起去公园散步吧！Then we can have tea."
+DECODE = {"mp3": "MP3", "opus": "OGG", "wav": "WAV", "flac": "FLAC"}
+
+
+def decode(fmt: str, data: bytes) -> tuple[np.ndarray, int]:
+    """Samples of a response body, whatever its format."""
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0, 24_000
+    if fmt == "wav":  # read the PCM itself: a streamed WAV's sizes are unknown (0xFFFFFFFF)
+        if data[4:8] != b"\xff\xff\xff\xff":
+            assert sf.info(io.BytesIO(data)).format == "WAV"
+        rate = int.from_bytes(data[24:28], "little")
+        return np.frombuffer(data[44:], "<i2").astype(np.float32) / 32767.0, rate
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert sf.info(io.BytesIO(data)).format == DECODE[fmt]
+    return samples, rate
+
+
+def client_for(port: int) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60
+    )
+
+
+def create(client: openai.OpenAI, fmt: str, stream: bool, **extra: Any) -> bytes:
+    body = {"stream": stream, **extra}
+    if stream:
+        with client.audio.speech.with_streaming_response.create(
+            model="msgvoice",
+            voice="alloy",
+            input=TEXT,
+            response_format=fmt,  # type: ignore[arg-type]
+            extra_body=body,
+        ) as response:
+            return b"".join(response.iter_bytes())
+    return client.audio.speech.create(
+        model="msgvoice", voice="alloy", input=TEXT, response_format=fmt, extra_body=body
+    ).content  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "wav", "flac", "pcm"])
+async def test_every_format_streaming_and_not_decodes_with_the_right_duration(
+    clean_env: Path, fmt: str
+) -> None:
+    """The official client gets decodable audio in every format, streamed or whole, of the
+    same plausible length."""
+    async with running(clean_env) as (daemon, _):
+        client = client_for(daemon.http.port)
+        whole = await asyncio.to_thread(create, client, fmt, False)
+        streamed = await asyncio.to_thread(create, client, fmt, True)
+    a, rate = decode(fmt, whole)
+    b, rate_b = decode(fmt, streamed)
+    assert rate == rate_b
+    assert 3.0 < len(a) / rate < 15.0
+    assert abs(len(a) - len(b)) / rate < 0.08  # codec padding at most
+    assert float(np.sqrt(np.mean(a**2))) > 0.03
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "wav"])
+async def test_streamed_samples_equal_the_offline_ones(clean_env: Path, fmt: str) -> None:
+    """For a deterministic engine the streamed audio equals the non-streamed audio (MAE 0, so
+    well under 1e-3), and the joins are no sharper than the speech within sentences."""
+    async with running(clean_env) as (daemon, _):
+        client = client_for(daemon.http.port)
+        whole = await asyncio.to_thread(create, client, fmt, False, seed=7)
+        streamed = await asyncio.to_thread(create, client, fmt, True, seed=7)
+        again = await asyncio.to_thread(create, client, fmt, False, seed=7)
+    a, _ = decode(fmt, whole)
+    b, _ = decode(fmt, streamed)
+    assert len(a) == len(b)
+    assert float(np.mean(np.abs(a - b))) <= 1e-3
+    assert np.array_equal(a, b)
+    assert whole == again  # byte-identical on repeat
+    assert 0 < audio.click_ratio(a, 24_000 if fmt == "pcm" else 22_050) <= 1.0
+
+
+async def test_first_audio_arrives_before_the_whole_text_is_spoken(clean_env: Path) -> None:
+    """With stream: true the first sentence's bytes arrive while later ones are still being
+    synthesised (the slow fault engine makes the difference visible)."""
+    text = "第一句。第二句。第三句。第四句。"
+    env = {
+        "MSGVOICE_TTS_ENGINE": "tests.fault_engine:FaultEngine",
+        "FAULT_DELAY_S": "0.5",
+        "MSGVOICE_TEXT_SEGMENT_CHARS": "4",
+    }
+    async with running(clean_env, **env) as (daemon, _):
+        url = f"http://127.0.0.1:{daemon.http.port}/v1/audio/speech"
+        body = {"model": "msgvoice", "input": text, "response_format": "pcm", "stream": True}
+        started = time.monotonic()
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("POST", url, json=body) as response,
+        ):
+            arrivals = []
+            async for chunk in response.aiter_bytes():
+                if chunk:
+                    arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 2
+    assert arrivals[0] < 1.5 and arrivals[-1] - arrivals[0] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "voice": "alloy"}, "input"),
+        ({"model": "m", "input": "  "}, "input"),
+        ({"model": "m", "input": "hi", "response_format": "aac"}, "response_format"),
+        ({"model": "m", "input": "hi", "speed": 9}, "speed"),
+        ({"model": "m", "input": "hi", "speed": "fast"}, "speed"),
+        ({"model": "m", "input": "hi", "emotion": [1, 2]}, "emotion"),
+        ({"model": "m", "input": "hi", "emotion": [0, 0, 0, 0, 0, 0, 0, -1]}, "emotion"),
+        ({"model": "m", "input": "hi", "seed": "x"}, "seed"),
+        ({"model": "m", "input": "hi", "stream": "yes"}, "stream"),
+        ({"model": "m", "input": "hi", "voice": 3}, "voice"),
+    ],
+)
+async def test_bad_requests_get_openai_shaped_errors(
+    clean_env: Path, body: dict, param: str
+) -> None:
+    """Invalid bodies are 400 with {"error": {"message", "type", "param", "code"}}."""
+    async with running(clean_env) as (_, client):
+        answer = await client.post("/v1/audio/speech", json=body)
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error"
+        assert error["message"]
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_openai_client_raises_on_errors(clean_env: Path) -> None:
+    """The official client surfaces our errors as its BadRequestError."""
+    async with running(clean_env) as (daemon, _):
+        client = client_for(daemon.http.port)
+        with pytest.raises(openai.BadRequestError, match="speed"):
+            await asyncio.to_thread(
+                client.audio.speech.create, model="msgvoice", voice="alloy", input="hi", speed=9.0
+            )
+
+
+async def test_style_emotion_and_speed_change_the_audio(clean_env: Path) -> None:
+    """An angry emotion vector or speed 2 make shorter audio than neutral speed 1."""
+    async with running(clean_env) as (_, client):
+
+        async def length(**extra: Any) -> int:
+            body = {"model": "m", "input": TEXT, "response_format": "pcm", **extra}
+            return len((await client.post("/v1/audio/speech", json=body)).content)
+
+        plain = await length()
+        fast = await length(speed=2.0)
+        angry = await length(emotion=[0, 0.7, 0, 0, 0, 0, 0, 0])
+        sad = await length(style="难过")
+    assert fast < 0.7 * plain and angry < plain < sad
+
+
+async def test_models_and_voices_are_listed(clean_env: Path) -> None:
+    """/v1/models lists msgvoice and the engine; /v1/audio/voices lists eSpeak's voices."""
+    async with running(clean_env) as (daemon, _):
+        client = client_for(daemon.http.port)
+        models = await asyncio.to_thread(client.models.list)
+        async with httpx.AsyncClient() as http:
+            voices = (await http.get(f"http://127.0.0.1:{daemon.http.port}/v1/audio/voices")).json()
+    assert {m.id for m in models.data} >= {"msgvoice", "espeak"}
+    assert "cmn" in voices["voices"] and "alloy" in voices["aliases"]
+
+
+async def test_unseeded_engine_says_why(clean_env: Path) -> None:
+    """An engine that takes no seed still speaks; the worker reports why it was not seeded."""
+    from msgvoice.pipeline import Report, SpeechJob  # noqa: PLC0415
+
+    env = {"MSGVOICE_TTS_ENGINE": "tests.fault_engine:FaultEngine"}
+    async with running(clean_env, **env) as (daemon, _):
+        report = Report()
+        job = SpeechJob("s", "你好", Path(), "wav", seed=3)
+        async for _synthesis in daemon.app.speaker.syntheses(job, report):
+            pass
+    assert report.unseeded_why == "fault takes no seed"
