@@ -49,6 +49,8 @@ class SpeechJob:
     """Multiplies the speaking rate (engines that take prosody)."""
     vector: tuple[float, ...] | None = None
     """An explicit emotion vector for this job (wins over style and LLM)."""
+    lead_sentence: bool = False
+    """Speak the first sentence as a segment of its own (sooner first audio when streaming)."""
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Speaker:
             return main.engine
         return f"{self.supervisors[1].engine}（{main.engine} 不可用，已回退）"
 
-    def segments(self, message: str) -> list[str]:
+    def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
         """The segments a message is spoken in; SpeechError when there is nothing to say."""
         if len(message) > self.config.text.max_chars:
             raise SpeechError(
@@ -123,12 +125,15 @@ class Speaker:
         pieces = text.segment(message, self.config.text.segment_chars)
         if not pieces:
             raise SpeechError("nothing to speak")
+        first = text.sentences(pieces[0])
+        if lead_sentence and len(first) > 1:
+            pieces[:1] = [first[0], pieces[0][len(first[0]) :].strip()]
         return pieces
 
     async def syntheses(self, job: SpeechJob, report: Report) -> AsyncIterator[Synthesis]:
         """The job's segments as the worker speaks them, one at a time, in order."""
         started = time.perf_counter()
-        pieces = self.segments(job.text)
+        pieces = self.segments(job.text, job.lead_sentence)
         emotion = await self.emotions.resolve(job.style, pieces, job.vector)
         report.emotion, report.segments = emotion, len(pieces)
         report.timings.update(

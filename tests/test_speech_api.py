@@ -193,3 +193,17 @@ async def test_unseeded_engine_says_why(clean_env: Path) -> None:
         async for _synthesis in daemon.app.speaker.syntheses(job, report):
             pass
     assert report.unseeded_why == "fault takes no seed"
+
+
+def test_api_requests_speak_their_first_sentence_alone() -> None:
+    """The first sentence is its own segment for API requests (sooner first audio); the rest
+    keeps the normal budget."""
+    from msgvoice.config import load  # noqa: PLC0415
+    from msgvoice.emotion import Emotions  # noqa: PLC0415
+    from msgvoice.pipeline import Speaker  # noqa: PLC0415
+
+    config = load(None, {})
+    speaker = Speaker(config, [], Emotions(config.emotion))
+    assert speaker.segments("一。二。三。") == ["一。二。三。"]
+    assert speaker.segments("一。二。三。", lead_sentence=True) == ["一。", "二。三。"]
+    assert speaker.segments("只有一句。", lead_sentence=True) == ["只有一句。"]

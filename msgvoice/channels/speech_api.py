@@ -307,6 +307,7 @@ class SpeechApi:
             seed=seed,
             speed=float(speed),
             vector=tuple(vector) if vector else None,
+            lead_sentence=True,
         )
         return job, fmt, stream
 
