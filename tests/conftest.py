@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,3 +53,19 @@ def pitch_hz(samples: npt.NDArray[np.floating], rate: int) -> float:
         if ac[lag] > 0.3 * ac[0]:
             found.append(rate / lag)
     return float(np.median(found)) if found else 0.0
+
+
+def run_msgvoice(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m msgvoice ARGS` as a user runs it, with `env` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "msgvoice", *args],
+        cwd=REPO,
+        check=False,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from tests.conftest import REPO, read_audio, rms
+from tests.conftest import REPO, read_audio, rms, run_msgvoice
 from tests.fake_llm import FakeLLM, Reply, vectors_json
 
 LONG_TEXT = (
@@ -26,15 +26,7 @@ LONG_TEXT = (
 
 
 def say(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "msgvoice", "say", *args],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+    return run_msgvoice("say", *args, env=env)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from tests.conftest import REPO
+from tests.conftest import run_msgvoice
 from tests.daemon_util import FAULT_ENGINE, DaemonProcess, outbox, running, wait_job
 from tests.fake_llm import FakeLLM, Reply
 
@@ -225,15 +223,12 @@ def test_console_channel_speaks_and_prints_the_path(clean_env: Path, tmp_path: P
     """`msgvoice run --console` answers commands and prints the voice note's path."""
     from tests.daemon_util import free_port  # noqa: PLC0415
 
-    done = subprocess.run(
-        [sys.executable, "-m", "msgvoice", "run", "--console"],
-        cwd=REPO,
-        check=False,
+    done = run_msgvoice(
+        "run",
+        "--console",
+        env={"MSGVOICE_HTTP_PORT": str(free_port())},
         input="/mode style 温柔\n/tts 晚安\n",
-        capture_output=True,
-        text=True,
         timeout=60,
-        env={**__import__("os").environ, "MSGVOICE_HTTP_PORT": str(free_port())},
     )
     assert done.returncode == 0, done.stderr
     assert "已设置风格：温柔" in done.stdout
@@ -260,20 +255,18 @@ def test_json_logs_parse_and_never_carry_the_users_text(clean_env: Path) -> None
     """With --log-format json every log line is a JSON object, and a user's message appears
     only as its length and a short hash."""
     import json  # noqa: PLC0415
-    import os  # noqa: PLC0415
 
     from tests.daemon_util import free_port  # noqa: PLC0415
 
     secret = "我的银行密码是一二三四"
-    done = subprocess.run(
-        [sys.executable, "-m", "msgvoice", "run", "--console", "--log-format", "json"],
-        cwd=REPO,
-        check=False,
+    done = run_msgvoice(
+        "run",
+        "--console",
+        "--log-format",
+        "json",
+        env={"MSGVOICE_HTTP_PORT": str(free_port())},
         input=f"/tts {secret}\n",
-        capture_output=True,
-        text=True,
         timeout=60,
-        env={**os.environ, "MSGVOICE_HTTP_PORT": str(free_port())},
     )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]

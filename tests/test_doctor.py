@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_msgvoice
 from tests.daemon_util import DaemonProcess, free_port
 from tests.fake_llm import FakeLLM
 
 
 def doctor(env: dict[str, str] | None = None, *args: str) -> tuple[int, dict]:
-    done = subprocess.run(
-        [sys.executable, "-m", "msgvoice", "doctor", "--json", *args],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "MSGVOICE_HTTP_PORT": str(free_port()), **(env or {})},
+    done = run_msgvoice(
+        "doctor", "--json", *args, env={"MSGVOICE_HTTP_PORT": str(free_port()), **(env or {})}
     )
     return done.returncode, json.loads(done.stdout)
 

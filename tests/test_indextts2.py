@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import soundfile as sf
 
 from msgvoice.config import load
 from msgvoice.engines.base import EngineUnavailable, Prosody
-from tests.conftest import REPO, read_audio, rms
+from tests.conftest import REPO, read_audio, rms, run_msgvoice
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 ANGRY = (0.0, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -245,15 +244,7 @@ def test_say_through_the_real_worker_reports_stages_and_rtf(setup: dict) -> None
     """`msgvoice say` with indextts2: the worker runs the adapter, the int16 output becomes
     float audio, and the report carries GPT/S2Mel/vocoder times and RTF."""
     out = setup["tmp"] / "x.wav"
-    done = subprocess.run(
-        [sys.executable, "-m", "msgvoice", "say", "/tts 生气：你好", "--json", "-o", str(out)],
-        cwd=REPO,
-        env=say_env(setup),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_msgvoice("say", "/tts 生气：你好", "--json", "-o", str(out), env=say_env(setup))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["engine"] == "indextts2" and report["fallback_from"] is None
@@ -274,15 +265,7 @@ def test_fallback_engine_speaks_when_indextts_cannot_start(setup: dict) -> None:
         MSGVOICE_TTS_FALLBACK="espeak",
         MSGVOICE_WORKER_MAX_START_FAILURES="1",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "msgvoice", "say", "你好", "--json", "-o", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_msgvoice("say", "你好", "--json", "-o", str(out), env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["engine"] == "espeak" and report["fallback_from"] == "indextts2"
@@ -293,15 +276,7 @@ def test_doctor_reports_unavailable_engine_and_ignored_knobs(setup: dict) -> Non
     warning."""
 
     def doctor(**extra: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [sys.executable, "-m", "msgvoice", "doctor", "--json"],
-            cwd=REPO,
-            env=say_env(setup, MSGVOICE_HTTP_PORT="9", **extra),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_msgvoice("doctor", "--json", env=say_env(setup, MSGVOICE_HTTP_PORT="9", **extra))
         return {c["name"]: c for c in json.loads(done.stdout)["checks"]}
 
     missing = doctor(

