@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from msgvoice import __version__, app, commands, doctor, service
+from msgvoice import __version__, app, commands
 from msgvoice.audio import FORMATS
 from msgvoice.config import Config, ConfigError, load
 from msgvoice.pipeline import SpeechError, SpeechJob
@@ -128,6 +128,8 @@ async def _say(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _doctor(args: argparse.Namespace) -> int:
+    from msgvoice import doctor  # noqa: PLC0415 (probes and clients: only for doctor)
+
     try:
         config = load(args.config, os.environ)
     except ConfigError as exc:
@@ -146,6 +148,8 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 
 def _service(config: Config, args: argparse.Namespace) -> int:
+    from msgvoice import service  # noqa: PLC0415
+
     kind = args.kind or service.default_kind()
     if args.action == "print":
         sys.stdout.write(service.render(config, kind, args.config))
@@ -219,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run_main(lambda: _say(config, args))
         if args.command == "run":
             _logging(args, args.log_format or config.daemon.log_format)
-            return asyncio.run(app.serve(config, console=args.console))
+            from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
+
+            return asyncio.run(daemon.serve(config, console=args.console))
         if args.command == "service":
             return _service(config, args)
     except (ConfigError, UsageError, SpeechError) as exc:

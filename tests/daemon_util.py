@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
-from msgvoice import app
 from msgvoice.config import load
+from msgvoice.daemon import Daemon
+from msgvoice.daemon import daemon as build_daemon
 from tests.conftest import REPO
 
 FAULT_ENGINE = "tests.fault_engine:FaultEngine"
@@ -31,7 +32,7 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running(state: Path, **env: str) -> AsyncIterator[tuple[app.Daemon, httpx.AsyncClient]]:
+async def running(state: Path, **env: str) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
     """A daemon in this process on an ephemeral port, with its lane running; `env` is set in
     the real environment for its lifetime (the worker inherits it)."""
     settings = {"MSGVOICE_STATE_DIR": str(state), "MSGVOICE_HTTP_PORT": "0", **env}
@@ -39,7 +40,7 @@ async def running(state: Path, **env: str) -> AsyncIterator[tuple[app.Daemon, ht
     os.environ.update(settings)
     try:
         config = load(None, os.environ)
-        async with app.daemon(config) as daemon, _lane(daemon) as client:
+        async with build_daemon(config) as daemon, _lane(daemon) as client:
             yield daemon, client
     finally:
         for key, value in saved.items():
@@ -50,7 +51,7 @@ async def running(state: Path, **env: str) -> AsyncIterator[tuple[app.Daemon, ht
 
 
 @contextlib.asynccontextmanager
-async def _lane(daemon: app.Daemon) -> AsyncIterator[httpx.AsyncClient]:
+async def _lane(daemon: Daemon) -> AsyncIterator[httpx.AsyncClient]:
     """Run the lane and the push channels; hand out a client for the HTTP channel."""
     tasks = [asyncio.create_task(daemon.lane.run())]
     tasks += [asyncio.create_task(channel.run()) for channel in daemon.channels]
