@@ -45,6 +45,14 @@ class SetStyle:
 
 
 @dataclass(frozen=True)
+class SetSpeaker:
+    """`/mode speaker <name>`: the chat's voice by name (a clip in the voices folder, or an
+    eSpeak voice); None (`/mode speaker off`) returns to the configured voice."""
+
+    speaker: str | None
+
+
+@dataclass(frozen=True)
 class Help:
     """`/help`."""
 
@@ -70,10 +78,15 @@ class PlainText:
     text: str
 
 
-Command = Speak | ShowMode | SetVoiceMode | SetStyle | Help | Usage | Unknown | PlainText
+Command = (
+    Speak | ShowMode | SetVoiceMode | SetStyle | SetSpeaker | Help | Usage | Unknown | PlainText
+)
 
 TTS_USAGE = "用法：/tts 文本，或 /tts 风格：文本（例如 /tts 温柔：晚安）"
-MODE_USAGE = "用法：/mode，/mode voice on|off|both|audio|text，/mode style <描述>，/mode style off"
+MODE_USAGE = (
+    "用法：/mode，/mode voice on|off|both|audio|text，/mode style <描述>，/mode style off，"
+    "/mode speaker <名字>"
+)
 HELP_TEXT = "\n".join(
     [
         "/tts 文本 — 把文本读成语音",
@@ -81,6 +94,7 @@ HELP_TEXT = "\n".join(
         "/mode — 查看本聊天的语音模式、风格和引擎",
         "/mode voice on|off|both|audio|text — 机器人回复是否配语音",
         "/mode style <描述> — 设置本聊天的语音风格；/mode style off 清除",
+        "/mode speaker <名字> — 选择本聊天的音色；/mode speaker off 恢复默认",
         "/help — 显示本帮助",
     ]
 )
@@ -129,6 +143,8 @@ def _parse_mode(body: str) -> Command:
         return SetStyle(None)
     if word == "style" and arg:
         return SetStyle(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
+    if word == "speaker" and arg:
+        return SetSpeaker(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
     return Usage(MODE_USAGE)
 
 

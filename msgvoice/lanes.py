@@ -105,7 +105,9 @@ class Lane:
         out = self.audio_dir / f"{job.id}.{self.fmt}"
         started = time.monotonic()
         cap = self.auto_timeout_s if job.kind == "auto" else None
-        speech = SpeechJob(job.id, job.text, out, self.fmt, style=job.style, timeout_cap_s=cap)
+        speech = SpeechJob(
+            job.id, job.text, out, self.fmt, style=job.style, voice=job.speaker, timeout_cap_s=cap
+        )
         try:
             result = await self.speaker.speak(speech)
         except (WorkerError, SpeechError, OSError) as exc:

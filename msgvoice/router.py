@@ -107,18 +107,29 @@ class Router:
             return await self._converse(chat_id, command.text)
         return Outcome(replies=[self.say(chat_id, self._settings_reply(chat_id, command))])
 
-    def _settings_reply(self, chat_id: str, command: commands.Command) -> str:
+    def _change(self, chat_id: str, command: commands.Command) -> str | None:
+        """Apply a settings command; its confirmation, or None if it is not one."""
         if isinstance(command, commands.SetVoiceMode):
             self.store.update_chat(chat_id, voice_mode=command.mode)
             return f"已设置语音模式：{MODE_NAMES[command.mode]}"
         if isinstance(command, commands.SetStyle):
             self.store.update_chat(chat_id, style=command.style)
             return f"已设置风格：{command.style}" if command.style else "已清除风格"
+        if isinstance(command, commands.SetSpeaker):
+            self.store.update_chat(chat_id, speaker=command.speaker)
+            return f"已设置音色：{command.speaker}" if command.speaker else "已恢复默认音色"
+        return None
+
+    def _settings_reply(self, chat_id: str, command: commands.Command) -> str:
+        changed = self._change(chat_id, command)
+        if changed is not None:
+            return changed
         if isinstance(command, commands.ShowMode):
             chat = self.store.chat(chat_id)
+            speaker = f"；音色：{chat.speaker}" if chat.speaker else ""
             return (
                 f"语音模式：{MODE_NAMES.get(chat.voice_mode, chat.voice_mode)}；"
-                f"风格：{chat.style or '无'}；引擎：{self.engine()}"
+                f"风格：{chat.style or '无'}；引擎：{self.engine()}{speaker}"
             )
         if isinstance(command, commands.Help):
             return commands.HELP_TEXT
@@ -144,7 +155,8 @@ class Router:
         return Outcome(jobs=[job], replies=[first])
 
     def _queue(self, chat_id: str, kind: str, text: str, style: str | None) -> str:
-        job_id, superseded = self.store.add_job(chat_id, kind, text, style)
+        speaker = self.store.chat(chat_id).speaker
+        job_id, superseded = self.store.add_job(chat_id, kind, text, style, speaker)
         self.superseded_at_submit += len(superseded)
         for old in superseded:
             log.info("job %s superseded by %s in chat=%s before it ran", old, job_id, chat_id)

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS chats (
     chat_id TEXT PRIMARY KEY,
     voice_mode TEXT NOT NULL DEFAULT 'text',
     style TEXT,
+    speaker TEXT,
     latest_auto_job TEXT,
     updated_at_ms INTEGER NOT NULL
 );
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     timings TEXT,
     engine TEXT,
     fallback_from TEXT,
+    speaker TEXT,
     created_at_ms INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL
 );
@@ -79,6 +81,7 @@ class Chat:
     chat_id: str
     voice_mode: str = VOICE_MODE_DEFAULT
     style: str | None = None
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Job:
     created_at_ms: int
     engine: str | None = None
     fallback_from: str | None = None
+    speaker: str | None = None
 
 
 class Store:
@@ -114,10 +118,15 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        for column in ("engine", "fallback_from"):  # journals from before these columns
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+        for table, column in (
+            ("jobs", "engine"),
+            ("jobs", "fallback_from"),
+            ("jobs", "speaker"),
+            ("chats", "speaker"),
+        ):
+            columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:  # a journal from before this column
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         """Close the database."""
@@ -138,9 +147,11 @@ class Store:
     def chat(self, chat_id: str) -> Chat:
         """A chat's settings (defaults for a chat never seen)."""
         row = self._db.execute(
-            "SELECT voice_mode, style FROM chats WHERE chat_id = ?", (chat_id,)
+            "SELECT voice_mode, style, speaker FROM chats WHERE chat_id = ?", (chat_id,)
         ).fetchone()
-        return Chat(chat_id, row["voice_mode"], row["style"]) if row else Chat(chat_id)
+        if row is None:
+            return Chat(chat_id)
+        return Chat(chat_id, row["voice_mode"], row["style"], row["speaker"])
 
     def known_chat(self, chat_id: str) -> bool:
         """Whether the chat ever sent or received anything."""
@@ -158,7 +169,7 @@ class Store:
         """Set voice_mode and/or style for a chat."""
         self.touch_chat(chat_id)
         for column, value in values.items():
-            if column not in ("voice_mode", "style"):
+            if column not in ("voice_mode", "style", "speaker"):
                 raise ValueError(f"not a chat setting: {column}")
             self._db.execute(
                 f"UPDATE chats SET {column} = ?, updated_at_ms = ? WHERE chat_id = ?",
@@ -169,7 +180,7 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------
 
     def add_job(
-        self, chat_id: str, kind: str, text: str, style: str | None
+        self, chat_id: str, kind: str, text: str, style: str | None, speaker: str | None = None
     ) -> tuple[str, list[str]]:
         """Journal a queued job; for an automatic reply, make it the chat's latest and
         supersede the chat's queued older ones. Returns (job id, superseded ids)."""
@@ -199,9 +210,9 @@ class Store:
                     "UPDATE chats SET latest_auto_job = ? WHERE chat_id = ?", (job_id, chat_id)
                 )
             db.execute(
-                "INSERT INTO jobs (id, chat_id, kind, state, text, style, created_at_ms,"
-                " updated_at_ms) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, chat_id, kind, text, style, stamp, stamp),
+                "INSERT INTO jobs (id, chat_id, kind, state, text, style, speaker,"
+                " created_at_ms, updated_at_ms) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, chat_id, kind, text, style, speaker, stamp, stamp),
             )
         return job_id, superseded
 
@@ -377,4 +388,5 @@ def _job(row: sqlite3.Row) -> Job:
         created_at_ms=row["created_at_ms"],
         engine=row["engine"],
         fallback_from=row["fallback_from"],
+        speaker=row["speaker"],
     )

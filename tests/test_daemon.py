@@ -273,3 +273,29 @@ def test_json_logs_parse_and_never_carry_the_users_text(clean_env: Path) -> None
     assert any("sha=" in line["msg"] for line in lines)
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])
     assert secret not in done.stderr
+
+
+async def test_chat_speaker_picks_the_voice_of_its_replies(clean_env: Path) -> None:
+    """`/mode speaker en` makes the chat's voice notes use that voice; `off` restores the
+    configured one; /mode shows it."""
+    async with running(clean_env) as (daemon, client):
+
+        async def spoken() -> str | None:
+            reply = await client.post("/v1/messages", json={"chat_id": "v", "text": "/tts hello"})
+            job = daemon.store.job(reply.json()["jobs"][0])
+            await wait_job(client, reply.json()["jobs"][0])
+            return job.speaker if job else None
+
+        await client.post("/v1/messages", json={"chat_id": "v", "text": "/mode speaker en"})
+        assert await spoken() == "en"
+        shown = await client.post("/v1/messages", json={"chat_id": "v", "text": "/mode"})
+        assert shown.json()["replies"][0].endswith("音色：en")
+        await client.post("/v1/messages", json={"chat_id": "v", "text": "/mode speaker off"})
+        assert await spoken() is None
+        unknown = await client.post(
+            "/v1/messages", json={"chat_id": "v", "text": "/mode speaker nobody"}
+        )
+        assert unknown.json()["replies"] == ["已设置音色：nobody"]
+        failed = await client.post("/v1/messages", json={"chat_id": "v", "text": "/tts hi"})
+        job = await wait_job(client, failed.json()["jobs"][0])
+        assert job["state"] == "failed" and "no voice 'nobody'" in job["error"]

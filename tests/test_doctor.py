@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import psutil
@@ -37,12 +39,20 @@ def test_fresh_machine_is_pass_or_warning_and_leaves_no_process() -> None:
     assert report["config"]["worker"]["rss_limit_mb"] == 4500
     assert report["config"]["emotion"]["max_segments"] == 4
     assert report["worker"]["state"] == "not running"
-    workers = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if p.pid not in before and "msgvoice.worker" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert workers == []
+    assert ours_left_running(before) == []
+
+
+def ours_left_running(before: set[int]) -> list[psutil.Process]:
+    """Workers started since `before` by this test (they carry its state dir), still alive."""
+    state = os.environ["MSGVOICE_STATE_DIR"]
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid in before or "msgvoice.worker" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("MSGVOICE_STATE_DIR") == state:
+                found.append(proc)
+    return found
 
 
 def test_invalid_config_value_is_an_error() -> None:

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import espeakng_loader
 import numpy as np
@@ -118,23 +118,41 @@ class EspeakEngine:
                 return self._speak(text, voice, prosody, seed), self.sample_rate
             read_fd, write_fd = os.pipe()
             pid = os.fork()
-            if pid == 0:  # the child: speak, hand the samples over, leave at once
-                code = 1
-                try:
-                    os.close(read_fd)
-                    samples = self._speak(text, voice, prosody, seed)
-                    with os.fdopen(write_fd, "wb") as pipe:
-                        pipe.write(samples.tobytes())
-                    code = 0
-                finally:
-                    os._exit(code)
+            if pid == 0:  # the child: speak, hand the result over, leave at once
+                self._child(read_fd, write_fd, text=text, voice=voice, prosody=prosody, seed=seed)
             os.close(write_fd)
             with os.fdopen(read_fd, "rb") as pipe:
                 data = pipe.read()
             _, status = os.waitpid(pid, 0)
-        if status != 0:
+        if data[:1] == b"E":
+            raise ValueError(data[1:].decode(errors="replace"))
+        if status != 0 or data[:1] != b"A":
             raise RuntimeError(f"eSpeak synthesis failed (child status {status})")
-        return np.frombuffer(data, dtype=np.int16).copy(), self.sample_rate
+        return np.frombuffer(data[1:], dtype=np.int16).copy(), self.sample_rate
+
+    def _child(
+        self,
+        read_fd: int,
+        write_fd: int,
+        *,
+        text: str,
+        voice: str | None,
+        prosody: Prosody,
+        seed: int | None,
+    ) -> NoReturn:
+        """In the forked child: b"A" + samples, or b"E" + the error, then exit."""
+        code = 1
+        try:
+            os.close(read_fd)
+            try:
+                reply = b"A" + self._speak(text, voice, prosody, seed).tobytes()
+            except (ValueError, RuntimeError) as exc:
+                reply = b"E" + str(exc).encode()
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(reply)
+            code = 0
+        finally:
+            os._exit(code)
 
     def _speak(
         self, text: str, voice: str | None, prosody: Prosody, seed: int | None
