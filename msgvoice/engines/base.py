@@ -33,7 +33,10 @@ class Engine(Protocol):
     def synthesize(
         self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
     ) -> tuple[Any, int]:
-        """Speak `text`; return (samples, sample rate). Samples in any numeric form."""
+        """Speak `text`; return (samples, sample rate). Samples in any numeric form.
+
+        An engine may also take a keyword `seed: int | None` (the worker passes it only to
+        engines whose `synthesize` names it) to make sampling reproducible."""
         ...
 
     def facts(self) -> dict[str, Any]:
