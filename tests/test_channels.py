@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
+from msgvoice.channels.imessage import caf_encoder
 from tests.daemon_util import running
 from tests.fake_telegram import TOKEN, FakeTelegram
 
@@ -201,7 +202,7 @@ async def test_imessage_tts_becomes_a_voice_note_and_mode_a_text(
     text, voice = imsg.lines("sent.jsonl")
     assert text == {"chat_id": 1, "text": "已设置风格：温柔"}
     path = Path(voice["file"])
-    if shutil.which("ffprobe"):
+    if caf_encoder() is not None and shutil.which("ffprobe"):
         assert codec_of(path) == ("caf", "opus", 1)
     else:
         assert sf.info(str(path)).format == "MP3"
