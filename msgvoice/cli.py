@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from msgvoice import __version__, app, commands
+from msgvoice import __version__, app, commands, replies
 from msgvoice.audio import FORMATS
 from msgvoice.config import Config, ConfigError, load
 from msgvoice.pipeline import SpeechError, SpeechJob
@@ -78,7 +78,7 @@ def _speakable(line: str) -> tuple[str, str | None]:
     if isinstance(command, commands.PlainText) and command.text:
         return command.text, None
     if isinstance(command, commands.Usage):
-        raise UsageError(command.message)
+        raise UsageError(replies.text(command.key))
     if isinstance(command, commands.PlainText):
         raise UsageError("nothing to speak: the text is empty")
     raise UsageError(f"`say` speaks /tts lines or plain text, not {line.split(maxsplit=1)[0]}")

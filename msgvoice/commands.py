@@ -59,9 +59,9 @@ class Help:
 
 @dataclass(frozen=True)
 class Usage:
-    """A known command used wrongly; `message` is the reply."""
+    """A known command used wrongly; `key` names the reply (see replies.py)."""
 
-    message: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -80,23 +80,6 @@ class PlainText:
 
 Command = (
     Speak | ShowMode | SetVoiceMode | SetStyle | SetSpeaker | Help | Usage | Unknown | PlainText
-)
-
-TTS_USAGE = "用法：/tts 文本，或 /tts 风格：文本（例如 /tts 温柔：晚安）"
-MODE_USAGE = (
-    "用法：/mode，/mode voice on|off|both|audio|text，/mode style <描述>，/mode style off，"
-    "/mode speaker <名字>"
-)
-HELP_TEXT = "\n".join(
-    [
-        "/tts 文本 — 把文本读成语音",
-        "/tts 风格：文本 — 用这个风格读这一条（例如 /tts 开心：你好）",
-        "/mode — 查看本聊天的语音模式、风格和引擎",
-        "/mode voice on|off|both|audio|text — 机器人回复是否配语音",
-        "/mode style <描述> — 设置本聊天的语音风格；/mode style off 清除",
-        "/mode speaker <名字> — 选择本聊天的音色；/mode speaker off 恢复默认",
-        "/help — 显示本帮助",
-    ]
 )
 
 
@@ -120,14 +103,14 @@ def split_style(body: str) -> tuple[str | None, str]:
 def _parse_tts(body: str) -> Command:
     style, text = split_style(body)
     if not text:
-        return Usage(TTS_USAGE)
+        return Usage("tts_usage")
     return Speak(text=text, style=style)
 
 
 def _parse_voice(arg: str) -> Command:
     mode = arg.lower()
     if mode not in VOICE_MODES:
-        return Usage(MODE_USAGE)
+        return Usage("mode_usage")
     normalised = {"on": "both", "off": "text"}.get(mode, mode)
     return SetVoiceMode(normalised)  # type: ignore[arg-type]
 
@@ -145,7 +128,7 @@ def _parse_mode(body: str) -> Command:
         return SetStyle(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
     if word == "speaker" and arg:
         return SetSpeaker(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
-    return Usage(MODE_USAGE)
+    return Usage("mode_usage")
 
 
 def parse(line: str) -> Command:

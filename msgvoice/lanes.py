@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from msgvoice import replies
 from msgvoice.pipeline import Speaker, SpeechError, SpeechJob
 from msgvoice.store import Job, Store
 from msgvoice.supervisor import WorkerError
 
 log = logging.getLogger(__name__)
 
-FAILURE_NOTICE = "语音生成失败：{reason}"
 
 Listener = Callable[[Job, str], None]
 """Told of every job outcome: (job, state)."""
@@ -143,7 +143,8 @@ class Lane:
         self._tell(job, state)
 
     def _failed(self, job: Job, reason: str) -> None:
-        told = self.store.fail(job, reason, FAILURE_NOTICE.format(reason=reason[:200]))
+        notice = replies.text("failed", self.store.chat(job.chat_id).lang, reason=reason[:200])
+        told = self.store.fail(job, reason, notice)
         log.warning(
             "job %s failed: chat=%s kind=%s reason=%s", job.id, job.chat_id, job.kind, reason
         )

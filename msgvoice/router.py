@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from msgvoice import commands
+from msgvoice import commands, replies
 from msgvoice.config import Config
 from msgvoice.lanes import Lane
 from msgvoice.store import Store
@@ -17,8 +17,6 @@ from msgvoice.text import truncate
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER = "正在生成语音…"
-MODE_NAMES = {"both": "文字+语音", "text": "仅文字", "audio": "仅语音"}
 
 Answer = Callable[[str, str], Awaitable[str | None]]
 """A responder: (chat id, message) → the bot's answer, or None."""
@@ -99,44 +97,67 @@ class Router:
         log.info(
             "message chat=%s command=%s %s", chat_id, type(command).__name__, fingerprint(line)
         )
+        self._follow_language(chat_id, command)
         if isinstance(command, commands.Speak):
             style = command.style or self.store.chat(chat_id).style
             return Outcome(jobs=[self._queue(chat_id, "tts", command.text, style)])
         if isinstance(command, commands.PlainText):
-            self.store.touch_chat(chat_id)
             return await self._converse(chat_id, command.text)
         return Outcome(replies=[self.say(chat_id, self._settings_reply(chat_id, command))])
 
-    def _change(self, chat_id: str, command: commands.Command) -> str | None:
+    def _follow_language(self, chat_id: str, command: commands.Command) -> None:
+        """Remember the language the chat writes in (replies follow it). Only what people say
+        counts (plain messages, style descriptions), not text to speak or voice names."""
+        self.store.touch_chat(chat_id)
+        said = (
+            command.text
+            if isinstance(command, commands.PlainText)
+            else (command.style if isinstance(command, commands.SetStyle) else None)
+        )
+        lang = replies.detect(said) if said else None
+        if lang is not None and lang != self.store.chat(chat_id).lang:
+            self.store.update_chat(chat_id, lang=lang)
+
+    def _change(self, chat_id: str, command: commands.Command, lang: str) -> str | None:
         """Apply a settings command; its confirmation, or None if it is not one."""
         if isinstance(command, commands.SetVoiceMode):
             self.store.update_chat(chat_id, voice_mode=command.mode)
-            return f"已设置语音模式：{MODE_NAMES[command.mode]}"
+            mode = replies.text(f"mode.{command.mode}", lang)
+            return replies.text("voice_mode_set", lang, mode=mode)
         if isinstance(command, commands.SetStyle):
             self.store.update_chat(chat_id, style=command.style)
-            return f"已设置风格：{command.style}" if command.style else "已清除风格"
+            if command.style:
+                return replies.text("style_set", lang, style=command.style)
+            return replies.text("style_cleared", lang)
         if isinstance(command, commands.SetSpeaker):
             self.store.update_chat(chat_id, speaker=command.speaker)
-            return f"已设置音色：{command.speaker}" if command.speaker else "已恢复默认音色"
+            if command.speaker:
+                return replies.text("speaker_set", lang, speaker=command.speaker)
+            return replies.text("speaker_cleared", lang)
         return None
 
     def _settings_reply(self, chat_id: str, command: commands.Command) -> str:
-        changed = self._change(chat_id, command)
+        chat = self.store.chat(chat_id)
+        changed = self._change(chat_id, command, chat.lang)
         if changed is not None:
             return changed
         if isinstance(command, commands.ShowMode):
-            chat = self.store.chat(chat_id)
-            speaker = f"；音色：{chat.speaker}" if chat.speaker else ""
-            return (
-                f"语音模式：{MODE_NAMES.get(chat.voice_mode, chat.voice_mode)}；"
-                f"风格：{chat.style or '无'}；引擎：{self.engine()}{speaker}"
+            shown = replies.text(
+                "show_mode",
+                chat.lang,
+                mode=replies.text(f"mode.{chat.voice_mode}", chat.lang),
+                style=chat.style or replies.text("no_style", chat.lang),
+                engine=self.engine(),
             )
+            if chat.speaker:
+                shown += replies.text("show_speaker", chat.lang, speaker=chat.speaker)
+            return shown
         if isinstance(command, commands.Help):
-            return commands.HELP_TEXT
+            return replies.text("help", chat.lang)
         if isinstance(command, commands.Usage):
-            return command.message
+            return replies.text(command.key, chat.lang)
         assert isinstance(command, commands.Unknown)
-        return f"未知命令 /{command.name}，发送 /help 查看可用命令"
+        return replies.text("unknown", chat.lang, name=command.name)
 
     async def _converse(self, chat_id: str, text: str) -> Outcome:
         if self.answer is None or not text:
@@ -150,7 +171,8 @@ class Router:
         if mode == "text":
             return Outcome(replies=[self.say(chat_id, text)])
         spoken = truncate(text, self.config.auto.max_chars)
-        first = self.say(chat_id, text if mode == "both" else PLACEHOLDER)
+        placeholder = replies.text("placeholder", self.store.chat(chat_id).lang)
+        first = self.say(chat_id, text if mode == "both" else placeholder)
         job = self._queue(chat_id, "auto", spoken, self.store.chat(chat_id).style)
         return Outcome(jobs=[job], replies=[first])
 

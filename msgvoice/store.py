@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from msgvoice.replies import DEFAULT_LANG
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chats (
     chat_id TEXT PRIMARY KEY,
     voice_mode TEXT NOT NULL DEFAULT 'text',
     style TEXT,
     speaker TEXT,
+    lang TEXT,
     latest_auto_job TEXT,
     updated_at_ms INTEGER NOT NULL
 );
@@ -82,6 +85,7 @@ class Chat:
     voice_mode: str = VOICE_MODE_DEFAULT
     style: str | None = None
     speaker: str | None = None
+    lang: str = DEFAULT_LANG
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class Store:
             ("jobs", "fallback_from"),
             ("jobs", "speaker"),
             ("chats", "speaker"),
+            ("chats", "lang"),
         ):
             columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:  # a journal from before this column
@@ -147,11 +152,12 @@ class Store:
     def chat(self, chat_id: str) -> Chat:
         """A chat's settings (defaults for a chat never seen)."""
         row = self._db.execute(
-            "SELECT voice_mode, style, speaker FROM chats WHERE chat_id = ?", (chat_id,)
+            "SELECT voice_mode, style, speaker, lang FROM chats WHERE chat_id = ?", (chat_id,)
         ).fetchone()
         if row is None:
             return Chat(chat_id)
-        return Chat(chat_id, row["voice_mode"], row["style"], row["speaker"])
+        lang = row["lang"] or DEFAULT_LANG
+        return Chat(chat_id, row["voice_mode"], row["style"], row["speaker"], lang)
 
     def known_chat(self, chat_id: str) -> bool:
         """Whether the chat ever sent or received anything."""
@@ -169,7 +175,7 @@ class Store:
         """Set voice_mode and/or style for a chat."""
         self.touch_chat(chat_id)
         for column, value in values.items():
-            if column not in ("voice_mode", "style", "speaker"):
+            if column not in ("voice_mode", "style", "speaker", "lang"):
                 raise ValueError(f"not a chat setting: {column}")
             self._db.execute(
                 f"UPDATE chats SET {column} = ?, updated_at_ms = ? WHERE chat_id = ?",

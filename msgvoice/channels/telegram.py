@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from msgvoice import audio
+from msgvoice import audio, replies
 from msgvoice.channels.outbox import BACKOFF_MAX_S, ChannelError, OutboxPump
 from msgvoice.config import TelegramConfig
 from msgvoice.router import OutboxBell, Router
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 PREFIX = "tg:"
 CURSOR = "telegram.offset"
 VOICE_RATE = 48_000
-TEXT_ONLY = "目前只支持文字消息，发送 /help 查看可用命令"
 
 
 class TelegramChannel:
@@ -118,7 +117,7 @@ class TelegramChannel:
         text = message.get("text")
         if not text:
             if self.router.allowed(_prefixed(self.config.allow), chat, sender):
-                self.router.say(chat, TEXT_ONLY)
+                self.router.say(chat, replies.text("text_only", self.store.chat(chat).lang))
             return
         outcome = await self.router.message(chat, text, sender, _prefixed(self.config.allow))
         if outcome.jobs:
