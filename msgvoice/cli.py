@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from msgvoice import __version__, app, commands, replies
 from msgvoice.audio import FORMATS
@@ -194,7 +195,7 @@ def _logging(args: argparse.Namespace, fmt: str = "text") -> None:
     logging.basicConfig(level=base - 10 * args.verbose, handlers=[handler], force=True)
 
 
-def _run_main(coro_factory: object) -> int:
+def _run_main(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run the command's coroutine; SIGTERM cancels it so every worker is stopped."""
 
     async def runner() -> int:
@@ -203,7 +204,7 @@ def _run_main(coro_factory: object) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        return await coro_factory()  # type: ignore[operator,no-any-return]
+        return await coro_factory()
 
     try:
         return asyncio.run(runner())

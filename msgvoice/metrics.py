@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -107,13 +106,3 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return bytes(generate_latest(self.registry))
-
-
-def as_dict(metrics: Metrics) -> dict[str, Any]:
-    """Sample values by name and labels (for tests and doctor)."""
-    out: dict[str, Any] = {}
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            key = sample.name + ("" if not sample.labels else str(sorted(sample.labels.items())))
-            out[key] = sample.value
-    return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from msgvoice import commands, replies
 from msgvoice.config import Config
 from msgvoice.lanes import Lane
-from msgvoice.store import Store
+from msgvoice.store import Chat, Store
 from msgvoice.text import truncate
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ class Router:
         )
         self._follow_language(chat_id, command)
         if isinstance(command, commands.Speak):
-            style = command.style or self.store.chat(chat_id).style
-            return Outcome(jobs=[self._queue(chat_id, "tts", command.text, style)])
+            chat = self.store.chat(chat_id)
+            return Outcome(jobs=[self._queue(chat, "tts", command.text, command.style)])
         if isinstance(command, commands.PlainText):
             return await self._converse(chat_id, command.text)
         return Outcome(replies=[self.say(chat_id, self._settings_reply(chat_id, command))])
@@ -167,18 +167,20 @@ class Router:
 
     def bot_reply(self, chat_id: str, text: str) -> Outcome:
         """A bot's reply to a chat, voiced per the chat's mode (text first in `both`)."""
-        mode = self.store.chat(chat_id).voice_mode
-        if mode == "text":
+        chat = self.store.chat(chat_id)
+        if chat.voice_mode == "text":
             return Outcome(replies=[self.say(chat_id, text)])
-        spoken = truncate(text, self.config.auto.max_chars)
-        placeholder = replies.text("placeholder", self.store.chat(chat_id).lang)
-        first = self.say(chat_id, text if mode == "both" else placeholder)
-        job = self._queue(chat_id, "auto", spoken, self.store.chat(chat_id).style)
+        placeholder = replies.text("placeholder", chat.lang)
+        first = self.say(chat_id, text if chat.voice_mode == "both" else placeholder)
+        job = self._queue(chat, "auto", truncate(text, self.config.auto.max_chars))
         return Outcome(jobs=[job], replies=[first])
 
-    def _queue(self, chat_id: str, kind: str, text: str, style: str | None) -> str:
-        speaker = self.store.chat(chat_id).speaker
-        job_id, superseded = self.store.add_job(chat_id, kind, text, style, speaker)
+    def _queue(self, chat: Chat, kind: str, text: str, style: str | None = None) -> str:
+        """Journal and queue a job in the chat's style (unless given one) and voice."""
+        chat_id = chat.chat_id
+        job_id, superseded = self.store.add_job(
+            chat_id, kind, text, style or chat.style, chat.speaker
+        )
         self.superseded_at_submit += len(superseded)
         for old in superseded:
             log.info("job %s superseded by %s in chat=%s before it ran", old, job_id, chat_id)

@@ -65,11 +65,10 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def synthesize(engine: Engine, params: dict[str, Any]) -> dict[str, Any]:
+def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> dict[str, Any]:
     """Speak one request's text into its output file."""
     started = time.perf_counter()
     seed = params.get("seed")
-    takes_seed = "seed" in inspect.signature(engine.synthesize).parameters
     extra = {"seed": seed} if seed is not None and takes_seed else {}
     samples, rate = engine.synthesize(
         params["text"],
@@ -95,6 +94,8 @@ def synthesize(engine: Engine, params: dict[str, Any]) -> dict[str, Any]:
 def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
     """Answer requests until shutdown or end of input."""
 
+    takes_seed = "seed" in inspect.signature(engine.synthesize).parameters
+
     def send(message: dict[str, Any]) -> None:
         out.write(json.dumps(message, ensure_ascii=False) + "\n")
 
@@ -107,7 +108,7 @@ def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
             continue
         try:
             if method == "synthesize":
-                result = synthesize(engine, request.get("params", {}))
+                result = synthesize(engine, request.get("params", {}), takes_seed)
             elif method == "ping":
                 result = {
                     "peak_rss_mb": peak_rss_mb(),

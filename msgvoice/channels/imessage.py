@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from msgvoice import audio
-from msgvoice.channels.outbox import BACKOFF_MAX_S, ChannelError, OutboxPump
+from msgvoice.channels.outbox import ChannelError, OutboxPump, next_backoff, prefixed
 from msgvoice.config import ImessageConfig
 from msgvoice.router import OutboxBell, Router
 from msgvoice.store import Store
@@ -126,7 +126,7 @@ class ImessageChannel:
                 except (ChannelError, OSError) as exc:
                     if asyncio.get_running_loop().time() - started > HEALTHY_SESSION_S:
                         backoff = 0.0  # it ran fine for a while: not a crash loop
-                    backoff = min(max(0.5, backoff * 2), BACKOFF_MAX_S)
+                    backoff = next_backoff(backoff, first_s=0.5)
                     log.warning("imsg session ended (%s); restarting in %.1fs", exc, backoff)
                 self.restarts += 1
                 await asyncio.sleep(backoff)
@@ -214,7 +214,7 @@ class ImessageChannel:
                     f"{PREFIX}{message['chat_id']}",
                     text,
                     message.get("sender"),
-                    _prefixed(self.config.allow),
+                    prefixed(self.config.allow, PREFIX),
                 )
             if rowid is not None:
                 self.store.set_cursor(CURSOR, str(rowid))
@@ -231,8 +231,3 @@ class ImessageChannel:
                 voice = await asyncio.to_thread(audio.convert, source, "mp3", CAF_RATE)
             params["file"] = str(voice)
         await self.request("send", params)
-
-
-def _prefixed(allow: tuple[str, ...]) -> tuple[str, ...]:
-    """Allow-list entries name imsg chat ids or handles; chats are journalled as im:<id>."""
-    return allow + tuple(f"{PREFIX}{a}" for a in allow)

@@ -22,6 +22,16 @@ IDLE_RECHECK_S = 30.0
 BACKOFF_MAX_S = 60.0
 
 
+def next_backoff(previous_s: float, first_s: float = 1.0) -> float:
+    """The next wait after a failure: `first_s`, then doubling up to BACKOFF_MAX_S."""
+    return min(max(first_s, previous_s * 2), BACKOFF_MAX_S)
+
+
+def prefixed(allow: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    """An allow-list names the app's own ids; chats are journalled as <prefix><id>."""
+    return allow + tuple(f"{prefix}{a}" for a in allow)
+
+
 class ChannelError(RuntimeError):
     """A send or poll the chat app did not accept (network, 5xx, protocol); worth retrying."""
 
@@ -60,7 +70,7 @@ class OutboxPump:
             try:
                 await self.send(row)
             except ChannelError as exc:
-                self.backoff_s = min(max(1.0, self.backoff_s * 2), BACKOFF_MAX_S)
+                self.backoff_s = next_backoff(self.backoff_s)
                 wait = exc.retry_after_s if exc.retry_after_s is not None else self.backoff_s
                 log.warning(
                     "send to %s (seq %d) failed, retrying in %.1fs: %s",

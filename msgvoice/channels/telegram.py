@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from msgvoice import audio, replies
-from msgvoice.channels.outbox import BACKOFF_MAX_S, ChannelError, OutboxPump
+from msgvoice.channels.outbox import ChannelError, OutboxPump, next_backoff, prefixed
 from msgvoice.config import TelegramConfig
 from msgvoice.router import OutboxBell, Router
 from msgvoice.store import Store
@@ -92,7 +92,7 @@ class TelegramChannel:
                     timeout_s=self.config.poll_timeout_s + 10,
                 )
             except ChannelError as exc:
-                backoff = min(max(1.0, backoff * 2), BACKOFF_MAX_S)
+                backoff = next_backoff(backoff)
                 wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
                 log.warning("telegram getUpdates failed, retrying in %.1fs: %s", wait, exc)
                 await asyncio.sleep(wait)
@@ -116,10 +116,10 @@ class TelegramChannel:
         sender = str((message.get("from") or {}).get("id", ""))
         text = message.get("text")
         if not text:
-            if self.router.allowed(_prefixed(self.config.allow), chat, sender):
+            if self.router.allowed(prefixed(self.config.allow, PREFIX), chat, sender):
                 self.router.say(chat, replies.text("text_only", self.store.chat(chat).lang))
             return
-        outcome = await self.router.message(chat, text, sender, _prefixed(self.config.allow))
+        outcome = await self.router.message(chat, text, sender, prefixed(self.config.allow, PREFIX))
         if outcome.jobs:
             try:
                 await self.call(
@@ -154,8 +154,3 @@ def _is_voice_ready(path: Path) -> bool:
 
     info = sf.info(str(path))
     return (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", VOICE_RATE)
-
-
-def _prefixed(allow: tuple[str, ...]) -> tuple[str, ...]:
-    """Allow-list entries name Telegram ids; chats are journalled as tg:<id>."""
-    return allow + tuple(f"{PREFIX}{a}" for a in allow)
