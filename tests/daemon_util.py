@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
+from msgvoice.compose import DaemonParts
 from msgvoice.config import load
 from msgvoice.daemon import Daemon
-from msgvoice.daemon import daemon as build_daemon
 from tests.conftest import REPO
 
 FAULT_ENGINE = "tests.fault_engine:FaultEngine"
@@ -32,38 +32,27 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running(state: Path, **env: str) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
-    """A daemon in this process on an ephemeral port, with its lane running; `env` is set in
-    the real environment for its lifetime (the worker inherits it)."""
+async def running(state: Path, **env: str) -> AsyncIterator[tuple[DaemonParts, httpx.AsyncClient]]:
+    """A daemon in this process on an ephemeral port, with its lane and channels running; `env`
+    is set in the real environment for its lifetime (the worker inherits it)."""
     settings = {"MSGVOICE_STATE_DIR": str(state), "MSGVOICE_HTTP_PORT": "0", **env}
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
     try:
         config = load(None, os.environ)
-        async with build_daemon(config) as daemon, _lane(daemon) as client:
-            yield daemon, client
+        async with (
+            Daemon(config) as daemon,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{daemon.parts.http.port}", timeout=30
+            ) as client,
+        ):
+            yield daemon.parts, client
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@contextlib.asynccontextmanager
-async def _lane(daemon: Daemon) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the lane and the push channels; hand out a client for the HTTP channel."""
-    tasks = [asyncio.create_task(daemon.lane.run())]
-    tasks += [asyncio.create_task(channel.run()) for channel in daemon.channels]
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{daemon.http.port}", timeout=30
-        ) as client:
-            yield client
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def wait_job(client: httpx.AsyncClient, job_id: str, within: float = 60) -> dict[str, Any]:

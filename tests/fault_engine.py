@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from msgvoice.engines.base import Prosody
+from msgvoice.worker.protocol import Prosody
 
 RATE = 16_000
 _DIRECTIVE = re.compile(r"^\[(\w+)(?::([\d.]+))?(?:#(\w+))?\]\s*")

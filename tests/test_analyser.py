@@ -13,11 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from msgvoice import app
-from msgvoice.analyser import Analyser, base_url, parse_vectors
+from msgvoice import compose
 from msgvoice.config import EmotionConfig, load
-from msgvoice.emotion import dominant
-from msgvoice.pipeline import SpeechJob
+from msgvoice.net import base_url
+from msgvoice.speech.emotion import dominant
+from msgvoice.speech.emotion_llm import Analyser, parse_vectors
+from msgvoice.speech.speaker import SpeechJob
 from tests.conftest import read_audio, rms
 from tests.fake_llm import FakeLLM, Reply, vectors_json
 
@@ -45,7 +46,7 @@ async def speak_with_llm(url: str, tmp_path: Path, timeout_s: float = 2.0) -> tu
     )
     out = tmp_path / "out.wav"
     started = time.monotonic()
-    async with app.build(config) as built:
+    async with compose.speech_kit(config) as built:
         result = await built.speaker.speak(SpeechJob("t", TEXT, out, "wav", style="开心"))
     elapsed = time.monotonic() - started
     samples, _ = read_audio(out)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msgvoice import audio
-from msgvoice.samples import SampleError, to_float32
+from msgvoice.speech import audio
+from msgvoice.speech.encoder import AudioError, AudioWriter
+from msgvoice.speech.formats import output_rate
+from msgvoice.worker.samples import SampleError, to_float32
 from tests.conftest import rms
 
 RATE = 22_050
@@ -105,9 +107,9 @@ def test_every_format_decodes_with_its_duration(
     tmp_path: Path, fmt: str, container: str, codec: str
 ) -> None:
     """Written files carry the right container, codec, rate and duration, and real sound."""
-    rate = audio.output_rate(fmt, RATE, 48_000)
+    rate = output_rate(fmt, RATE, 48_000)
     path = tmp_path / f"x.{fmt}"
-    with audio.AudioWriter(path, fmt, rate) as writer:
+    with AudioWriter(path, fmt, rate) as writer:
         writer.write(audio.resample(tone(1.0), RATE, rate))
         writer.commit()
     info = sf.info(str(path))
@@ -121,7 +123,7 @@ def test_every_format_decodes_with_its_duration(
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     """An error mid-write removes the partial file; nothing appears at the path."""
     path = tmp_path / "x.ogg"
-    with pytest.raises(RuntimeError), audio.AudioWriter(path, "ogg", 48_000) as writer:
+    with pytest.raises(RuntimeError), AudioWriter(path, "ogg", 48_000) as writer:
         writer.write(tone(0.5, rate=48_000))
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
@@ -129,5 +131,5 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
     """Only wav, flac, ogg and mp3 are written."""
-    with pytest.raises(audio.AudioError, match="unknown format"):
-        audio.AudioWriter(tmp_path / "x.aac", "aac", 44_100)
+    with pytest.raises(AudioError, match="unknown format"):
+        AudioWriter(tmp_path / "x.aac", "aac", 44_100)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from msgvoice.channels.imessage import caf_encoder
+from msgvoice.speech.encoder import caf_encoder
 from tests.daemon_util import running
 from tests.fake_telegram import TOKEN, FakeTelegram
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msgvoice.commands import (
+from msgvoice.chat.commands import (
     Command,
     Help,
     PlainText,

@@ -282,7 +282,7 @@ async def test_chat_speaker_picks_the_voice_of_its_replies(clean_env: Path) -> N
 
         async def spoken() -> str | None:
             reply = await client.post("/v1/messages", json={"chat_id": "v", "text": "/tts hello"})
-            job = daemon.store.job(reply.json()["jobs"][0])
+            job = daemon.journal.job(reply.json()["jobs"][0])
             await wait_job(client, reply.json()["jobs"][0])
             return job.speaker if job else None
 

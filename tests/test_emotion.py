@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from msgvoice.config import EmotionConfig
-from msgvoice.emotion import (
+from msgvoice.speech.emotion import (
     NEUTRAL,
     SUM_MAX,
     VALUE_MAX,
@@ -19,9 +19,9 @@ from msgvoice.emotion import (
     to_prosody,
     vec,
 )
-from msgvoice.engines.base import Prosody
-from msgvoice.engines.espeak import EspeakEngine
-from msgvoice.samples import to_float32
+from msgvoice.worker.engines.espeak import EspeakEngine
+from msgvoice.worker.protocol import Prosody
+from msgvoice.worker.samples import to_float32
 from tests.conftest import pitch_hz, rms
 
 

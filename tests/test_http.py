@@ -114,7 +114,7 @@ async def test_doctor_endpoint_carries_live_worker_facts(clean_env: Path) -> Non
     async with running(clean_env) as (daemon, client):
         report = (await client.get("/v1/doctor")).json()
         assert report["status"] in ("pass", "warning")
-        assert report["worker"]["pid"] == daemon.app.supervisor.pid
+        assert report["worker"]["pid"] == daemon.kit.supervisor.pid
         assert set(report["worker"]["restarts"]) == {"rss", "hard_rss", "timeout", "crash", "jobs"}
         assert {c["name"] for c in report["checks"]} >= {"config", "state_dir", "daemon"}
 

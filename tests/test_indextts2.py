@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from msgvoice.config import load
-from msgvoice.engines.base import EngineUnavailable, Prosody
+from msgvoice.worker.protocol import EngineUnavailable, Prosody
 from tests.conftest import REPO, read_audio, rms, run_msgvoice
 
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -52,7 +52,7 @@ def engine(
     setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch, device: str = "cpu", **knobs: Any
 ) -> Any:
     monkeypatch.setenv("FAKE_TORCH_DEVICE", device)
-    from msgvoice.engines.indextts2 import IndexTts2Engine  # noqa: PLC0415
+    from msgvoice.worker.engines.indextts2 import IndexTts2Engine  # noqa: PLC0415
 
     return IndexTts2Engine(**setup["options"], **knobs)
 
@@ -116,7 +116,7 @@ def test_reference_clip_is_16k_mono_and_cached_by_content(setup: dict, monkeypat
     voices = setup["tmp"] / "voices"
     voices.mkdir()
     (voices / "alice.flac").write_bytes(setup["clip"].read_bytes())
-    from msgvoice.engines.indextts2 import Voices  # noqa: PLC0415
+    from msgvoice.worker.engines.indextts2 import Voices  # noqa: PLC0415
 
     same = Voices(str(copy), str(voices), setup["tmp"] / "refs")
     assert same.prepared("alice") == same.prepared(None) == str(refs[0])
@@ -220,7 +220,7 @@ def test_unavailable_paths_say_what_is_missing(
         options["ref_audio"] = ""
     else:
         monkeypatch.setitem(sys.modules, "indextts", None)
-    from msgvoice.engines.indextts2 import IndexTts2Engine  # noqa: PLC0415
+    from msgvoice.worker.engines.indextts2 import IndexTts2Engine  # noqa: PLC0415
 
     with pytest.raises(EngineUnavailable, match=message):
         IndexTts2Engine(**options)
@@ -291,7 +291,7 @@ def test_doctor_reports_unavailable_engine_and_ignored_knobs(setup: dict) -> Non
 
 def test_config_aliases_reach_the_engine_options() -> None:
     """msgcode's env names set the IndexTTS2 options the worker receives."""
-    from msgvoice.app import engine_options  # noqa: PLC0415
+    from msgvoice.compose import engine_options  # noqa: PLC0415
 
     config = load(
         None,

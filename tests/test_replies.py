@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from msgvoice import replies
+from msgvoice.chat import phrasebook
 from tests.daemon_util import running
 
 
@@ -23,13 +23,13 @@ from tests.daemon_util import running
 )
 def test_detect(said: str, lang: str | None) -> None:
     """Chinese characters mean zh; Latin words en; nothing to go on, None."""
-    assert replies.detect(said) == lang
+    assert phrasebook.detect(said) == lang
 
 
 def test_every_reply_exists_in_both_languages() -> None:
     """No reply is missing a translation; an unknown language falls back to Chinese."""
-    assert set(replies.TEXTS["zh"]) == set(replies.TEXTS["en"])
-    assert replies.text("style_cleared", "fr") == replies.text("style_cleared", "zh")
+    assert set(phrasebook.TEXTS["zh"]) == set(phrasebook.TEXTS["en"])
+    assert phrasebook.text("style_cleared", "fr") == phrasebook.text("style_cleared", "zh")
 
 
 async def test_chat_that_writes_english_gets_english_replies(clean_env: Path) -> None:
@@ -45,7 +45,7 @@ async def test_chat_that_writes_english_gets_english_replies(clean_env: Path) ->
         assert await say(client, "/mode voice on") == ["已设置语音模式：文字+语音"]
         assert await say(client, "/mode style soft and calm") == ["Style set: soft and calm"]
         assert (await say(client, "/help"))[0].startswith("/tts text — speak the text")
-        assert await say(client, "/tts") == [replies.text("tts_usage", "en")]
+        assert await say(client, "/tts") == [phrasebook.text("tts_usage", "en")]
         assert await say(client, "/nope") == ["Unknown command /nope; send /help for the commands"]
     async with running(clean_env) as (_, client):
         shown = (await say(client, "/mode"))[0]

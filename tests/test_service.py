@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from msgvoice import service
 from msgvoice.config import load
+from msgvoice.ops import service
 from tests.conftest import run_msgvoice
 
 

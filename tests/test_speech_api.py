@@ -14,7 +14,7 @@ import openai
 import pytest
 import soundfile as sf
 
-from msgvoice import audio
+from msgvoice.speech import audio
 from tests.daemon_util import running
 
 TEXT = "今天天气很好。我们下午一起去公园散步吧！Then we can have tea."
@@ -184,13 +184,13 @@ async def test_models_and_voices_are_listed(clean_env: Path) -> None:
 
 async def test_unseeded_engine_says_why(clean_env: Path) -> None:
     """An engine that takes no seed still speaks; the worker reports why it was not seeded."""
-    from msgvoice.pipeline import Report, SpeechJob  # noqa: PLC0415
+    from msgvoice.speech.speaker import Report, SpeechJob  # noqa: PLC0415
 
     env = {"MSGVOICE_TTS_ENGINE": "tests.fault_engine:FaultEngine"}
     async with running(clean_env, **env) as (daemon, _):
         report = Report()
         job = SpeechJob("s", "你好", Path(), "wav", seed=3)
-        async for _synthesis in daemon.app.speaker.syntheses(job, report):
+        async for _synthesis in daemon.kit.speaker.syntheses(job, report):
             pass
     assert report.unseeded_why == "fault takes no seed"
 
@@ -199,8 +199,8 @@ def test_api_requests_speak_their_first_sentence_alone() -> None:
     """The first sentence is its own segment for API requests (sooner first audio); the rest
     keeps the normal budget."""
     from msgvoice.config import load  # noqa: PLC0415
-    from msgvoice.emotion import Emotions  # noqa: PLC0415
-    from msgvoice.pipeline import Speaker  # noqa: PLC0415
+    from msgvoice.speech.emotion import Emotions  # noqa: PLC0415
+    from msgvoice.speech.speaker import Speaker  # noqa: PLC0415
 
     config = load(None, {})
     speaker = Speaker(config, [], Emotions(config.emotion))

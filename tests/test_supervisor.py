@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from msgvoice.config import WorkerConfig
-from msgvoice.supervisor import Supervisor, SynthRequest, WorkerError, WorkerUnavailable
+from msgvoice.speech.supervisor import Supervisor, SynthRequest, WorkerError, WorkerUnavailable
 
 FAULT_ENGINE = "tests.fault_engine:FaultEngine"
 

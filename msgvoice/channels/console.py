@@ -10,15 +10,11 @@ import asyncio
 import contextlib
 import sys
 import threading
-from pathlib import Path
 from typing import IO
 
-from msgvoice.router import OutboxBell, Router
-from msgvoice.store import Store
+from msgvoice.chat.port import FINAL_STATES, ChatPort, Incoming
 
 CHAT_ID = "console"
-BOT_PREFIX = "机器人"
-FINAL_STATES = ("done", "failed", "superseded")
 
 
 class ConsoleChannel:
@@ -26,20 +22,17 @@ class ConsoleChannel:
 
     def __init__(
         self,
-        router: Router,
-        store: Store,
-        bell: OutboxBell,
-        audio_dir: Path,
+        chat: ChatPort,
         *,
         stdin: IO[str] | None = None,
         stdout: IO[str] | None = None,
         finish_timeout_s: float = 600.0,
     ) -> None:
-        self.router, self.store, self.bell, self.audio_dir = router, store, bell, audio_dir
+        self.chat = chat
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.finish_timeout_s = finish_timeout_s
-        self._seq = max((r["seq"] for r in store.outbox(CHAT_ID)), default=0)
+        self._seq = max((item.seq for item in chat.outbox(CHAT_ID) or []), default=0)
         self._jobs: list[str] = []
 
     def _print(self, line: str) -> None:
@@ -47,14 +40,16 @@ class ConsoleChannel:
         self.stdout.flush()
 
     def _show_new(self) -> None:
-        for row in self.store.outbox(CHAT_ID, self._seq):
-            self._seq = row["seq"]
-            if row["kind"] == "audio":
-                job = self.store.job(row["job_id"]) if row["job_id"] else None
-                seconds = f" ({job.duration_s:.1f}s)" if job and job.duration_s else ""
-                self._print(f"{BOT_PREFIX}: [语音] {self.audio_dir / row['audio_name']}{seconds}")
+        for item in self.chat.outbox(CHAT_ID, self._seq) or []:
+            self._seq = item.seq
+            if item.audio is not None:
+                seconds = f" ({item.duration_s:.1f}s)" if item.duration_s else ""
+                line = self.chat.phrase(
+                    CHAT_ID, "console_voice", path=str(item.audio), seconds=seconds
+                )
             else:
-                self._print(f"{BOT_PREFIX}: {row['text']}")
+                line = self.chat.phrase(CHAT_ID, "console_text", text=item.text or "")
+            self._print(line)
 
     def _lines(self) -> asyncio.Queue[str | None]:
         """Lines from stdin via a daemon thread (works for ttys, pipes and files alike)."""
@@ -70,18 +65,19 @@ class ConsoleChannel:
         return queue
 
     def _open_jobs(self) -> bool:
-        states = [self.store.job(j) for j in self._jobs]
-        return any(job is not None and job.state not in FINAL_STATES for job in states)
+        jobs = [self.chat.job(j) for j in self._jobs]
+        return any(job is not None and job.state not in FINAL_STATES for job in jobs)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read lines until end of input, then wait for this chat's jobs and set `stop`."""
-        changes = self.bell.subscribe()
+        changes = self.chat.bell.subscribe()
         lines = self._lines()
-        self._print("msgvoice console: 输入 /tts 你好 或 /help；Ctrl-D 退出")
+        self._print(self.chat.phrase(CHAT_ID, "console_banner"))
         try:
             while (line := await lines.get()) is not None:
                 if line.strip():
-                    self._jobs += (await self.router.message(CHAT_ID, line.strip())).jobs
+                    outcome = await self.chat.message(Incoming(CHAT_ID, line.strip()))
+                    self._jobs += outcome.jobs
                 self._show_new()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.finish_timeout_s):
@@ -90,15 +86,15 @@ class ConsoleChannel:
                         self._show_new()
             self._show_new()
         finally:
-            self.bell.unsubscribe(changes)
+            self.chat.bell.unsubscribe(changes)
             stop.set()
 
     async def follow(self) -> None:
         """Print replies as they arrive (runs beside `run`)."""
-        changes = self.bell.subscribe()
+        changes = self.chat.bell.subscribe()
         try:
             while True:
                 if await changes.get() == CHAT_ID:
                     self._show_new()
         finally:
-            self.bell.unsubscribe(changes)
+            self.chat.bell.unsubscribe(changes)

@@ -18,15 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
+from msgvoice.chat.port import ChatPort, Incoming, Job, Outcome, allowed
 from msgvoice.config import Config, ConfigError
-from msgvoice.router import Outcome, Router
-from msgvoice.store import Job, Store
+from msgvoice.speech.formats import FILE_FORMATS
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AUDIO_NAME = re.compile(r"^[0-9a-f]{16}\.(ogg|wav|flac|mp3)$")
-CONTENT_TYPES = {"ogg": "audio/ogg", "wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
+AUDIO_NAME = re.compile(rf"^[0-9a-f]{{16}}\.({'|'.join(FILE_FORMATS)})$")
 CHAT_ID_MAX = 256
 OPEN_ROUTES = ("/healthz",)
 
@@ -85,8 +84,7 @@ class HttpChannel:
     def __init__(
         self,
         config: Config,
-        router: Router,
-        store: Store,
+        chat: ChatPort,
         *,
         doctor: Callable[[], Awaitable[dict[str, Any]]],
         health: Callable[[], dict[str, Any]],
@@ -99,7 +97,7 @@ class HttpChannel:
                 f"http.host = {http.host!r} is not loopback: set http.token "
                 "(MSGVOICE_HTTP_TOKEN) before exposing the HTTP channel"
             )
-        self.config, self.router, self.store = config, router, store
+        self.config, self.chat = config, chat
         self.doctor, self.health, self.metrics = doctor, health, metrics
         self.accepting = True
         self.app = web.Application(
@@ -210,21 +208,21 @@ class HttpChannel:
         chat_id = self._chat_id(self._string(body, "chat_id", CHAT_ID_MAX))
         text = self._string(body, "text", self.config.text.max_chars)
         sender = self._string(body, "sender", CHAT_ID_MAX, required=False) or None
-        outcome = await self.router.message(chat_id, text, sender, self.config.http.allow)
+        outcome = await self.chat.message(Incoming(chat_id, text, sender, self.config.http.allow))
         if outcome.ignored:
             raise BadRequest(403, "this chat or sender is not on the allow-list")
         return self._outcome(outcome, message_id=uuid.uuid4().hex[:16])
 
     async def _reply(self, request: web.Request) -> web.Response:
         chat_id = self._chat_id(request.match_info["chat_id"])
-        if not self.router.allowed(self.config.http.allow, chat_id, None):
+        if not allowed(self.config.http.allow, chat_id, None):
             raise BadRequest(403, "this chat is not on the allow-list")
         body = await self._body(request, "text")
         text = self._string(body, "text", self.config.text.max_chars)
-        return self._outcome(self.router.bot_reply(chat_id, text))
+        return self._outcome(self.chat.bot_reply(chat_id, text))
 
     async def _job(self, request: web.Request) -> web.Response:
-        job = self.store.job(request.match_info["job_id"])
+        job = self.chat.job(request.match_info["job_id"])
         if job is None:
             raise BadRequest(404, "no such job")
         return web.json_response(job_json(job))
@@ -235,31 +233,33 @@ class HttpChannel:
             after = int(request.query.get("after", "0"))
         except ValueError:
             raise BadRequest(400, "after must be an integer sequence number") from None
-        if not self.store.known_chat(chat_id):
+        found = self.chat.outbox(chat_id, after)
+        if found is None:
             raise BadRequest(404, "no such chat")
         items = []
-        for row in self.store.outbox(chat_id, after):
+        for row in found:
             item: dict[str, Any] = {
-                "seq": row["seq"],
-                "kind": row["kind"],
-                "created_at": _iso(row["created_at_ms"]),
+                "seq": row.seq,
+                "kind": row.kind,
+                "created_at": _iso(row.created_at_ms),
             }
-            if row["text"] is not None:
-                item["text"] = row["text"]
-            if row["audio_name"]:
-                item["audio_url"] = f"/v1/audio/{row['audio_name']}"
-            if row["job_id"]:
-                item["job_id"] = row["job_id"]
+            if row.text is not None:
+                item["text"] = row.text
+            if row.audio is not None:
+                item["audio_url"] = f"/v1/audio/{row.audio.name}"
+            if row.job_id:
+                item["job_id"] = row.job_id
             items.append(item)
         return web.json_response({"items": items})
 
     async def _audio(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         match = AUDIO_NAME.match(name)
-        path = self.config.state_dir / "audio" / name
+        path = self.config.paths.audio / name
         if match is None or not path.is_file():
             raise BadRequest(404, "no such audio")
-        return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[match.group(1)]})
+        content_type = FILE_FORMATS[match.group(1)].content_type
+        return web.FileResponse(path, headers={"Content-Type": content_type})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         facts = self.health()

@@ -13,78 +13,19 @@ import contextlib
 import itertools
 import json
 import logging
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-from msgvoice import audio
-from msgvoice.channels.outbox import ChannelError, OutboxPump, next_backoff, prefixed
+from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
+from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import ImessageConfig
-from msgvoice.router import OutboxBell, Router
-from msgvoice.store import Store
+from msgvoice.net import next_backoff
+from msgvoice.speech.encoder import CAF_RATE, AudioError, caf_encoder, convert, to_caf
 
 log = logging.getLogger(__name__)
 
 PREFIX = "im:"
 CURSOR = "imessage.rowid"
-CAF_RATE = 24_000
-FFMPEG_TIMEOUT_S = 60
 HEALTHY_SESSION_S = 60.0
-
-
-def caf_encoder() -> str | None:
-    """ffmpeg's path if it can write Opus (for CAF voice bubbles), else None."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        return None
-    try:
-        listing = subprocess.run(
-            [ffmpeg, "-hide_banner", "-encoders"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return ffmpeg if "libopus" in listing else None
-
-
-def to_caf(src: Path, ffmpeg: str) -> Path:
-    """The job's audio as Opus 24 kHz mono in CAF (made once, beside it)."""
-    target = src.with_name(f"{src.stem}.caf")
-    if not target.exists():
-        partial = target.with_name(f".{target.name}.part.caf")
-        done = subprocess.run(
-            [
-                ffmpeg,
-                "-nostdin",
-                "-y",
-                "-loglevel",
-                "error",
-                "-i",
-                str(src),
-                "-ac",
-                "1",
-                "-ar",
-                str(CAF_RATE),
-                "-c:a",
-                "libopus",
-                "-b:a",
-                "32k",
-                str(partial),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=FFMPEG_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise ChannelError(f"ffmpeg could not make CAF: {done.stderr.strip()[:200]}")
-        partial.replace(target)
-    return target
 
 
 class RpcError(ChannelError):
@@ -94,16 +35,9 @@ class RpcError(ChannelError):
 class ImessageChannel:
     """Owns the `imsg rpc` process."""
 
-    def __init__(
-        self,
-        config: ImessageConfig,
-        router: Router,
-        store: Store,
-        bell: OutboxBell,
-        audio_dir: Path,
-    ) -> None:
-        self.config, self.router, self.store, self.audio_dir = config, router, store, audio_dir
-        self.pump = OutboxPump(store, bell, PREFIX, self._send)
+    def __init__(self, config: ImessageConfig, chat: ChatPort) -> None:
+        self.config, self.chat = config, chat
+        self.pump = OutboxPump(chat, PREFIX, self._send)
         self.ffmpeg = caf_encoder() if config.voice_format == "caf" else None
         if config.voice_format == "caf" and self.ffmpeg is None:
             log.warning("no ffmpeg with libopus: iMessage voice notes go out as MP3 attachments")
@@ -143,7 +77,7 @@ class ImessageChannel:
         self._proc = proc
         reader = asyncio.create_task(self._read(proc))
         try:
-            since = self.store.cursor(CURSOR)
+            since = self.chat.cursor(CURSOR)
             params = {"since_rowid": int(since)} if since else {}
             await self.request("watch.subscribe", params)
             log.info("imsg subscribed (pid %d) since rowid %s", proc.pid, since or "now")
@@ -210,24 +144,23 @@ class ImessageChannel:
             rowid = message.get("id")
             text = message.get("text")
             if not message.get("is_from_me") and text and message.get("chat_id") is not None:
-                await self.router.message(
-                    f"{PREFIX}{message['chat_id']}",
-                    text,
-                    message.get("sender"),
-                    prefixed(self.config.allow, PREFIX),
-                )
+                chat_id, sender = f"{PREFIX}{message['chat_id']}", message.get("sender")
+                allow = prefixed(self.config.allow, PREFIX)
+                await self.chat.message(Incoming(chat_id, text, sender, allow))
             if rowid is not None:
-                self.store.set_cursor(CURSOR, str(rowid))
+                self.chat.set_cursor(CURSOR, str(rowid))
 
-    async def _send(self, row: dict[str, Any]) -> None:
-        params: dict[str, Any] = {"chat_id": int(row["chat_id"][len(PREFIX) :])}
-        if row["kind"] == "text":
-            params["text"] = row["text"]
+    async def _send(self, item: OutboxItem) -> None:
+        params: dict[str, Any] = {"chat_id": int(item.chat_id[len(PREFIX) :])}
+        if item.audio is None:
+            params["text"] = item.text
         else:
-            source = self.audio_dir / row["audio_name"]
-            if self.ffmpeg is not None:
-                voice = await asyncio.to_thread(to_caf, source, self.ffmpeg)
-            else:
-                voice = await asyncio.to_thread(audio.convert, source, "mp3", CAF_RATE)
+            try:
+                if self.ffmpeg is not None:
+                    voice = await asyncio.to_thread(to_caf, item.audio, self.ffmpeg)
+                else:
+                    voice = await asyncio.to_thread(convert, item.audio, "mp3", CAF_RATE)
+            except AudioError as exc:
+                raise ChannelError(str(exc)) from exc
             params["file"] = str(voice)
         await self.request("send", params)

@@ -10,21 +10,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from msgvoice.router import OutboxBell
-from msgvoice.store import Store
+from msgvoice.chat.port import ChatPort, OutboxItem
+from msgvoice.net import next_backoff
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Send = Callable[[OutboxItem], Awaitable[None]]
 IDLE_RECHECK_S = 30.0
-BACKOFF_MAX_S = 60.0
-
-
-def next_backoff(previous_s: float, first_s: float = 1.0) -> float:
-    """The next wait after a failure: `first_s`, then doubling up to BACKOFF_MAX_S."""
-    return min(max(first_s, previous_s * 2), BACKOFF_MAX_S)
 
 
 def prefixed(allow: tuple[str, ...], prefix: str) -> tuple[str, ...]:
@@ -43,14 +36,14 @@ class ChannelError(RuntimeError):
 class OutboxPump:
     """Delivers the outbox rows of chats whose id starts with `prefix`."""
 
-    def __init__(self, store: Store, bell: OutboxBell, prefix: str, send: Send) -> None:
-        self.store, self.bell, self.prefix, self.send = store, bell, prefix, send
+    def __init__(self, chat: ChatPort, prefix: str, send: Send) -> None:
+        self.chat, self.prefix, self.send = chat, prefix, send
         self.backoff_s = 0.0
 
     async def run(self) -> None:
         """Send whatever is pending; after a failure wait out the back-off, else wait for the
         bell (or a periodic look)."""
-        changes = self.bell.subscribe()
+        changes = self.chat.bell.subscribe()
         try:
             while True:
                 retry_in = await self.drain()
@@ -62,24 +55,24 @@ class OutboxPump:
                         while not (await changes.get()).startswith(self.prefix):
                             pass
         finally:
-            self.bell.unsubscribe(changes)
+            self.chat.bell.unsubscribe(changes)
 
     async def drain(self) -> float | None:
         """Send pending rows in order; None when all went, else seconds until a retry."""
-        for row in self.store.unsent(self.prefix):
+        for item in self.chat.pending(self.prefix):
             try:
-                await self.send(row)
+                await self.send(item)
             except ChannelError as exc:
                 self.backoff_s = next_backoff(self.backoff_s)
                 wait = exc.retry_after_s if exc.retry_after_s is not None else self.backoff_s
                 log.warning(
                     "send to %s (seq %d) failed, retrying in %.1fs: %s",
-                    row["chat_id"],
-                    row["seq"],
+                    item.chat_id,
+                    item.seq,
                     wait,
                     exc,
                 )
                 return wait
-            self.store.mark_sent(row["chat_id"], row["seq"])
+            self.chat.ack(item)
         self.backoff_s = 0.0
         return None

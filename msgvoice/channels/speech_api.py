@@ -1,6 +1,6 @@
 """OpenAI-compatible speech: `POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`.
 
-Requests take their turn in the same synthesis lane as chat jobs and use the same worker. With
+Requests take their turn on the same speaker as chat jobs and use the same worker. With
 `stream: true`, each sentence is sent as soon as it is spoken (pcm, wav and opus truly stream;
 mp3 and flac are sent whole when done). The streamed samples equal the non-streamed ones: both
 are built from the same pieces by the same encoder code. Errors use OpenAI's error shape.
@@ -8,35 +8,21 @@ are built from the same pieces by the same encoder code. Errors use OpenAI's err
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from msgvoice import audio
 from msgvoice.config import Config
-from msgvoice.lanes import Lane
-from msgvoice.pipeline import Report, Speaker, SpeechError, SpeechJob
-from msgvoice.streaming import Encoder, wav_header
-from msgvoice.supervisor import Synthesis, WorkerError
+from msgvoice.speech.formats import API_FORMATS, Format
+from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("mp3", "opus", "wav", "flac", "pcm")
-CONTENT_TYPES = {
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
-    "wav": "audio/wav",
-    "flac": "audio/flac",
-    "pcm": "audio/pcm",
-}
-PCM_RATE = 24_000  # OpenAI's pcm: 24 kHz, 16-bit signed little-endian, mono
+FAILURES = (SpeechError, WorkerError, OSError, ValueError)
 OPENAI_VOICES = (
     "alloy",
     "ash",
@@ -77,11 +63,8 @@ class ApiError(Exception):
 class SpeechApi:
     """The OpenAI-compatible routes."""
 
-    def __init__(
-        self, config: Config, speaker: Speaker, lane: Lane, voices: Callable[[], list[str]]
-    ) -> None:
-        self.config, self.speaker, self.lane, self.voices = config, speaker, lane, voices
-        self.scratch = config.state_dir / "tmp"
+    def __init__(self, config: Config, speaker: Speaker) -> None:
+        self.config, self.speaker = config, speaker
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to add to the HTTP channel."""
@@ -92,7 +75,7 @@ class SpeechApi:
         ]
 
     async def _models(self, _request: web.Request) -> web.Response:
-        names = ["msgvoice", *(s.engine for s in self.speaker.supervisors)]
+        names = ["msgvoice", *self.speaker.engines()]
         return web.json_response(
             {
                 "object": "list",
@@ -104,41 +87,38 @@ class SpeechApi:
         )
 
     async def _voices(self, _request: web.Request) -> web.Response:
-        return web.json_response({"voices": self.voices(), "aliases": list(OPENAI_VOICES)})
+        voices = self.speaker.voices()
+        return web.json_response({"voices": voices, "aliases": list(OPENAI_VOICES)})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         try:
             job, fmt, stream = self._parse(await _json(request))
         except ApiError as exc:
             return exc.response()
-        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        producer = asyncio.create_task(self._produce(job, fmt, stream, chunks))
+        chunks = self.speaker.stream(job, fmt, stream)
         try:
-            first = await chunks.get()
-            if isinstance(first, BaseException):
-                return _failure(first).response()
-            response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPES[fmt]})
+            first = await anext(chunks, b"")
+        except FAILURES as exc:
+            return _failure(exc).response()
+        try:
+            response = web.StreamResponse(headers={"Content-Type": fmt.content_type})
             if stream:
                 response.enable_chunked_encoding()
             else:
-                response.content_length = len(first or b"")
+                response.content_length = len(first)
             await response.prepare(request)
-            item: bytes | BaseException | None = first
-            while item is not None:
-                if isinstance(item, BaseException):  # too late for a status: cut the stream
-                    log.warning("speech %s failed mid-stream: %s", job.job_id, item)
-                    break
-                if item:
+            await response.write(first)
+            try:
+                async for item in chunks:
                     await response.write(item)
-                item = await chunks.get()
+            except FAILURES as exc:  # too late for a status: cut the stream
+                log.warning("speech %s failed mid-stream: %s", job.job_id, exc)
             await response.write_eof()
             return response
         finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+            await chunks.aclose()
 
-    def _parse(self, body: Any) -> tuple[SpeechJob, str, bool]:
+    def _parse(self, body: Any) -> tuple[SpeechJob, Format, bool]:
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         limit = self.config.text.max_chars
@@ -154,8 +134,8 @@ class SpeechApi:
         fmt = _field(
             body,
             "response_format",
-            lambda v: v in FORMATS,
-            f"response_format must be one of {', '.join(FORMATS)}",
+            lambda v: v in API_FORMATS,
+            f"response_format must be one of {', '.join(API_FORMATS)}",
             default="mp3",
         )
         speed = _field(
@@ -192,8 +172,6 @@ class SpeechApi:
         job = SpeechJob(
             f"api-{uuid.uuid4().hex[:12]}",
             text,
-            Path(),
-            fmt,
             style=style or None,
             voice=None if voice in OPENAI_VOICES else voice,
             seed=seed,
@@ -201,58 +179,7 @@ class SpeechApi:
             vector=tuple(vector) if vector else None,
             lead_sentence=True,
         )
-        return job, fmt, stream
-
-    async def _produce(
-        self,
-        job: SpeechJob,
-        fmt: str,
-        stream: bool,
-        chunks: asyncio.Queue[bytes | BaseException | None],
-    ) -> None:
-        """Speak the job in the lane's turn and queue encoded bytes; the turn is not held
-        while a slow client reads."""
-        encoder: Encoder | None = None
-        pending: list[bytes] = []
-
-        def emit(data: bytes) -> None:
-            if stream:
-                chunks.put_nowait(data)
-            else:
-                pending.append(data)
-
-        try:
-            async with self.lane.turn:
-                async for synthesis in self.speaker.syntheses(job, Report()):
-                    if encoder is None:
-                        encoder = await asyncio.to_thread(
-                            Encoder, fmt, _rate(fmt, synthesis, self.config), stream, self.scratch
-                        )
-                        emit(encoder.start())
-                    emit(await asyncio.to_thread(self._encode, encoder, synthesis))
-            assert encoder is not None
-            tail = await asyncio.to_thread(encoder.finish)
-            if fmt == "wav" and not stream:
-                pending.insert(0, wav_header(encoder.rate, encoder.pcm_bytes))
-            emit(tail)
-            if not stream:
-                chunks.put_nowait(b"".join(pending))
-            chunks.put_nowait(None)
-        except (WorkerError, SpeechError, OSError, ValueError) as exc:
-            if encoder is not None:
-                encoder.abort()
-            chunks.put_nowait(exc)
-
-    def _encode(self, encoder: Encoder, synthesis: Synthesis) -> bytes:
-        return encoder.feed(self.speaker.piece(synthesis, encoder.rate, encoder.pieces > 0))
-
-
-def _rate(fmt: str, synthesis: Synthesis, config: Config) -> int:
-    if fmt == "pcm":
-        return PCM_RATE
-    return audio.output_rate(
-        "ogg" if fmt == "opus" else fmt, synthesis.sample_rate, config.audio.opus_rate_hz
-    )
+        return job, API_FORMATS[fmt], stream
 
 
 def _field(

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from msgvoice import audio, replies
-from msgvoice.channels.outbox import ChannelError, OutboxPump, next_backoff, prefixed
+from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
+from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import TelegramConfig
-from msgvoice.router import OutboxBell, Router
-from msgvoice.store import Store
+from msgvoice.net import next_backoff
+from msgvoice.speech.encoder import convert, is_format
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +30,11 @@ class TelegramChannel:
     """Telegram through the Bot API over one shared httpx client."""
 
     def __init__(
-        self,
-        config: TelegramConfig,
-        router: Router,
-        store: Store,
-        bell: OutboxBell,
-        *,
-        client: httpx.AsyncClient,
-        audio_dir: Path,
+        self, config: TelegramConfig, chat: ChatPort, *, client: httpx.AsyncClient
     ) -> None:
-        self.config, self.router, self.store = config, router, store
-        self.client, self.audio_dir = client, audio_dir
+        self.config, self.chat, self.client = config, chat, client
         self.url = f"{config.base_url.rstrip('/')}/bot{config.token}"
-        self.pump = OutboxPump(store, bell, PREFIX, self._send)
+        self.pump = OutboxPump(chat, PREFIX, self._send)
 
     async def run(self) -> None:
         """Poll for updates and push the outbox until cancelled."""
@@ -80,7 +71,7 @@ class TelegramChannel:
         )
 
     async def _poll(self) -> None:
-        offset = int(self.store.cursor(CURSOR) or 0)
+        offset = int(self.chat.cursor(CURSOR) or 0)
         backoff = 0.0
         while True:
             try:
@@ -101,7 +92,7 @@ class TelegramChannel:
             for update in updates or []:
                 await self._handle(update)
                 offset = int(update["update_id"]) + 1
-                self.store.set_cursor(CURSOR, str(offset))
+                self.chat.set_cursor(CURSOR, str(offset))
 
     async def _handle(self, update: dict[str, Any]) -> None:
         message = update.get("message")
@@ -114,12 +105,9 @@ class TelegramChannel:
             return
         chat = f"{PREFIX}{message['chat']['id']}"
         sender = str((message.get("from") or {}).get("id", ""))
-        text = message.get("text")
-        if not text:
-            if self.router.allowed(prefixed(self.config.allow, PREFIX), chat, sender):
-                self.router.say(chat, replies.text("text_only", self.store.chat(chat).lang))
-            return
-        outcome = await self.router.message(chat, text, sender, prefixed(self.config.allow, PREFIX))
+        text = message.get("text") or None
+        allow = prefixed(self.config.allow, PREFIX)
+        outcome = await self.chat.message(Incoming(chat, text, sender, allow))
         if outcome.jobs:
             try:
                 await self.call(
@@ -128,29 +116,20 @@ class TelegramChannel:
             except ChannelError as exc:
                 log.info("telegram sendChatAction failed: %s", exc)
 
-    async def _send(self, row: dict[str, Any]) -> None:
-        chat_id = row["chat_id"][len(PREFIX) :]
-        if row["kind"] == "text":
-            await self.call("sendMessage", chat_id=chat_id, text=row["text"])
+    async def _send(self, item: OutboxItem) -> None:
+        chat_id = item.chat_id[len(PREFIX) :]
+        if item.audio is None:
+            await self.call("sendMessage", chat_id=chat_id, text=item.text)
             return
-        source = self.audio_dir / row["audio_name"]
+        source = item.audio
         voice = (
-            await asyncio.to_thread(audio.convert, source, "ogg", VOICE_RATE)
-            if not _is_voice_ready(source)
-            else source
+            source
+            if is_format(source, "ogg", VOICE_RATE)
+            else await asyncio.to_thread(convert, source, "ogg", VOICE_RATE)
         )
-        job = self.store.job(row["job_id"]) if row["job_id"] else None
-        params = {"chat_id": chat_id}
-        if job is not None and job.duration_s:
-            params["duration"] = str(round(job.duration_s))
+        params: dict[str, Any] = {"chat_id": chat_id}
+        if item.duration_s:
+            params["duration"] = str(round(item.duration_s))
         await self.call(
             "sendVoice", files={"voice": (voice.name, voice.read_bytes(), "audio/ogg")}, **params
         )
-
-
-def _is_voice_ready(path: Path) -> bool:
-    """Already OGG/Opus at 48 kHz?"""
-    import soundfile as sf  # noqa: PLC0415
-
-    info = sf.info(str(path))
-    return (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", VOICE_RATE)

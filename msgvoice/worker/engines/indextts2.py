@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from msgvoice.engines.base import EngineUnavailable, Prosody
+from msgvoice.worker.protocol import EngineUnavailable, Prosody
 
 REF_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -91,6 +91,16 @@ class Voices:
         if self.ref_audio is None:
             raise ValueError(f"no voice named {name!r} in {self.voices_dir}")
         return self.ref_audio
+
+    def names(self) -> list[str]:
+        """The voice names on offer: `default` (the configured clip) and the folder's clips."""
+        folder = self.voices_dir
+        clips = (
+            {p.stem for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES}
+            if folder is not None and folder.is_dir()
+            else set()
+        )
+        return (["default"] if self.ref_audio is not None else []) + sorted(clips)
 
     def prepared(self, name: str | None) -> str:
         """Path of the 16 kHz mono WAV for a voice, made on first use."""
@@ -284,4 +294,5 @@ class IndexTts2Engine:
             "precision": self.precision,
             "generation": self._generation_knobs,
             "ignored": self.ignored,
+            "voices": self.voices.names(),
         }

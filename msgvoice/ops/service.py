@@ -52,7 +52,7 @@ def _environment(config: Config) -> dict[str, str]:
 
 def plist(config: Config, config_path: Path | None = None) -> bytes:
     """The launchd agent's property list."""
-    logs = config.state_dir / "logs"
+    logs = config.paths.logs
     body: dict[str, object] = {
         "Label": config.service.label,
         "ProgramArguments": _program(config_path),
@@ -142,7 +142,7 @@ def install(config: Config, kind: str, config_path: Path | None = None) -> str:
     tool = _tool(kind)
     target = path(config, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
-    (config.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (config.paths.logs).mkdir(parents=True, exist_ok=True)
     target.write_text(render(config, kind, config_path), encoding="utf-8")
     if kind == "launchd":
         domain = f"gui/{os.getuid()}"

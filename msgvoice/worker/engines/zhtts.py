@@ -16,9 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from msgvoice.engines.base import EngineUnavailable, Prosody
-from msgvoice.engines.espeak import EspeakEngine
-from msgvoice.samples import to_float32
+from msgvoice.worker.engines.espeak import EspeakEngine
+from msgvoice.worker.protocol import EngineUnavailable, Prosody, to_float32
 
 RATE = 24_000
 CLAUSE_GAP_S = 0.12
@@ -129,4 +128,5 @@ class ZhttsEngine:
             "sample_rate": RATE,
             "text2mel": self.tts.text2mel_name,
             "latin_voice": self.latin_voice,
+            "voices": ["default"],
         }

@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Any
 
-from msgvoice.memory import process_tree_mb
+from msgvoice.speech.process_memory import process_tree_mb
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The synthesis lane: one job at a time, in the order asked, latest-wins for auto replies.
 
 The journal decides what is stale: a queued automatic reply is superseded in the transaction
-that journals its newer sibling, and a running one still finishes, but `Store.finish` checks it
+that journals its newer sibling, and a running one still finishes, but `Journal.finish` checks it
 is the chat's latest before delivering, so its audio is never sent.
 """
 
@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from msgvoice import replies
-from msgvoice.pipeline import Speaker, SpeechError, SpeechJob
-from msgvoice.store import Job, Store
-from msgvoice.supervisor import WorkerError
+from msgvoice.chat import phrasebook
+from msgvoice.chat.journal import Journal
+from msgvoice.chat.port import Job
+from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,15 @@ class Lane:
     """Runs journalled jobs through the speaker, one at a time."""
 
     def __init__(
-        self, store: Store, speaker: Speaker, audio_dir: Path, fmt: str, auto_timeout_s: float
+        self, journal: Journal, speaker: Speaker, audio_dir: Path, fmt: str, auto_timeout_s: float
     ) -> None:
-        self.store = store
+        self.journal = journal
         self.speaker = speaker
         self.audio_dir = audio_dir
         self.fmt = fmt
         self.auto_timeout_s = auto_timeout_s
         self.listeners: list[Listener] = []
         self.running: str | None = None
-        self.turn = asyncio.Lock()
-        """Held by each job for its whole synthesis; API speech requests queue for it too."""
         self._queue: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -61,12 +59,12 @@ class Lane:
         """Queue the jobs a crash or restart left open; stale automatic replies are superseded.
         Returns how many were queued again."""
         resumed = 0
-        for job in self.store.open_jobs():
-            if not self.store.is_latest(job):
-                self.store.set_state(job.id, "superseded")
+        for job in self.journal.open_jobs():
+            if not self.journal.is_latest(job):
+                self.journal.set_state(job, "superseded")
                 self._tell(job, "superseded")
                 continue
-            self.store.set_state(job.id, "queued")
+            self.journal.set_state(job, "queued")
             self.submit(job.id)
             resumed += 1
         if resumed:
@@ -79,14 +77,13 @@ class Lane:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            job = self.store.job(self._queue.popleft())
+            job = self.journal.job(self._queue.popleft())
             if job is None or job.state != "queued":
                 continue  # superseded while it waited
             self.running = job.id
             self._idle.clear()
             try:
-                async with self.turn:
-                    await self._execute(job)
+                await self._execute(job)
             finally:
                 self.running = None
                 self._idle.set()
@@ -101,7 +98,7 @@ class Lane:
         return True
 
     async def _execute(self, job: Job) -> None:
-        self.store.set_state(job.id, "running")
+        self.journal.set_state(job, "running")
         out = self.audio_dir / f"{job.id}.{self.fmt}"
         started = time.monotonic()
         cap = self.auto_timeout_s if job.kind == "auto" else None
@@ -117,7 +114,7 @@ class Lane:
             log.exception("job %s failed unexpectedly", job.id)
             self._failed(job, f"{type(exc).__name__}: {exc}")
             return
-        delivered = self.store.finish(
+        delivered = self.journal.finish(
             job,
             audio_name=out.name,
             audio_format=self.fmt,
@@ -143,8 +140,8 @@ class Lane:
         self._tell(job, state)
 
     def _failed(self, job: Job, reason: str) -> None:
-        notice = replies.text("failed", self.store.chat(job.chat_id).lang, reason=reason[:200])
-        told = self.store.fail(job, reason, notice)
+        notice = phrasebook.text("failed", self.journal.chat(job.chat_id).lang, reason=reason[:200])
+        told = self.journal.fail(job, reason, notice)
         log.warning(
             "job %s failed: chat=%s kind=%s reason=%s", job.id, job.chat_id, job.kind, reason
         )

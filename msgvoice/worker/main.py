@@ -1,15 +1,14 @@
 """The worker program: load one engine, then answer one JSON request per line.
 
-Run as `python -m msgvoice.worker --engine NAME --options JSON`, possibly under another
-interpreter; it needs only the standard library, numpy and the engine. Protocol (stdout, one
-object per line): first `{"event": "ready", ...}` or `{"event": "failed", ...}`, then one
-`{"id", "ok", "result" | "error"}` per request. Audio goes to the file the request names, as raw
-little-endian float32 mono. Anything the engine prints lands on stderr, never on the protocol.
+Run as `python -m msgvoice.worker.main --engine NAME --options JSON`, possibly under another
+interpreter; it needs only the standard library, numpy and the engine. The protocol is in
+`protocol.py`. Anything the engine prints lands on stderr, never on the protocol.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import logging
@@ -22,12 +21,19 @@ from typing import IO, Any
 
 import numpy as np
 
-from msgvoice.engines.base import Engine, Prosody, load_engine, stage_times
-from msgvoice.samples import to_float32
+from msgvoice.worker.protocol import (
+    ENGINES,
+    PROTOCOL_FD_ENV,
+    Engine,
+    EngineUnavailable,
+    Prosody,
+    SynthesisAnswer,
+    stage_times,
+    to_float32,
+    write_raw,
+)
 
 log = logging.getLogger("msgvoice.worker")
-PROTOCOL_FD_ENV = "MSGVOICE_WORKER_PROTOCOL_FD"
-"""Set in the worker's environment: the fd that carries the protocol (engines must not touch it)."""
 
 
 def _protocol_stream() -> IO[str]:
@@ -65,7 +71,21 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> dict[str, Any]:
+def load_engine(spec: str, options: dict[str, Any]) -> Engine:
+    """Import and construct the engine named `spec` (a built-in name or `module:attribute`)."""
+    target = ENGINES[spec].target if spec in ENGINES else spec
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise EngineUnavailable(f"unknown engine {spec!r}; built-in: {', '.join(ENGINES)}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EngineUnavailable(f"engine {spec!r} cannot be imported: {exc}") from exc
+    engine: Engine = getattr(module, attr)(**options)
+    return engine
+
+
+def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> SynthesisAnswer:
     """Speak one request's text into its output file."""
     started = time.perf_counter()
     seed = params.get("seed")
@@ -79,7 +99,7 @@ def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> dict
     )
     synth_s = time.perf_counter() - started
     audio = to_float32(samples)
-    audio.astype("<f4", copy=False).tofile(params["out"])
+    write_raw(audio, params["out"])
     return {
         "sample_rate": int(rate),
         "samples": int(audio.size),
@@ -107,6 +127,7 @@ def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
             send({"id": None, "ok": False, "error": {"type": "BadRequest", "message": line[:200]}})
             continue
         try:
+            result: Any
             if method == "synthesize":
                 result = synthesize(engine, request.get("params", {}), takes_seed)
             elif method == "ping":

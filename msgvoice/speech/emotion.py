@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from msgvoice.config import EmotionConfig
-from msgvoice.engines.base import Prosody
+from msgvoice.worker.protocol import Prosody
 
 log = logging.getLogger(__name__)
 

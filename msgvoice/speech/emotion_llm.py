@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 
 from msgvoice.config import EmotionConfig
-from msgvoice.emotion import NAMES, Vector, safe
+from msgvoice.net import base_url, bearer
+from msgvoice.speech.emotion import NAMES, Vector, safe
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ _TRANSIENT_HINTS = ("not loaded", "no models loaded", "loading", "unloaded")
 
 class _Transient(Exception):
     """Worth one more try: refused connection, 5xx, model not loaded."""
-
-
-def base_url(raw: str) -> str:
-    """`http://host:1234`, `http://host:1234/` and `http://host:1234/v1` all mean one server."""
-    url = raw.strip().rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def _number(x: Any) -> float:
@@ -149,11 +144,7 @@ class Analyser:
         raise AssertionError("unreachable")
 
     async def _once(self, style: str | None, segments: Sequence[str]) -> list[Vector]:
-        headers = (
-            {"Authorization": f"Bearer {self.config.llm_api_key}"}
-            if self.config.llm_api_key
-            else {}
-        )
+        headers = bearer(self.config.llm_api_key)
         try:
             response = await self.client.post(
                 self.url,

@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from msgvoice.store import Job, Store
-from msgvoice.supervisor import Supervisor
+from msgvoice.chat.journal import Journal
+from msgvoice.chat.port import Job
+from msgvoice.speech.supervisor import Supervisor
 
 
 class _Live(Collector):
@@ -61,13 +62,13 @@ class Metrics:
 
     def __init__(
         self,
-        store: Store,
+        journal: Journal,
         supervisor: Supervisor,
         depth: Callable[[], int],
         llm_calls: Callable[[], dict[str, int]],
         superseded: Callable[[], int],
     ) -> None:
-        self.store = store
+        self.journal = journal
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "msgvoice_jobs", "Jobs by kind and outcome", ["kind", "outcome"], registry=self.registry
@@ -95,7 +96,7 @@ class Metrics:
     def on_job(self, job: Job, state: str) -> None:
         """Count a job outcome; time the ones that produced audio."""
         self.jobs.labels(job.kind, state).inc()
-        done = self.store.job(job.id)
+        done = self.journal.job(job.id)
         if done is None or not done.timings or not done.duration_s:
             return
         seconds = done.timings.get("total_ms", 0.0) / 1000

@@ -1,5 +1,5 @@
-"""What the bot says, in the chat's language: Chinese by default, English for chats that write
-in English. A chat's language follows what its people last wrote in letters."""
+"""Every sentence the bot says, in the chat's language: Chinese by default, English for chats
+that write in English. A chat's language follows what its people last wrote in letters."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "placeholder": "正在生成语音…",
         "failed": "语音生成失败：{reason}",
         "text_only": "目前只支持文字消息，发送 /help 查看可用命令",
+        "engine_fallback": "{engine}（{main} 不可用，已回退）",
+        "console_banner": "msgvoice console: 输入 /tts 你好 或 /help；Ctrl-D 退出",
+        "console_text": "机器人: {text}",
+        "console_voice": "机器人: [语音] {path}{seconds}",
     },
     "en": {
         "tts_usage": "Usage: /tts text, or /tts style: text (e.g. /tts gentle: good night)",
@@ -71,6 +75,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "placeholder": "Recording a voice note…",
         "failed": "Could not make the voice note: {reason}",
         "text_only": "Only text messages are understood; send /help for the commands",
+        "engine_fallback": "{engine} ({main} unavailable, falling back)",
+        "console_banner": "msgvoice console: type /tts hello or /help; Ctrl-D quits",
+        "console_text": "bot: {text}",
+        "console_voice": "bot: [voice] {path}{seconds}",
     },
 }
 

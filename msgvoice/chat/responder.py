@@ -6,8 +6,8 @@ import logging
 
 import httpx
 
-from msgvoice.analyser import base_url
 from msgvoice.config import ResponderConfig
+from msgvoice.net import base_url, bearer
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class Responder:
 
     async def answer(self, chat_id: str, text: str) -> str | None:
         """The model's answer to `text`, or None."""
-        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        headers = bearer(self.config.api_key)
         body = {
             "model": self.config.model,
             "messages": [

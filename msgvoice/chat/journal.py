@@ -4,13 +4,13 @@ Every state change is one transaction, so a crash at any point leaves either the
 state. An automatic reply records itself as its chat's latest in the same transaction that
 supersedes the chat's queued older one, and a finished job is delivered (outbox row) or
 superseded in one transaction with the latest-check, so stale audio can never be journalled.
+Every change to a chat's jobs or outbox rings the bell for that chat.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,63 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msgvoice.replies import DEFAULT_LANG
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS chats (
-    chat_id TEXT PRIMARY KEY,
-    voice_mode TEXT NOT NULL DEFAULT 'text',
-    style TEXT,
-    speaker TEXT,
-    lang TEXT,
-    latest_auto_job TEXT,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    chat_id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('tts', 'auto')),
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'superseded')),
-    text TEXT NOT NULL,
-    style TEXT,
-    emotion TEXT,
-    audio_name TEXT,
-    audio_format TEXT,
-    duration_s REAL,
-    error TEXT,
-    timings TEXT,
-    engine TEXT,
-    fallback_from TEXT,
-    speaker TEXT,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state IN ('queued', 'running');
-CREATE TABLE IF NOT EXISTS outbox (
-    chat_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('text', 'audio')),
-    text TEXT,
-    audio_name TEXT,
-    job_id TEXT,
-    created_at_ms INTEGER NOT NULL,
-    sent_at_ms INTEGER,
-    PRIMARY KEY (chat_id, seq)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS outbox_job_once ON outbox (job_id, kind) WHERE job_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS cursors (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
+from msgvoice.chat.port import Bell, Job, OutboxItem
+from msgvoice.chat.schema import ITEMS, connect, now_ms, to_item, to_job
 
 VOICE_MODE_DEFAULT = "text"
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds (for journal timestamps)."""
-    return int(time.time() * 1000)
+LANG_DEFAULT = "zh"
+IN_MEMORY = Path(":memory:")
 
 
 @dataclass(frozen=True)
@@ -85,53 +34,18 @@ class Chat:
     voice_mode: str = VOICE_MODE_DEFAULT
     style: str | None = None
     speaker: str | None = None
-    lang: str = DEFAULT_LANG
+    lang: str = LANG_DEFAULT
 
 
-@dataclass(frozen=True)
-class Job:
-    """A synthesis job as journalled."""
+class Journal:
+    """The sqlite journal. Calls are short and synchronous (WAL, NORMAL sync). `IN_MEMORY`
+    keeps it in memory (fast tests)."""
 
-    id: str
-    chat_id: str
-    kind: str
-    state: str
-    text: str
-    style: str | None
-    emotion: dict[str, Any] | None
-    audio_name: str | None
-    audio_format: str | None
-    duration_s: float | None
-    error: str | None
-    timings: dict[str, float] | None
-    created_at_ms: int
-    engine: str | None = None
-    fallback_from: str | None = None
-    speaker: str | None = None
-
-
-class Store:
-    """The sqlite journal. Calls are short and synchronous (WAL, NORMAL sync)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        for table, column in (
-            ("jobs", "engine"),
-            ("jobs", "fallback_from"),
-            ("jobs", "speaker"),
-            ("chats", "speaker"),
-            ("chats", "lang"),
-        ):
-            columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in columns:  # a journal from before this column
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    def __init__(self, path: Path, bell: Bell, audio_dir: Path) -> None:
+        if path != IN_MEMORY:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.bell, self.audio_dir = path, bell, audio_dir
+        self._db = connect(path)
 
     def close(self) -> None:
         """Close the database."""
@@ -156,7 +70,7 @@ class Store:
         ).fetchone()
         if row is None:
             return Chat(chat_id)
-        lang = row["lang"] or DEFAULT_LANG
+        lang = row["lang"] or LANG_DEFAULT
         return Chat(chat_id, row["voice_mode"], row["style"], row["speaker"], lang)
 
     def known_chat(self, chat_id: str) -> bool:
@@ -220,19 +134,20 @@ class Store:
                 " created_at_ms, updated_at_ms) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                 (job_id, chat_id, kind, text, style, speaker, stamp, stamp),
             )
+        self.bell.ring(chat_id)
         return job_id, superseded
 
     def job(self, job_id: str) -> Job | None:
         """A job by id."""
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return to_job(row) if row else None
 
     def open_jobs(self) -> list[Job]:
         """Jobs left queued or running (by a crash), oldest first."""
         rows = self._db.execute(
             "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY n"
         ).fetchall()
-        return [_job(r) for r in rows]
+        return [to_job(r) for r in rows]
 
     def is_latest(self, job: Job) -> bool:
         """Whether an automatic reply is still its chat's latest (tts jobs always are)."""
@@ -243,12 +158,13 @@ class Store:
         ).fetchone()
         return row is not None and row["latest_auto_job"] == job.id
 
-    def set_state(self, job_id: str, state: str, error: str | None = None) -> None:
+    def set_state(self, job: Job, state: str, error: str | None = None) -> None:
         """Move a job to running, queued, superseded or failed (without delivery)."""
         self._db.execute(
             "UPDATE jobs SET state = ?, error = COALESCE(?, error), updated_at_ms = ? WHERE id = ?",
-            (state, error, now_ms(), job_id),
+            (state, error, now_ms(), job.id),
         )
+        self.bell.ring(job.chat_id)
 
     def finish(
         self,
@@ -285,6 +201,7 @@ class Store:
             )
             if latest:
                 self._append(db, job.chat_id, "audio", audio_name=audio_name, job_id=job.id)
+        self.bell.ring(job.chat_id)
         return latest
 
     def fail(self, job: Job, error: str, notice: str) -> bool:
@@ -298,6 +215,7 @@ class Store:
             )
             if latest:
                 self._append(db, job.chat_id, "text", text=notice, job_id=job.id)
+        self.bell.ring(job.chat_id)
         return latest
 
     # -- outbox ------------------------------------------------------------------------------
@@ -309,7 +227,9 @@ class Store:
                 "INSERT INTO chats (chat_id, updated_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (chat_id, now_ms()),
             )
-            return self._append(db, chat_id, "text", text=text)
+            seq = self._append(db, chat_id, "text", text=text)
+        self.bell.ring(chat_id)
+        return seq
 
     @staticmethod
     def _append(
@@ -331,23 +251,23 @@ class Store:
         )
         return int(seq)
 
-    def outbox(self, chat_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    def outbox(self, chat_id: str, after: int = 0, limit: int = 500) -> list[OutboxItem]:
         """A chat's outbox items after `after`, in order."""
         rows = self._db.execute(
-            "SELECT * FROM outbox WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"{ITEMS} WHERE o.chat_id = ? AND o.seq > ? ORDER BY o.seq LIMIT ?",
             (chat_id, after, limit),
         ).fetchall()
-        return [dict(r) for r in rows]
+        return [to_item(r, self.audio_dir) for r in rows]
 
-    def unsent(self, prefix: str, limit: int = 100) -> list[dict[str, Any]]:
+    def unsent(self, prefix: str, limit: int = 100) -> list[OutboxItem]:
         """Outbox items of a push channel's chats (ids starting with `prefix`) not yet
         acknowledged, oldest first."""
         rows = self._db.execute(
-            "SELECT * FROM outbox WHERE sent_at_ms IS NULL AND substr(chat_id, 1, ?) = ?"
-            " ORDER BY created_at_ms, seq LIMIT ?",
+            f"{ITEMS} WHERE o.sent_at_ms IS NULL AND substr(o.chat_id, 1, ?) = ?"
+            " ORDER BY o.created_at_ms, o.seq LIMIT ?",
             (len(prefix), prefix, limit),
         ).fetchall()
-        return [dict(r) for r in rows]
+        return [to_item(r, self.audio_dir) for r in rows]
 
     def mark_sent(self, chat_id: str, seq: int) -> None:
         """Record that a push channel delivered an outbox item."""
@@ -375,24 +295,3 @@ class Store:
         """Jobs by state (for metrics and doctor)."""
         rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: int(r["n"]) for r in rows}
-
-
-def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        chat_id=row["chat_id"],
-        kind=row["kind"],
-        state=row["state"],
-        text=row["text"],
-        style=row["style"],
-        emotion=json.loads(row["emotion"]) if row["emotion"] else None,
-        audio_name=row["audio_name"],
-        audio_format=row["audio_format"],
-        duration_s=row["duration_s"],
-        error=row["error"],
-        timings=json.loads(row["timings"]) if row["timings"] else None,
-        created_at_ms=row["created_at_ms"],
-        engine=row["engine"],
-        fallback_from=row["fallback_from"],
-        speaker=row["speaker"],
-    )

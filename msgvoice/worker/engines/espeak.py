@@ -18,7 +18,7 @@ import espeakng_loader
 import numpy as np
 import numpy.typing as npt
 
-from msgvoice.engines.base import EngineUnavailable, Prosody
+from msgvoice.worker.protocol import EngineUnavailable, Prosody
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1

@@ -1,0 +1,1 @@
+"""The chat wing: commands, routing, the lane and the journal (contract: `port.py`)."""

@@ -1,0 +1,148 @@
+"""The chat wing's contract: what channels hand in, what they get back, and how they wait.
+
+A channel turns its app's events into `Incoming` messages and bot replies, calls the
+`ChatPort` (the router), and delivers `OutboxItem`s in order, acknowledging each. It learns
+that a chat changed through the `Bell`. Nothing else of the chat wing is a channel's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+JobState = Literal["queued", "running", "done", "failed", "superseded"]
+FINAL_STATES: tuple[JobState, ...] = ("done", "failed", "superseded")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message from a chat. `text` None: the app sent something that is not text."""
+
+    chat_id: str
+    text: str | None
+    sender: str | None = None
+    allow: Sequence[str] = ()
+    """The channel's allow-list (chat ids or senders); empty lets everyone in."""
+
+
+@dataclass
+class Outcome:
+    """What a message caused: jobs queued and text replies sent."""
+
+    jobs: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    ignored: bool = False
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One message for a chat, in the chat's order (`seq`)."""
+
+    chat_id: str
+    seq: int
+    kind: Literal["text", "audio"]
+    created_at_ms: int
+    text: str | None = None
+    audio: Path | None = None
+    """The voice note's file."""
+    job_id: str | None = None
+    duration_s: float | None = None
+    """The voice note's length."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A synthesis job as journalled."""
+
+    id: str
+    chat_id: str
+    kind: Literal["tts", "auto"]
+    state: JobState
+    text: str
+    style: str | None
+    emotion: dict[str, Any] | None
+    audio_name: str | None
+    audio_format: str | None
+    duration_s: float | None
+    error: str | None
+    timings: dict[str, float] | None
+    created_at_ms: int
+    engine: str | None = None
+    fallback_from: str | None = None
+    speaker: str | None = None
+
+
+class Bell:
+    """Rings for every chat whose outbox or jobs changed; each listener has its own queue."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[str]] = []
+
+    def subscribe(self) -> asyncio.Queue[str]:
+        """A queue that receives the chat id of every change from now on."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[str]) -> None:
+        """Stop receiving changes."""
+        self._queues.remove(queue)
+
+    def ring(self, chat_id: str) -> None:
+        """Tell every listener that `chat_id` changed."""
+        for queue in self._queues:
+            queue.put_nowait(chat_id)
+
+
+def allowed(allow: Sequence[str], chat_id: str, sender: str | None) -> bool:
+    """An empty allow-list lets everyone in; otherwise the chat or sender must be on it."""
+    return not allow or chat_id in allow or (sender is not None and sender in allow)
+
+
+class ChatPort(Protocol):
+    """What channels call."""
+
+    bell: Bell
+
+    async def message(self, incoming: Incoming) -> Outcome:
+        """Handle one chat message (commands, plain text, or a non-text event)."""
+        ...
+
+    def bot_reply(self, chat_id: str, text: str) -> Outcome:
+        """A bot's reply to a chat, voiced per the chat's voice mode."""
+        ...
+
+    def send_text(self, chat_id: str, text: str) -> None:
+        """Send a text to a chat (through its outbox)."""
+        ...
+
+    def phrase(self, chat_id: str, key: str, **values: str) -> str:
+        """One of the bot's sentences (see the phrasebook), in the chat's language."""
+        ...
+
+    def pending(self, prefix: str, limit: int = 100) -> list[OutboxItem]:
+        """Unacknowledged items of the chats whose ids start with `prefix`, oldest first."""
+        ...
+
+    def ack(self, item: OutboxItem) -> None:
+        """The app accepted `item`: it is never sent again."""
+        ...
+
+    def outbox(self, chat_id: str, after: int = 0) -> list[OutboxItem] | None:
+        """A chat's items after `after`, in order; None for a chat never seen."""
+        ...
+
+    def job(self, job_id: str) -> Job | None:
+        """A job by id."""
+        ...
+
+    def cursor(self, name: str) -> str | None:
+        """A channel's saved position (Telegram offset, iMessage rowid)."""
+        ...
+
+    def set_cursor(self, name: str, value: str) -> None:
+        """Save a channel's position."""
+        ...

@@ -1,0 +1,127 @@
+"""The journal's tables, how the database is opened, and how rows become records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from msgvoice.chat.port import Job, OutboxItem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id TEXT PRIMARY KEY,
+    voice_mode TEXT NOT NULL DEFAULT 'text',
+    style TEXT,
+    speaker TEXT,
+    lang TEXT,
+    latest_auto_job TEXT,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    chat_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('tts', 'auto')),
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'superseded')),
+    text TEXT NOT NULL,
+    style TEXT,
+    emotion TEXT,
+    audio_name TEXT,
+    audio_format TEXT,
+    duration_s REAL,
+    error TEXT,
+    timings TEXT,
+    engine TEXT,
+    fallback_from TEXT,
+    speaker TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS outbox (
+    chat_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('text', 'audio')),
+    text TEXT,
+    audio_name TEXT,
+    job_id TEXT,
+    created_at_ms INTEGER NOT NULL,
+    sent_at_ms INTEGER,
+    PRIMARY KEY (chat_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_job_once ON outbox (job_id, kind) WHERE job_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+MIGRATIONS = (
+    ("jobs", "engine"),
+    ("jobs", "fallback_from"),
+    ("jobs", "speaker"),
+    ("chats", "speaker"),
+    ("chats", "lang"),
+)
+"""Columns added after the first release: (table, column), all TEXT."""
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds (for journal timestamps)."""
+    return int(time.time() * 1000)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the journal: WAL, NORMAL sync, the schema and its migrations."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(SCHEMA)
+    for table, column in MIGRATIONS:
+        columns = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:  # a journal from before this column
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    return db
+
+
+def to_item(row: sqlite3.Row, audio_dir: Path) -> OutboxItem:
+    """An outbox row (joined with its job's duration) as an item."""
+    return OutboxItem(
+        chat_id=row["chat_id"],
+        seq=int(row["seq"]),
+        kind=row["kind"],
+        created_at_ms=int(row["created_at_ms"]),
+        text=row["text"],
+        audio=audio_dir / row["audio_name"] if row["audio_name"] else None,
+        job_id=row["job_id"],
+        duration_s=row["duration_s"],
+    )
+
+
+ITEMS = "SELECT o.*, j.duration_s FROM outbox AS o LEFT JOIN jobs AS j ON j.id = o.job_id"
+
+
+def to_job(row: sqlite3.Row) -> Job:
+    """A jobs row as a record."""
+    return Job(
+        id=row["id"],
+        chat_id=row["chat_id"],
+        kind=row["kind"],
+        state=row["state"],
+        text=row["text"],
+        style=row["style"],
+        emotion=json.loads(row["emotion"]) if row["emotion"] else None,
+        audio_name=row["audio_name"],
+        audio_format=row["audio_format"],
+        duration_s=row["duration_s"],
+        error=row["error"],
+        timings=json.loads(row["timings"]) if row["timings"] else None,
+        created_at_ms=row["created_at_ms"],
+        engine=row["engine"],
+        fallback_from=row["fallback_from"],
+        speaker=row["speaker"],
+    )

@@ -1,0 +1,176 @@
+"""The composition root: every component is built here and handed its own config section and
+collaborators. `speech_kit` is what `msgvoice say` needs; `daemon_parts` adds the journal, lane,
+router, channels and metrics for `msgvoice run` (see daemon.py for their lifecycle)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from msgvoice.config import Config
+from msgvoice.speech.chain import EngineChain
+from msgvoice.speech.emotion import Emotions
+from msgvoice.speech.emotion_llm import Analyser
+from msgvoice.speech.speaker import Speaker
+from msgvoice.speech.supervisor import Supervisor
+from msgvoice.worker.protocol import ENGINES
+
+if TYPE_CHECKING:  # the daemon's parts: imported only when a daemon is built
+    from msgvoice.channels.http import HttpChannel
+    from msgvoice.chat.journal import Journal
+    from msgvoice.chat.lane import Lane
+    from msgvoice.chat.router import Router
+    from msgvoice.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Channel(Protocol):
+    """A push channel (Telegram, iMessage): runs until cancelled."""
+
+    async def run(self) -> None: ...
+
+
+@dataclass
+class SpeechKit:
+    """Everything a message needs on its way to audio."""
+
+    config: Config
+    speaker: Speaker
+    analyser: Analyser | None
+    client: httpx.AsyncClient
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The main engine's supervisor."""
+        return self.speaker.chain.main
+
+
+def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
+    """The options an engine's worker constructs it with (the main engine by default)."""
+    engine = engine or config.tts.engine
+    spec = ENGINES.get(engine)
+    if spec is None:
+        return {}
+    options: dict[str, Any] = {}
+    if spec.section:
+        options |= dataclasses.asdict(getattr(config, spec.section))
+    if spec.default_voice:
+        options["voice"] = config.tts.voice if engine == config.tts.engine else spec.default_voice
+    if spec.cache:
+        options["cache_dir"] = str(config.paths.refs)
+    return options
+
+
+@contextlib.asynccontextmanager
+async def speech_kit(config: Config) -> AsyncIterator[SpeechKit]:
+    """Start the worker and the shared HTTP client; stop everything on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(httpx.AsyncClient())
+        analyser = Analyser(config.emotion, client) if config.emotion.llm_base_url else None
+        emotions = Emotions(config.emotion, analyser.analyse if analyser else None)
+        scratch = config.paths.tmp
+        main = await stack.enter_async_context(
+            Supervisor(config.worker, config.tts.engine, engine_options(config), scratch)
+        )
+        lazy = dataclasses.replace(config.worker, eager=False)  # fallbacks start when needed
+        fallbacks = [
+            await stack.enter_async_context(
+                Supervisor(lazy, name, engine_options(config, name), scratch)
+            )
+            for name in config.tts.fallback
+            if name != config.tts.engine
+        ]
+        chain = EngineChain([main, *fallbacks], config.tts.voice)
+        yield SpeechKit(config, Speaker(config, chain, emotions), analyser, client)
+
+
+@dataclass
+class DaemonParts:
+    """The daemon's parts (what daemon.py runs and tests reach)."""
+
+    kit: SpeechKit
+    journal: Journal
+    lane: Lane
+    router: Router
+    http: HttpChannel
+    metrics: Metrics
+    channels: list[Channel]
+
+
+@contextlib.asynccontextmanager
+async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
+    """Build the daemon: journal, worker, lane, router, channels; the HTTP channel is listening
+    and open jobs are queued again when this yields."""
+    # The daemon's modules (aiohttp, prometheus) are loaded here, not for `say`.
+    from msgvoice.channels.http import HttpChannel  # noqa: PLC0415
+    from msgvoice.channels.imessage import ImessageChannel  # noqa: PLC0415
+    from msgvoice.channels.speech_api import SpeechApi  # noqa: PLC0415
+    from msgvoice.channels.telegram import TelegramChannel  # noqa: PLC0415
+    from msgvoice.chat.journal import Journal  # noqa: PLC0415
+    from msgvoice.chat.lane import Lane  # noqa: PLC0415
+    from msgvoice.chat.port import Bell  # noqa: PLC0415
+    from msgvoice.chat.responder import Responder  # noqa: PLC0415
+    from msgvoice.chat.router import Router  # noqa: PLC0415
+    from msgvoice.ops import doctor  # noqa: PLC0415
+    from msgvoice.ops.metrics import Metrics  # noqa: PLC0415
+
+    paths = config.paths
+    async with contextlib.AsyncExitStack() as stack:
+        journal = Journal(paths.journal, Bell(), paths.audio)
+        stack.callback(journal.close)
+        kit = await stack.enter_async_context(speech_kit(config))
+        speaker, supervisor = kit.speaker, kit.supervisor
+        lane = Lane(journal, speaker, paths.audio, config.tts.format, config.auto.timeout_ms / 1000)
+        responder = Responder(config.responder, kit.client) if config.responder.base_url else None
+        router = Router(
+            config,
+            journal,
+            lane,
+            engine=speaker.chain.active_engine,
+            answer=responder.answer if responder else None,
+        )
+        metrics = Metrics(
+            journal,
+            supervisor,
+            lambda: lane.depth,
+            lambda: dict(kit.analyser.calls) if kit.analyser else {},
+            lambda: router.superseded_at_submit,
+        )
+        lane.listeners.append(metrics.on_job)
+
+        async def doctor_report() -> dict[str, Any]:
+            return await doctor.report(config, engine_options(config), supervisor.facts)
+
+        def health() -> dict[str, Any]:
+            return {
+                "status": "ok",
+                "queue": lane.depth,
+                "running": lane.running,
+                "jobs": journal.counts(),
+                "worker": supervisor.facts(),
+            }
+
+        http = HttpChannel(
+            config,
+            router,
+            doctor=doctor_report,
+            health=health,
+            metrics=metrics.render,
+            extra_routes=SpeechApi(config, speaker).routes(),
+        )
+        channels: list[Channel] = []
+        if config.telegram.enabled:
+            channels.append(TelegramChannel(config.telegram, router, client=kit.client))
+        if config.imessage.enabled:
+            channels.append(ImessageChannel(config.imessage, router))
+        await http.start()
+        stack.push_async_callback(http.stop)
+        lane.resume()
+        yield DaemonParts(kit, journal, lane, router, http, metrics, channels)

@@ -1,1 +1,0 @@
-"""TTS engines. Imported only inside the worker process, never by the daemon."""

@@ -1,0 +1,1 @@
+"""Operations: doctor, the launchd/systemd service, metrics."""

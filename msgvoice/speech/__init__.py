@@ -1,0 +1,1 @@
+"""The speech wing: text → audio on the daemon side (front door: `speaker.py`)."""

@@ -1,0 +1,328 @@
+"""The speech wing's front door: text → segments → emotion → worker → encoded audio.
+
+`Speaker.speak` writes a file (it appears only when complete); `Speaker.stream` yields a
+response's bytes as each segment is encoded. Both run the same encode loop: each segment is
+encoded in a thread while the worker speaks the next one. Synthesis takes the speaker's turn,
+so chat jobs and API requests share the worker one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from msgvoice.config import Config
+from msgvoice.speech import audio, text
+from msgvoice.speech.chain import EngineChain
+from msgvoice.speech.emotion import EmotionResult, Emotions, to_prosody
+from msgvoice.speech.encoder import AudioWriter, Encoder
+from msgvoice.speech.formats import Format, output_rate
+from msgvoice.speech.supervisor import Synthesis, SynthRequest
+from msgvoice.speech.worker_process import WorkerError
+from msgvoice.worker.protocol import Samples
+
+__all__ = ["Speaker", "SpeechError", "SpeechJob", "SpeechResult", "WorkerError"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called with (segments done, segments in all)."""
+ENCODE_DRAIN_S = 30.0
+
+
+class SpeechError(ValueError):
+    """A message that cannot be spoken as asked (nothing to say, too long, unknown voice)."""
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """What to speak (and, for `speak`, where to put it)."""
+
+    job_id: str
+    text: str
+    out: Path = field(default_factory=Path)
+    fmt: str = "ogg"
+    style: str | None = None
+    voice: str | None = None
+    timeout_cap_s: float | None = None
+    seed: int | None = None
+    """Seed for sampling engines (eSpeak is reproducible without one)."""
+    speed: float = 1.0
+    """Multiplies the speaking rate (engines that take prosody)."""
+    vector: tuple[float, ...] | None = None
+    """An explicit emotion vector for this job (wins over style and LLM)."""
+    lead_sentence: bool = False
+    """Speak the first sentence as a segment of its own (sooner first audio when streaming)."""
+
+
+@dataclass
+class Report:
+    """How a job is being made, filled in as its segments are spoken."""
+
+    emotion: EmotionResult | None = None
+    segments: int = 0
+    engines: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"encode_ms": 0.0})
+    unseeded_why: str | None = None
+
+
+@dataclass
+class SpeechResult:
+    """A finished audio file and how it was made."""
+
+    path: Path
+    format: str
+    duration_s: float
+    engine: str
+    emotion: EmotionResult
+    segments: int
+    timings: dict[str, float] = field(default_factory=dict)
+    fallback_from: str | None = None
+    """The main engine, when it could not start and a fallback spoke instead."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The `say --json` object."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "duration_s": round(self.duration_s, 3),
+            "engine": self.engine,
+            "segments": self.segments,
+            "emotion": self.emotion.as_json(),
+            "fallback_from": self.fallback_from,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+class _Sink(Protocol):
+    """What the encode loop feeds: an audio file or a response's encoder."""
+
+    rate: int
+
+    def start(self) -> bytes: ...
+    def feed(self, samples: Samples) -> bytes: ...
+    def abort(self) -> None: ...
+
+
+class Speaker:
+    """Turns text into audio through the supervised worker (or a fallback's)."""
+
+    def __init__(self, config: Config, chain: EngineChain, emotions: Emotions) -> None:
+        self.config = config
+        self.chain = chain
+        self.emotions = emotions
+        self.shaping = audio.Shaping(
+            config.audio.fade_ms, config.audio.gap_ms, config.audio.silence_db
+        )
+        self.turn = asyncio.Lock()
+        """Held for a job's whole synthesis: one job at a time on the worker."""
+
+    def engines(self) -> list[str]:
+        """The engines this speaker can use: the main one, then the fallbacks."""
+        return self.chain.engines()
+
+    def voices(self) -> list[str]:
+        """The main engine's voice names, as its worker reported them."""
+        return self.chain.voices()
+
+    def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
+        """The segments a message is spoken in; SpeechError when there is nothing to say."""
+        if len(message) > self.config.text.max_chars:
+            raise SpeechError(
+                f"text is {len(message)} characters; the limit is {self.config.text.max_chars}"
+            )
+        pieces = text.segment(message, self.config.text.segment_chars)
+        if not pieces:
+            raise SpeechError("nothing to speak")
+        first = text.sentences(pieces[0])
+        if lead_sentence and len(first) > 1:
+            pieces[:1] = [first[0], pieces[0][len(first[0]) :].strip()]
+        return pieces
+
+    # -- the two ways out --------------------------------------------------------------------
+
+    async def speak(self, job: SpeechJob, progress: Progress | None = None) -> SpeechResult:
+        """Synthesise `job.text` into `job.out`; the file appears only when complete."""
+        started = time.perf_counter()
+        report = Report()
+
+        def open_file(rate: int) -> AudioWriter:
+            return AudioWriter(job.out, job.fmt, output_rate(job.fmt, rate, self._opus_rate))
+
+        def tick(_data: bytes) -> None:
+            if progress is not None:
+                progress(len(report.engines), report.segments)
+
+        async with self.turn:
+            writer = await self._encode_loop(job, report, open_file, tick)
+        assert isinstance(writer, AudioWriter) and report.emotion is not None
+        await asyncio.to_thread(writer.commit)
+        timings = report.timings
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        if writer.duration_s:
+            timings["rtf"] = timings["total_ms"] / 1000 / writer.duration_s
+        engine = report.engines[-1]
+        log.info(
+            "spoke job=%s segments=%d chars=%d duration_s=%.2f engine=%s source=%s total_ms=%.0f",
+            job.job_id,
+            report.segments,
+            len(job.text),
+            writer.duration_s,
+            engine,
+            report.emotion.source,
+            timings["total_ms"],
+        )
+        main = self.chain.main.engine
+        fallback = main if engine != main else None
+        return SpeechResult(
+            job.out,
+            job.fmt,
+            writer.duration_s,
+            engine,
+            report.emotion,
+            report.segments,
+            timings,
+            fallback_from=fallback,
+        )
+
+    async def stream(
+        self, job: SpeechJob, fmt: Format, streaming: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """The job's audio as `fmt` bytes: chunk by chunk when `streaming` (first after the
+        first segment), else one whole body. Errors before the first chunk are raised here
+        (SpeechError for bad input, WorkerError for synthesis); later ones end the iteration
+        early. The turn is not held while a slow client reads."""
+        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        producer = asyncio.create_task(self._produce(job, fmt, streaming, chunks))
+        try:
+            while (item := await chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _produce(
+        self,
+        job: SpeechJob,
+        fmt: Format,
+        streaming: bool,
+        chunks: asyncio.Queue[bytes | BaseException | None],
+    ) -> None:
+        pending: list[bytes] = []
+        emit = chunks.put_nowait if streaming else pending.append
+        scratch = self.config.paths.tmp
+
+        def open_encoder(rate: int) -> Encoder:
+            return Encoder(fmt, output_rate(fmt.name, rate, self._opus_rate), streaming, scratch)
+
+        try:
+            async with self.turn:
+                encoder = await self._encode_loop(job, Report(), open_encoder, emit)
+            assert isinstance(encoder, Encoder)
+            emit(await asyncio.to_thread(encoder.finish))
+            if not streaming:
+                chunks.put_nowait(encoder.header() + b"".join(pending))
+            chunks.put_nowait(None)
+        except (WorkerError, SpeechError, OSError, ValueError) as exc:
+            chunks.put_nowait(exc)
+
+    # -- the one encode loop -----------------------------------------------------------------
+
+    async def _encode_loop(
+        self,
+        job: SpeechJob,
+        report: Report,
+        open_sink: Callable[[int], _Sink],
+        emit: Callable[[bytes], object],
+    ) -> _Sink:
+        """Speak the job's segments; encode each in a thread while the next is spoken, and
+        `emit` its bytes as soon as they are encoded. Returns the sink, not yet finished."""
+        sink: _Sink | None = None
+        encoding: asyncio.Future[tuple[bytes, float]] | None = None
+
+        def done(task: asyncio.Future[tuple[bytes, float]]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                data, ms = task.result()
+                report.timings["encode_ms"] += ms
+                emit(data)
+
+        try:
+            async for synthesis in self.syntheses(job, report):
+                if sink is None:
+                    sink = await asyncio.to_thread(open_sink, synthesis.sample_rate)
+                    emit(sink.start())
+                after_gap = encoding is not None
+                if encoding is not None:
+                    await encoding
+                encoding = asyncio.ensure_future(
+                    asyncio.to_thread(self._encode, sink, synthesis, after_gap)
+                )
+                encoding.add_done_callback(done)
+            assert sink is not None and encoding is not None
+            await encoding
+        except BaseException:
+            if encoding is not None and not encoding.done():
+                await asyncio.wait({encoding}, timeout=ENCODE_DRAIN_S)
+            if sink is not None:
+                sink.abort()
+            raise
+        return sink
+
+    def _encode(self, sink: _Sink, synthesis: Synthesis, after_gap: bool) -> tuple[bytes, float]:
+        """Feed one segment to the sink (in a thread): its bytes and the milliseconds spent."""
+        started = time.perf_counter()
+        data = sink.feed(self.piece(synthesis, sink.rate, after_gap))
+        return data, (time.perf_counter() - started) * 1000
+
+    def piece(self, synthesis: Synthesis, rate: int, after_gap: bool) -> Samples:
+        """One segment as it goes into the joined output at `rate`: trimmed, faded, resampled,
+        after the gap that separates it from the one before."""
+        shaped = audio.shape_segment(synthesis.samples, synthesis.sample_rate, self.shaping)
+        joined = audio.resample(shaped, synthesis.sample_rate, rate)
+        return np.concatenate([audio.gap(rate, self.shaping), joined]) if after_gap else joined
+
+    @property
+    def _opus_rate(self) -> int:
+        return self.config.audio.opus_rate_hz
+
+    # -- synthesis ---------------------------------------------------------------------------
+
+    async def syntheses(self, job: SpeechJob, report: Report) -> AsyncIterator[Synthesis]:
+        """The job's segments as the worker speaks them, one at a time, in order."""
+        started = time.perf_counter()
+        pieces = self.segments(job.text, job.lead_sentence)
+        emotion = await self.emotions.resolve(job.style, pieces, job.vector)
+        report.emotion, report.segments = emotion, len(pieces)
+        report.timings.update(
+            emotion_ms=(time.perf_counter() - started) * 1000, synth_ms=0.0, worker_ms=0.0
+        )
+        voice = job.voice or self.config.tts.voice
+        for piece, vector in zip(pieces, emotion.vectors, strict=True):
+            prosody = to_prosody(vector)
+            prosody = replace(prosody, rate=prosody.rate * job.speed)
+            request = SynthRequest(
+                job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed
+            )
+            synthesis = await self.chain.synthesize(request, report.engines)
+            _add_times(report.timings, synthesis)
+            report.unseeded_why = report.unseeded_why or synthesis.unseeded_why
+            yield synthesis
+
+
+def _add_times(timings: dict[str, float], synthesis: Synthesis) -> None:
+    """Add one segment's worker figures (and engine stages) to the job's timings."""
+    timings["synth_ms"] += synthesis.synth_s * 1000
+    timings["worker_ms"] += synthesis.wall_s * 1000
+    for stage, ms in synthesis.stages.items():
+        timings[stage] = timings.get(stage, 0.0) + ms

