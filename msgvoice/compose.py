@@ -109,16 +109,11 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
     """Build the daemon: journal, worker, lane, router, channels; the HTTP channel is listening
     and open jobs are queued again when this yields."""
     # The daemon's modules (aiohttp, prometheus) are loaded here, not for `say`.
-    from msgvoice.channels.http import HttpChannel  # noqa: PLC0415
-    from msgvoice.channels.imessage import ImessageChannel  # noqa: PLC0415
-    from msgvoice.channels.speech_api import SpeechApi  # noqa: PLC0415
-    from msgvoice.channels.telegram import TelegramChannel  # noqa: PLC0415
     from msgvoice.chat.journal import Journal  # noqa: PLC0415
     from msgvoice.chat.lane import Lane  # noqa: PLC0415
     from msgvoice.chat.port import Bell  # noqa: PLC0415
     from msgvoice.chat.responder import Responder  # noqa: PLC0415
     from msgvoice.chat.router import Router  # noqa: PLC0415
-    from msgvoice.ops import doctor  # noqa: PLC0415
     from msgvoice.ops.metrics import Metrics  # noqa: PLC0415
 
     paths = config.paths
@@ -126,7 +121,7 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         journal = Journal(paths.journal, Bell(), paths.audio)
         stack.callback(journal.close)
         kit = await stack.enter_async_context(speech_kit(config))
-        speaker, supervisor = kit.speaker, kit.supervisor
+        speaker = kit.speaker
         lane = Lane(journal, speaker, paths.audio, config.tts.format, config.auto.timeout_ms / 1000)
         responder = Responder(config.responder, kit.client) if config.responder.base_url else None
         router = Router(
@@ -138,39 +133,61 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         )
         metrics = Metrics(
             journal,
-            supervisor,
+            kit.supervisor,
             lambda: lane.depth,
             lambda: dict(kit.analyser.calls) if kit.analyser else {},
             lambda: router.superseded_at_submit,
         )
         lane.listeners.append(metrics.on_job)
-
-        async def doctor_report() -> dict[str, Any]:
-            return await doctor.report(config, engine_options(config), supervisor.facts)
-
-        def health() -> dict[str, Any]:
-            return {
-                "status": "ok",
-                "queue": lane.depth,
-                "running": lane.running,
-                "jobs": journal.counts(),
-                "worker": supervisor.facts(),
-            }
-
-        http = HttpChannel(
-            config,
-            router,
-            doctor=doctor_report,
-            health=health,
-            metrics=metrics.render,
-            extra_routes=SpeechApi(config, speaker).routes(),
-        )
-        channels: list[Channel] = []
-        if config.telegram.enabled:
-            channels.append(TelegramChannel(config.telegram, router, client=kit.client))
-        if config.imessage.enabled:
-            channels.append(ImessageChannel(config.imessage, router))
-        await http.start()
-        stack.push_async_callback(http.stop)
+        http = _http(config, kit, lane, router, metrics)
+        channels = _push_channels(config, router, kit.client)
+        parts = DaemonParts(kit, journal, lane, router, http, metrics, channels)
+        await parts.http.start()
+        stack.push_async_callback(parts.http.stop)
         lane.resume()
-        yield DaemonParts(kit, journal, lane, router, http, metrics, channels)
+        yield parts
+
+
+def _http(
+    config: Config, kit: SpeechKit, lane: Lane, router: Router, metrics: Metrics
+) -> HttpChannel:
+    """The HTTP channel with the speech API, health, doctor and metrics routes."""
+    from msgvoice.channels.http import HttpChannel  # noqa: PLC0415
+    from msgvoice.channels.speech_api import SpeechApi  # noqa: PLC0415
+    from msgvoice.ops import doctor  # noqa: PLC0415
+
+    supervisor, journal = kit.supervisor, router.journal
+
+    async def doctor_report() -> dict[str, Any]:
+        return await doctor.report(config, engine_options(config), supervisor.facts)
+
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "queue": lane.depth,
+            "running": lane.running,
+            "jobs": journal.counts(),
+            "worker": supervisor.facts(),
+        }
+
+    return HttpChannel(
+        config,
+        router,
+        doctor=doctor_report,
+        health=health,
+        metrics=metrics.render,
+        extra_routes=SpeechApi(config, kit.speaker).routes(),
+    )
+
+
+def _push_channels(config: Config, router: Router, client: httpx.AsyncClient) -> list[Channel]:
+    """The chat apps that are switched on."""
+    from msgvoice.channels.imessage import ImessageChannel  # noqa: PLC0415
+    from msgvoice.channels.telegram import TelegramChannel  # noqa: PLC0415
+
+    channels: list[Channel] = []
+    if config.telegram.enabled:
+        channels.append(TelegramChannel(config.telegram, router, client=client))
+    if config.imessage.enabled:
+        channels.append(ImessageChannel(config.imessage, router))
+    return channels

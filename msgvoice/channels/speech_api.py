@@ -121,83 +121,58 @@ class SpeechApi:
     def _parse(self, body: Any) -> tuple[SpeechJob, Format, bool]:
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
-        limit = self.config.text.max_chars
-        text = _field(
-            body,
-            "input",
-            lambda v: isinstance(v, str) and bool(v.strip()),
-            "input must be a non-empty string",
-            required=True,
-        )
+        got = {name: _checked(body, name) for name in FIELDS}
+        text, limit = got["input"], self.config.text.max_chars
+        if text is None:
+            raise ApiError(400, FIELDS["input"][1], "input")
         if len(text) > limit:
             raise ApiError(400, f"input is {len(text)} characters; the limit is {limit}", "input")
-        fmt = _field(
-            body,
-            "response_format",
-            lambda v: v in API_FORMATS,
-            f"response_format must be one of {', '.join(API_FORMATS)}",
-            default="mp3",
-        )
-        speed = _field(
-            body,
-            "speed",
-            lambda v: _number(v) and SPEED_RANGE[0] <= v <= 4.0,
-            "speed must be a number from 0.25 to 4.0",
-            default=1.0,
-        )
-        voice = _field(body, "voice", lambda v: isinstance(v, str), "voice must be a string")
-        style = _field(body, "style", lambda v: isinstance(v, str), "style must be a string")
-        vector = _field(
-            body,
-            "emotion",
-            lambda v: isinstance(v, list) and len(v) == 8 and all(_number(x) and x >= 0 for x in v),
-            "emotion must be 8 numbers (happy, angry, sad, afraid, disgusted, "
-            "melancholic, surprised, calm), each >= 0",
-        )
+        voice, vector = got["voice"], got["emotion"]
         default_seed = self.config.tts.seed if self.config.tts.seed >= 0 else None
-        seed = _field(
-            body,
-            "seed",
-            lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "seed must be an integer",
-            default=default_seed,
-        )
-        stream = _field(
-            body,
-            "stream",
-            lambda v: isinstance(v, bool),
-            "stream must be true or false",
-            default=False,
-        )
         job = SpeechJob(
             f"api-{uuid.uuid4().hex[:12]}",
             text,
-            style=style or None,
+            style=got["style"] or None,
             voice=None if voice in OPENAI_VOICES else voice,
-            seed=seed,
-            speed=float(speed),
+            seed=default_seed if got["seed"] is None else got["seed"],
+            speed=float(1.0 if got["speed"] is None else got["speed"]),
             vector=tuple(vector) if vector else None,
             lead_sentence=True,
         )
-        return job, API_FORMATS[fmt], stream
+        return job, API_FORMATS[got["response_format"] or "mp3"], bool(got["stream"])
 
 
-def _field(
-    body: dict[str, Any],
-    name: str,
-    valid: Callable[[Any], bool],
-    message: str,
-    *,
-    default: Any = None,
-    required: bool = False,
-) -> Any:
-    """A body field checked by `valid` (absent or null: the default)."""
+FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "input": (
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "input must be a non-empty string",
+    ),
+    "response_format": (
+        lambda v: v in API_FORMATS,
+        f"response_format must be one of {', '.join(API_FORMATS)}",
+    ),
+    "speed": (
+        lambda v: _number(v) and SPEED_RANGE[0] <= v <= SPEED_RANGE[1],
+        "speed must be a number from 0.25 to 4.0",
+    ),
+    "voice": (lambda v: isinstance(v, str), "voice must be a string"),
+    "style": (lambda v: isinstance(v, str), "style must be a string"),
+    "emotion": (
+        lambda v: isinstance(v, list) and len(v) == 8 and all(_number(x) and x >= 0 for x in v),
+        "emotion must be 8 numbers (happy, angry, sad, afraid, disgusted, "
+        "melancholic, surprised, calm), each >= 0",
+    ),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "seed must be an integer"),
+    "stream": (lambda v: isinstance(v, bool), "stream must be true or false"),
+}
+"""Request fields msgvoice reads: (valid value, message when it is not). Others are ignored."""
+
+
+def _checked(body: dict[str, Any], name: str) -> Any:
+    """A body field, None when absent or null; ApiError naming it when it is not valid."""
     value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, message, name)
-        return default
-    if not valid(value):
+    valid, message = FIELDS[name]
+    if value is not None and not valid(value):
         raise ApiError(400, message, name)
     return value
 

@@ -13,93 +13,29 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
 from msgvoice.config import Config
 from msgvoice.speech import audio, text
 from msgvoice.speech.chain import EngineChain
-from msgvoice.speech.emotion import EmotionResult, Emotions, to_prosody
+from msgvoice.speech.emotion import Emotions, to_prosody
 from msgvoice.speech.encoder import AudioWriter, Encoder
 from msgvoice.speech.formats import Format, output_rate
+from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
 from msgvoice.speech.worker_process import WorkerError
 from msgvoice.worker.protocol import Samples
 
-__all__ = ["Speaker", "SpeechError", "SpeechJob", "SpeechResult", "WorkerError"]
+__all__ = ["Report", "Speaker", "SpeechError", "SpeechJob", "SpeechResult", "WorkerError"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called with (segments done, segments in all)."""
 ENCODE_DRAIN_S = 30.0
-
-
-class SpeechError(ValueError):
-    """A message that cannot be spoken as asked (nothing to say, too long, unknown voice)."""
-
-
-@dataclass(frozen=True)
-class SpeechJob:
-    """What to speak (and, for `speak`, where to put it)."""
-
-    job_id: str
-    text: str
-    out: Path = field(default_factory=Path)
-    fmt: str = "ogg"
-    style: str | None = None
-    voice: str | None = None
-    timeout_cap_s: float | None = None
-    seed: int | None = None
-    """Seed for sampling engines (eSpeak is reproducible without one)."""
-    speed: float = 1.0
-    """Multiplies the speaking rate (engines that take prosody)."""
-    vector: tuple[float, ...] | None = None
-    """An explicit emotion vector for this job (wins over style and LLM)."""
-    lead_sentence: bool = False
-    """Speak the first sentence as a segment of its own (sooner first audio when streaming)."""
-
-
-@dataclass
-class Report:
-    """How a job is being made, filled in as its segments are spoken."""
-
-    emotion: EmotionResult | None = None
-    segments: int = 0
-    engines: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: {"encode_ms": 0.0})
-    unseeded_why: str | None = None
-
-
-@dataclass
-class SpeechResult:
-    """A finished audio file and how it was made."""
-
-    path: Path
-    format: str
-    duration_s: float
-    engine: str
-    emotion: EmotionResult
-    segments: int
-    timings: dict[str, float] = field(default_factory=dict)
-    fallback_from: str | None = None
-    """The main engine, when it could not start and a fallback spoke instead."""
-
-    def as_json(self) -> dict[str, Any]:
-        """The `say --json` object."""
-        return {
-            "path": str(self.path),
-            "format": self.format,
-            "duration_s": round(self.duration_s, 3),
-            "engine": self.engine,
-            "segments": self.segments,
-            "emotion": self.emotion.as_json(),
-            "fallback_from": self.fallback_from,
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-        }
 
 
 class _Sink(Protocol):

@@ -12,64 +12,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
-import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from msgvoice.config import WorkerConfig
 from msgvoice.net import next_backoff
-from msgvoice.speech.worker_process import StartFailed, WorkerError, WorkerLost, WorkerProcess
-from msgvoice.worker.protocol import Prosody, Samples, SynthesisParams, read_raw
+from msgvoice.speech.worker_process import (
+    StartFailed,
+    Synthesis,
+    SynthRequest,
+    WorkerError,
+    WorkerLost,
+    WorkerProcess,
+    worker_command,
+)
+from msgvoice.worker.protocol import Samples, SynthesisParams, read_raw
 
 log = logging.getLogger(__name__)
 
 REASONS = ("rss", "hard_rss", "timeout", "crash", "jobs")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 __all__ = ["REASONS", "Supervisor", "SynthRequest", "Synthesis", "WorkerError", "WorkerUnavailable"]
 
 
 class WorkerUnavailable(WorkerError):
     """The worker cannot be started right now (failed starts, backing off)."""
-
-
-@dataclass(frozen=True)
-class SynthRequest:
-    """One piece of text for the worker to speak."""
-
-    job_id: str
-    text: str
-    voice: str | None = None
-    prosody: Prosody = field(default_factory=Prosody)
-    emotion: tuple[float, ...] | None = None
-    timeout_cap_s: float | None = None
-    """Upper bound on this request's timeout (automatic replies)."""
-    seed: int | None = None
-    """Seed for sampling engines, so the same request gives the same audio."""
-
-
-@dataclass(frozen=True)
-class Synthesis:
-    """The worker's answer: samples and how long it took."""
-
-    samples: Samples
-    sample_rate: int
-    synth_s: float
-    wall_s: float
-    attempts: int
-    stages: dict[str, float] = field(default_factory=dict)
-    """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
-    unseeded_why: str | None = None
-    """Why a requested seed could not be applied (the engine takes none)."""
 
 
 class Supervisor:
@@ -307,21 +280,7 @@ class Supervisor:
 
     async def _spawn(self) -> WorkerProcess:
         self.state = "starting"
-        python = self.config.python or sys.executable
-        command = [
-            python,
-            "-u",
-            "-m",
-            "msgvoice.worker.main",
-            "--engine",
-            self.engine,
-            "--options",
-            json.dumps(self.engine_options),
-        ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
-        )
+        command, env = worker_command(self.config.python, self.engine, self.engine_options)
         worker = await WorkerProcess.start(command, env, self.config.ready_timeout_s)
         self._worker = worker
         self.start_failures = 0

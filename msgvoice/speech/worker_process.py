@@ -14,12 +14,61 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from msgvoice.speech.process_memory import process_tree_mb
+from msgvoice.worker.protocol import Prosody, Samples
 
 log = logging.getLogger(__name__)
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+def worker_command(
+    python: str, engine: str, options: Mapping[str, Any]
+) -> tuple[list[str], dict[str, str]]:
+    """The worker program's command line and environment (this msgvoice on its path, so an
+    engine's own interpreter runs the same code)."""
+    command = [python or sys.executable, "-u", "-m", "msgvoice.worker.main"]
+    command += ["--engine", engine, "--options", json.dumps(dict(options))]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    return command, env
+
+
+@dataclass(frozen=True)
+class SynthRequest:
+    """One piece of text for the worker to speak."""
+
+    job_id: str
+    text: str
+    voice: str | None = None
+    prosody: Prosody = field(default_factory=Prosody)
+    emotion: tuple[float, ...] | None = None
+    timeout_cap_s: float | None = None
+    """Upper bound on this request's timeout (automatic replies)."""
+    seed: int | None = None
+    """Seed for sampling engines, so the same request gives the same audio."""
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """The worker's answer: samples and how long it took."""
+
+    samples: Samples
+    sample_rate: int
+    synth_s: float
+    wall_s: float
+    attempts: int
+    stages: dict[str, float] = field(default_factory=dict)
+    """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
+    unseeded_why: str | None = None
+    """Why a requested seed could not be applied (the engine takes none)."""
 
 
 class WorkerError(RuntimeError):

