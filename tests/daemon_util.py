@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,13 @@ class DaemonProcess:
             assert self.proc.poll() is None, "daemon exited at start"
             time.sleep(0.05)
         raise AssertionError("daemon did not come up")
+
+    def wait_health(self, predicate: Callable[[dict[str, Any]], bool], within: float = 60) -> None:
+        """Poll /healthz until `predicate` holds for its facts."""
+        deadline = time.monotonic() + within
+        while not predicate(httpx.get(self.url + "/healthz", timeout=5).json()):
+            assert time.monotonic() < deadline, "the daemon did not reach that state in time"
+            time.sleep(0.02)
 
     def worker_pid(self) -> int:
         return int(httpx.get(self.url + "/healthz", timeout=5).json()["worker"]["pid"])

@@ -4,6 +4,8 @@ A request's text may start with a directive `[mode]`, `[mode:arg]` or `[mode#tok
 slow:<s>, hang, crash, garbage, leak:<MB>, bloat:<MB> (leak, then hang), error. With `#token`
 the fault fires only the first time that token is seen (a marker file in `marker_dir`), so the
 supervisor's retry succeeds. Otherwise it speaks a 220 Hz tone of 50 ms per character at 16 kHz.
+With a `marker_dir`, every call first appends its text to `started.log` there, so a test can
+wait until a job is really inside the engine.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class FaultEngine:
         marker.touch()
         return True
 
+    def _log_start(self, text: str) -> None:
+        if self.marker_dir is not None:
+            with (self.marker_dir / "started.log").open("a", encoding="utf-8") as log:
+                log.write(text + "\n")
+
     def _leak(self, mb: float) -> None:
         block = bytearray(int(mb * 1024 * 1024))
         block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
@@ -60,6 +67,7 @@ class FaultEngine:
     def synthesize(
         self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
     ) -> tuple[Any, int]:
+        self._log_start(text)
         match = _DIRECTIVE.match(text)
         if self.leak_mb_per_job:
             self._leak(self.leak_mb_per_job)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
+from msgvoice.compose import DaemonParts
 from msgvoice.speech.encoder import caf_encoder
 from tests.daemon_util import running
 from tests.fake_telegram import TOKEN, FakeTelegram
@@ -28,6 +29,22 @@ async def until(predicate: Any, within: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def settled(daemon: DaemonParts, prefix: str, cursor: str, last: int) -> None:
+    """Wait until the channel has handled every incoming message up to `last` (its journalled
+    cursor says so) and acknowledged every outbox item: after that nothing more can be sent,
+    so what was sent is all there will be."""
+    router = daemon.router
+    await until(lambda: int(router.cursor(cursor) or 0) >= last and not router.pending(prefix))
+
+
+async def tg_settled(daemon: DaemonParts, bot: FakeTelegram) -> None:
+    await settled(daemon, "tg:", "telegram.offset", bot.updates[-1]["update_id"] + 1)
+
+
+async def im_settled(daemon: DaemonParts, imsg: Imsg) -> None:
+    await settled(daemon, "im:", "imessage.rowid", imsg.rowid)
 
 
 # -- Telegram ----------------------------------------------------------------------------------
@@ -45,11 +62,11 @@ def tg_env(bot: FakeTelegram) -> dict[str, str]:
 async def test_telegram_tts_becomes_one_ogg_opus_voice_note(clean_env: Path) -> None:
     """`/tts 开心：你好` in → one sendVoice with OGG/Opus 48 kHz mono (a voice note), with a
     record_voice chat action first; `/mode style` replies as text."""
-    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)):
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)) as (daemon, _):
         bot.text(42, "/mode style 温柔")
         bot.text(42, "/tts 开心：你好")
         await until(lambda: bot.sent_by("sendVoice"))
-        await asyncio.sleep(0.3)
+        await tg_settled(daemon, bot)
     (voice,) = bot.sent_by("sendVoice")
     assert voice["chat_id"] == "42" and int(voice["duration"]) >= 0
     info = sf.info(io.BytesIO(voice["voice_bytes"]))
@@ -63,7 +80,7 @@ async def test_telegram_tts_becomes_one_ogg_opus_voice_note(clean_env: Path) -> 
 
 async def test_telegram_ignores_edits_and_answers_non_text_politely(clean_env: Path) -> None:
     """Edited messages are ignored; a sticker gets a short hint; nothing crashes."""
-    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)):
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)) as (daemon, _):
         bot.push(edited_message={"message_id": 1, "chat": {"id": 5}, "text": "/tts 改了"})
         bot.push(
             message={
@@ -75,7 +92,7 @@ async def test_telegram_ignores_edits_and_answers_non_text_politely(clean_env: P
         )
         bot.text(5, "/help")
         await until(lambda: len(bot.sent_by("sendMessage")) == 2)
-        await asyncio.sleep(0.3)
+        await tg_settled(daemon, bot)
     texts = [m["text"] for m in bot.sent_by("sendMessage")]
     assert texts[0].startswith("目前只支持文字消息") and texts[1].startswith("/tts 文本")
     assert bot.sent_by("sendVoice") == []
@@ -86,11 +103,11 @@ async def test_telegram_429_and_502_are_retried_without_duplicates(clean_env: Pa
     retry_after, then the message is delivered exactly once."""
     async with (
         FakeTelegram(failures={"getUpdates": [502], "sendMessage": [429]}) as bot,
-        running(clean_env, **tg_env(bot)),
+        running(clean_env, **tg_env(bot)) as (daemon, _),
     ):
         bot.text(9, "/help")
         await until(lambda: bot.sent_by("sendMessage"))
-        await asyncio.sleep(0.5)
+        await tg_settled(daemon, bot)
     assert len(bot.sent_by("sendMessage")) == 1
     assert bot.sent_by("sendMessage")[0]["at"] - bot.failed_at["sendMessage"][0] >= 1.0
 
@@ -103,9 +120,9 @@ async def test_telegram_restart_resumes_at_the_saved_offset(clean_env: Path) -> 
             bot.text(3, "/mode")
             await until(lambda: len(bot.sent_by("sendMessage")) == 2)
         bot.text(3, "/help")
-        async with running(clean_env, **tg_env(bot)):
+        async with running(clean_env, **tg_env(bot)) as (daemon, _):
             await until(lambda: len(bot.sent_by("sendMessage")) == 3)
-            await asyncio.sleep(0.5)
+            await tg_settled(daemon, bot)
     assert len(bot.sent_by("sendMessage")) == 3
     assert bot.offsets[-1] >= 1003
 
@@ -114,12 +131,12 @@ async def test_telegram_allow_list(clean_env: Path) -> None:
     """Only allowed users get answers."""
     async with (
         FakeTelegram() as bot,
-        running(clean_env, MSGVOICE_TELEGRAM_ALLOW="7", **tg_env(bot)),
+        running(clean_env, MSGVOICE_TELEGRAM_ALLOW="7", **tg_env(bot)) as (daemon, _),
     ):
         bot.text(11, "/help", user_id=666)
         bot.text(12, "/help", user_id=7)
         await until(lambda: bot.sent_by("sendMessage"))
-        await asyncio.sleep(0.5)
+        await tg_settled(daemon, bot)
     assert [m["chat_id"] for m in bot.sent_by("sendMessage")] == ["12"]
 
 
@@ -194,11 +211,11 @@ async def test_imessage_tts_becomes_a_voice_note_and_mode_a_text(
     else MP3); `/mode style` → a text send; the bot's own message is ignored."""
     imsg = Imsg(tmp_path / "imsg")
     imsg.incoming("/tts 我自己发的", is_from_me=True)
-    async with running(clean_env, **imsg.env()):
+    async with running(clean_env, **imsg.env()) as (daemon, _):
         imsg.incoming("/mode style 温柔")
         imsg.incoming("/tts 开心：你好")
         await until(lambda: len(imsg.lines("sent.jsonl")) == 2)
-        await asyncio.sleep(0.3)
+        await im_settled(daemon, imsg)
     text, voice = imsg.lines("sent.jsonl")
     assert text == {"chat_id": 1, "text": "已设置风格：温柔"}
     path = Path(voice["file"])
@@ -236,7 +253,7 @@ async def test_imessage_death_mid_session_restarts_without_replay_or_loss(
         (imsg.dir / "die").touch()
         imsg.incoming("/mode")
         await until(lambda: len(imsg.lines("sent.jsonl")) == 2, within=30)
-        await asyncio.sleep(0.5)
+        await im_settled(daemon, imsg)
         assert daemon.channels[0].restarts >= 1
     sent = [s["text"] for s in imsg.lines("sent.jsonl")]
     assert sent[0].startswith("/tts 文本") and sent[1].startswith("语音模式")
@@ -253,8 +270,8 @@ async def test_imessage_daemon_restart_resumes_from_the_saved_rowid(
         imsg.incoming("/help")
         await until(lambda: imsg.lines("sent.jsonl"))
     imsg.incoming("/mode")  # arrives while the daemon is down
-    async with running(clean_env, **imsg.env()):
+    async with running(clean_env, **imsg.env()) as (daemon, _):
         await until(lambda: len(imsg.lines("sent.jsonl")) == 2)
-        await asyncio.sleep(0.5)
+        await im_settled(daemon, imsg)
     assert len(imsg.lines("sent.jsonl")) == 2
     assert imsg.lines("subscribes.jsonl")[-1] == {"since_rowid": imsg.rowid - 1}

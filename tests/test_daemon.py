@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -156,6 +154,11 @@ async def test_worker_failure_becomes_a_clear_message_in_the_chat(clean_env: Pat
         assert items[-1]["kind"] == "text" and items[-1]["text"].startswith("语音生成失败")
 
 
+def _settled(health: dict[str, Any]) -> bool:
+    """No job is queued or running in the journal."""
+    return not {"queued", "running"} & set(health["jobs"])
+
+
 def _jobs_for(url: str, chats: list[str]) -> dict[str, list[dict]]:
     out = {}
     for chat in chats:
@@ -180,20 +183,15 @@ def test_sigkill_mid_burst_then_restart_delivers_each_latest_exactly_once(clean_
                 latest[chat] = client.post(
                     f"/v1/chats/{chat}/replies", json={"text": f"{chat} 第{i}次。"}
                 ).json()["jobs"][0]
-        time.sleep(0.3)  # the lane is mid-job now
+        first.wait_health(lambda health: health["running"] is not None)  # mid-job now
         worker = psutil.Process(first.worker_pid())
     assert first.signal(signal.SIGKILL) == -signal.SIGKILL
     psutil.wait_procs([worker], timeout=10)
     assert not worker.is_running()
     second = DaemonProcess(clean_env, **env).start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            delivered = _jobs_for(second.url, chats)
-            if all(delivered[c] for c in chats):
-                break
-            time.sleep(0.1)
-        time.sleep(1.0)  # anything duplicated would show up by now
+        # Once no job is open, no more audio can be delivered: what is there is final.
+        second.wait_health(lambda h: h["running"] is None and h["queue"] == 0 and _settled(h))
         delivered = _jobs_for(second.url, chats)
         for chat in chats:
             assert [i["job_id"] for i in delivered[chat]] == [latest[chat]], chat
@@ -207,7 +205,7 @@ def test_sigterm_drains_and_leaves_no_worker(clean_env: Path) -> None:
     job = httpx.post(
         daemon.url + "/v1/messages", json={"chat_id": "t", "text": "/tts 再见"}, timeout=5
     ).json()["jobs"][0]
-    time.sleep(0.3)
+    daemon.wait_health(lambda health: health["running"] == job)
     worker = psutil.Process(daemon.worker_pid())
     assert daemon.signal(signal.SIGTERM) == 0
     _gone, alive = psutil.wait_procs([worker], timeout=10)
@@ -242,8 +240,7 @@ async def test_metrics_count_jobs_and_show_worker_facts(clean_env: Path) -> None
     """/metrics counts jobs by kind and outcome and exposes worker restarts and memory."""
     async with running(clean_env) as (_, client):
         job = (await client.post("/v1/messages", json={"chat_id": "m", "text": "/tts 你好"})).json()
-        await wait_job(client, job["jobs"][0])
-        await asyncio.sleep(0.05)
+        await wait_job(client, job["jobs"][0])  # the metrics listener runs before "done" shows
         text = (await client.get("/metrics")).text
     assert 'msgvoice_jobs_total{kind="tts",outcome="done"} 1.0' in text
     assert 'msgvoice_worker_restarts_total{reason="crash"} 0.0' in text

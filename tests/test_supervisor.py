@@ -43,6 +43,12 @@ async def wait_for(predicate: Any, within: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def in_engine(tmp_path: Path, text: str) -> None:
+    """Wait until the engine has started speaking `text` (the fault engine logs each start)."""
+    log = tmp_path / "started.log"
+    await wait_for(lambda: log.exists() and text in log.read_text(encoding="utf-8").splitlines())
+
+
 async def test_plain_job_returns_the_engines_audio(tmp_path: Path) -> None:
     """A job comes back as float32 samples at the engine's rate, 50 ms per character."""
     async with make(tmp_path) as sup:
@@ -172,7 +178,7 @@ async def test_stopping_leaves_no_process_behind(tmp_path: Path) -> None:
     async with sup:
         pid = sup.pid
         job = asyncio.create_task(sup.synthesize(req("[hang] stuck")))
-        await asyncio.sleep(0.3)
+        await in_engine(tmp_path, "[hang] stuck")
         job.cancel()
     assert pid is not None and not psutil.pid_exists(pid)
 
@@ -212,7 +218,7 @@ async def test_cancelled_job_never_hands_its_audio_to_the_next(tmp_path: Path) -
     """A job cancelled mid-synthesis retires its worker, so the next job gets its own audio."""
     async with make(tmp_path) as sup:
         slow = asyncio.create_task(sup.synthesize(req("[slow:1] a long one here")))
-        await asyncio.sleep(0.3)
+        await in_engine(tmp_path, "[slow:1] a long one here")
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow

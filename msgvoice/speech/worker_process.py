@@ -158,14 +158,14 @@ class WorkerProcess:
         req_id = next(self._ids)
         line = json.dumps({"id": req_id, "method": method, "params": params}, ensure_ascii=False)
         assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(line.encode() + b"\n")
-            await self.proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise WorkerLost("crash", f"worker stdin closed: {exc}") from None
         reply = asyncio.ensure_future(self.read())
         deadline = time.monotonic() + limit_s
         try:
+            try:
+                self.proc.stdin.write(line.encode() + b"\n")
+                await self.proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise WorkerLost("crash", f"worker stdin closed: {exc}") from None
             while not reply.done():
                 left = deadline - time.monotonic()
                 if left <= 0:
