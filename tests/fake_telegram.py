@@ -70,8 +70,8 @@ class FakeTelegram:
             params: dict[str, Any] = {k: v for k, v in form.items() if k != "voice"}
             voice = form.get("voice")
             if voice is not None:
-                params["voice_bytes"] = voice.file.read()  # type: ignore[union-attr]
-                params["voice_name"] = voice.filename  # type: ignore[union-attr]
+                params["voice_bytes"] = voice.file.read()  # type: ignore[union-attr]  # a file field
+                params["voice_name"] = voice.filename  # type: ignore[union-attr]  # a file field
         else:
             params = await request.json()
         if method == "getUpdates":

@@ -108,7 +108,7 @@ async def test_llm_answers_end_in_audio_with_a_source(
         report, _ = await speak_with_llm(llm.url + "/v1", tmp_path)
     assert report["emotion"]["source"] == source
     first = tuple(report["emotion"]["vectors"][0])
-    assert dominant(first)[0] == first_dominant  # type: ignore[arg-type]
+    assert dominant(first)[0] == first_dominant  # type: ignore[arg-type]  # a parsed vector is a Vector
     assert all(0 <= x <= 0.7 for v in report["emotion"]["vectors"] for x in v)
     assert all(sum(v) <= 0.8 + 1e-6 for v in report["emotion"]["vectors"])
 

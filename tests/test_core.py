@@ -51,7 +51,7 @@ async def chat_wing(tmp_path: Path) -> AsyncIterator[tuple[Router, FakeSpeaker, 
     """A router, lane and journal in memory, with the lane running."""
     journal = Journal(IN_MEMORY, Bell(), tmp_path)
     speaker = FakeSpeaker()
-    lane = Lane(journal, speaker, tmp_path, "ogg", 10.0)  # type: ignore[arg-type]  # a fake
+    lane = Lane(journal, speaker, tmp_path, "ogg", 10.0)
     router = Router(Config(), journal, lane, engine=lambda: ("fake", None))
     runner = asyncio.create_task(lane.run())
     try:
@@ -99,7 +99,7 @@ async def test_auto_replies_are_latest_wins_per_chat(tmp_path: Path) -> None:
         other = router.bot_reply("b", "别的。").jobs[0]
         gate.set()
         await until(lambda: settled(router, [first, *later, other]))
-        assert [router.job(j).state for j in [first, *later]] == [  # type: ignore[union-attr]
+        assert [router.job(j).state for j in [first, *later]] == [
             "superseded",
             "superseded",
             "superseded",
@@ -128,10 +128,10 @@ async def test_resume_runs_open_latest_jobs_and_supersedes_stale_ones(tmp_path: 
     journal = Journal(IN_MEMORY, Bell(), tmp_path)
     tts, _ = journal.add_job("r", "tts", "说一句", None)
     stale, _ = journal.add_job("r", "auto", "旧的", None)
-    journal.set_state(journal.job(stale), "running")  # type: ignore[arg-type]
+    journal.set_state(journal.job(stale), "running")
     latest, _ = journal.add_job("r", "auto", "新的", None)
     speaker = FakeSpeaker()
-    lane = Lane(journal, speaker, tmp_path, "ogg", 10.0)  # type: ignore[arg-type]
+    lane = Lane(journal, speaker, tmp_path, "ogg", 10.0)
     assert lane.resume() == 2
     runner = asyncio.create_task(lane.run())
     try:
@@ -139,7 +139,7 @@ async def test_resume_runs_open_latest_jobs_and_supersedes_stale_ones(tmp_path: 
     finally:
         runner.cancel()
     assert speaker.spoken == ["说一句", "新的"]
-    assert [journal.job(j).state for j in (tts, stale, latest)] == [  # type: ignore[union-attr]
+    assert [journal.job(j).state for j in (tts, stale, latest)] == [
         "done",
         "superseded",
         "done",
@@ -151,7 +151,7 @@ async def test_the_pump_backs_off_keeps_order_and_never_resends(tmp_path: Path) 
     """A failed send stops the pump (order kept) with a doubling back-off or the app's
     retry_after; once the app accepts, every item goes exactly once, in order."""
     journal = Journal(IN_MEMORY, Bell(), tmp_path)
-    router = Router(Config(), journal, None, engine=lambda: ("fake", None))  # type: ignore[arg-type]
+    router = Router(Config(), journal, None, engine=lambda: ("fake", None))
     for text in ("一", "二", "三"):
         router.send_text("tg:1", text)
     sent: list[str | None] = []

@@ -90,9 +90,9 @@ async def test_policy_per_segment_for_short_text_average_for_long() -> None:
     """Few short segments keep their own vectors; many get the one average vector."""
 
     async def analyse(style: str | None, segments: object) -> list[tuple[float, ...]]:
-        return [vec(happy=0.6), vec(sad=0.6), vec(angry=0.6)][: len(segments)]  # type: ignore
+        return [vec(happy=0.6), vec(sad=0.6), vec(angry=0.6)][: len(segments)]  # type: ignore  # a list of Vectors
 
-    emotions = Emotions(EmotionConfig(smooth_factor=0, max_segments=2), analyse)  # type: ignore
+    emotions = Emotions(EmotionConfig(smooth_factor=0, max_segments=2), analyse)  # type: ignore  # a plain async fn
     short = await emotions.resolve(None, ["一。", "二。"])
     assert short.source == "llm" and short.vectors[0] != short.vectors[1]
     long = await emotions.resolve(None, ["一。", "二。", "三。"])

@@ -55,7 +55,7 @@ def test_printed_unit_has_restart_limits_and_stop_keys() -> None:
     done = cli("service", "print", "--systemd", env={"SECRET_TOKEN": "x"})
     assert done.returncode == 0, done.stderr
     unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case
     unit.read_string(done.stdout)
     assert unit["Unit"]["StartLimitIntervalSec"] and unit["Unit"]["StartLimitBurst"]
     assert unit["Service"]["Restart"] == "on-failure"

@@ -6,9 +6,6 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-VOICE_MODES = ("on", "off", "both", "audio", "text")
-"""`/mode voice` values; `on` is `both` and `off` is `text`."""
-
 STYLE_CLEAR_WORDS = ("off", "reset", "clear")
 STYLE_HEAD_MAX = 20
 
@@ -107,12 +104,18 @@ def _parse_tts(body: str) -> Command:
     return Speak(text=text, style=style)
 
 
+_VOICE_MODE: dict[str, Literal["both", "text", "audio"]] = {  # `/mode voice` words
+    "on": "both",
+    "off": "text",
+    "both": "both",
+    "audio": "audio",
+    "text": "text",
+}
+
+
 def _parse_voice(arg: str) -> Command:
-    mode = arg.lower()
-    if mode not in VOICE_MODES:
-        return Usage("mode_usage")
-    normalised = {"on": "both", "off": "text"}.get(mode, mode)
-    return SetVoiceMode(normalised)  # type: ignore[arg-type]
+    mode = _VOICE_MODE.get(arg.lower())
+    return Usage("mode_usage") if mode is None else SetVoiceMode(mode)
 
 
 def _parse_mode(body: str) -> Command:
