@@ -67,7 +67,7 @@ def test_env_values_are_parsed_by_type() -> None:
         ({"MSGVOICE_HTTP_PORT": "70000"}, "at most 65535"),
         ({"MSGVOICE_WORKER_EAGER": "maybe"}, "true or false"),
         ({"MSGVOICE_AUDIO_OPUS_RATE_HZ": "44100"}, "one of 8000"),
-        ({"MSGVOICE_TTS_FORMAT": "aac"}, "tts.format"),
+        ({"MSGVOICE_TTS_FORMAT": "wma"}, "tts.format"),
         ({"TTS_EMO_SMOOTH_FACTOR": "nan"}, "finite"),
         ({"MSGVOICE_EMOTION_FIXED_VECTOR": "0.1,0.2"}, "expected 8 numbers"),
     ],

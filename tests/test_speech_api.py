@@ -123,7 +123,7 @@ async def test_first_audio_arrives_before_the_whole_text_is_spoken(clean_env: Pa
     [
         ({"model": "m", "voice": "alloy"}, "input"),
         ({"model": "m", "input": "  "}, "input"),
-        ({"model": "m", "input": "hi", "response_format": "aac"}, "response_format"),
+        ({"model": "m", "input": "hi", "response_format": "wma"}, "response_format"),
         ({"model": "m", "input": "hi", "speed": 9}, "speed"),
         ({"model": "m", "input": "hi", "speed": "fast"}, "speed"),
         ({"model": "m", "input": "hi", "emotion": [1, 2]}, "emotion"),

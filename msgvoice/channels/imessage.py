@@ -2,8 +2,8 @@
 
 `watch.subscribe` resumes from the last handled rowid (journalled), so a restart neither
 replays nor misses messages; the bot's own messages (`is_from_me`) are skipped. Voice notes go
-out as Opus 24 kHz in CAF (what Messages uses for voice bubbles) when ffmpeg has libopus, else
-as MP3 attachments. If imsg dies it is restarted with a growing back-off.
+out as Opus 24 kHz mono in CAF (the format of Messages' own voice notes; `voice_format = "mp3"`
+sends MP3 attachments instead). If imsg dies it is restarted with a growing back-off.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import ImessageConfig
 from msgvoice.net import next_backoff
-from msgvoice.speech.encoder import CAF_RATE, AudioError, caf_encoder, convert, to_caf
+from msgvoice.speech.encoder import AudioError, convert
+from msgvoice.speech.formats import CAF_RATE
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,6 @@ class ImessageChannel:
     def __init__(self, config: ImessageConfig, chat: ChatPort) -> None:
         self.config, self.chat = config, chat
         self.pump = OutboxPump(chat, PREFIX, self._send)
-        self.ffmpeg = caf_encoder() if config.voice_format == "caf" else None
-        if config.voice_format == "caf" and self.ffmpeg is None:
-            log.warning("no ffmpeg with libopus: iMessage voice notes go out as MP3 attachments")
         self._proc: asyncio.subprocess.Process | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -156,10 +154,8 @@ class ImessageChannel:
             params["text"] = item.text
         else:
             try:
-                if self.ffmpeg is not None:
-                    voice = await asyncio.to_thread(to_caf, item.audio, self.ffmpeg)
-                else:
-                    voice = await asyncio.to_thread(convert, item.audio, "mp3", CAF_RATE)
+                fmt = self.config.voice_format
+                voice = await asyncio.to_thread(convert, item.audio, fmt, CAF_RATE)
             except AudioError as exc:
                 raise ChannelError(str(exc)) from exc
             params["file"] = str(voice)

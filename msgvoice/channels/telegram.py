@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import TelegramConfig
 from msgvoice.net import next_backoff
-from msgvoice.speech.encoder import convert, is_format
+from msgvoice.speech.encoder import AudioError, convert, describe
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,20 @@ class TelegramChannel:
         if item.audio is None:
             await self.call("sendMessage", chat_id=chat_id, text=item.text)
             return
-        source = item.audio
-        voice = (
-            source
-            if is_format(source, "ogg", VOICE_RATE)
-            else await asyncio.to_thread(convert, source, "ogg", VOICE_RATE)
-        )
+        try:
+            voice = await asyncio.to_thread(_voice_note, item.audio)
+        except AudioError as exc:
+            raise ChannelError(str(exc)) from exc
         params: dict[str, Any] = {"chat_id": chat_id}
         if item.duration_s:
             params["duration"] = str(round(item.duration_s))
         await self.call(
             "sendVoice", files={"voice": (voice.name, voice.read_bytes(), "audio/ogg")}, **params
         )
+
+
+def _voice_note(source: Path) -> Path:
+    """The voice note as Telegram plays it in a bubble: OGG/Opus 48 kHz (converted if need be)."""
+    if describe(source) == ("ogg", "opus", VOICE_RATE):
+        return source
+    return convert(source, "ogg", VOICE_RATE)

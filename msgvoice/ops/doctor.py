@@ -6,13 +6,12 @@ stopped before doctor returns. Status: error if any check errs, else warning if 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import av
 import httpx
-import soundfile as sf
 
 from msgvoice.config import Config
 from msgvoice.ops import service
@@ -24,7 +23,6 @@ from msgvoice.ops.probes import (
     daemon_facts,
     overall,
 )
-from msgvoice.speech.encoder import caf_encoder
 from msgvoice.speech.formats import FILE_FORMATS
 
 
@@ -46,39 +44,27 @@ def check_state_dir(config: Config) -> Check:
 
 
 def check_encoders(config: Config) -> Check:
-    """libsndfile can write every format msgvoice offers; the configured one above all."""
-    available = sf.available_formats()
+    """PyAV's FFmpeg has every encoder and muxer msgvoice writes with; the configured one
+    above all."""
     missing = [
         name
         for name, fmt in FILE_FORMATS.items()
-        if fmt.container not in available or fmt.codec not in sf.available_subtypes(fmt.container)
+        if fmt.codec not in av.codecs_available
+        or (fmt.container not in ("raw", "caf") and fmt.container not in av.formats_available)
     ]
-    if config.tts.format in missing:
-        return Check(
-            "encoders",
-            "error",
-            f"libsndfile cannot write {config.tts.format}",
-            "pip install -U soundfile (its wheels bundle libsndfile with Opus and MP3)",
-        )
     if missing:
         return Check(
             "encoders",
-            "warning",
-            f"libsndfile cannot write {', '.join(missing)}",
-            "pip install -U soundfile",
+            "error" if config.tts.format in missing else "warning",
+            f"PyAV {av.__version__} cannot write {', '.join(missing)}",
+            "pip install -U av (its wheels bundle FFmpeg with libopus, LAME and AAC)",
         )
-    if config.imessage.enabled and config.imessage.voice_format == "caf" and caf_encoder() is None:
-        return Check(
-            "encoders",
-            "warning",
-            "no ffmpeg with libopus: iMessage voice notes go "
-            "out as MP3 attachments, not voice bubbles",
-            "install ffmpeg (brew install ffmpeg) and restart msgvoice",
-        )
-    ffmpeg = shutil.which("ffmpeg")
-    extra = f"; ffmpeg at {ffmpeg}" if ffmpeg else "; no ffmpeg (only needed for CAF voice notes)"
+    codec = av.library_versions.get("libavcodec", ())
+    version = ".".join(map(str, codec))
     return Check(
-        "encoders", "pass", f"{sf.__libsndfile_version__}: wav, flac, ogg/opus, mp3{extra}"
+        "encoders",
+        "pass",
+        f"PyAV {av.__version__} (libavcodec {version}): {', '.join(FILE_FORMATS)}",
     )
 
 

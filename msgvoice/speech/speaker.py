@@ -22,7 +22,7 @@ from msgvoice.config import Config
 from msgvoice.speech import audio, text
 from msgvoice.speech.chain import EngineChain
 from msgvoice.speech.emotion import Emotions, to_prosody
-from msgvoice.speech.encoder import AudioWriter, Encoder
+from msgvoice.speech.encoder import AudioWriter, Encoder, EncodeSettings
 from msgvoice.speech.formats import Format, output_rate
 from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
@@ -58,6 +58,7 @@ class Speaker:
         self.shaping = audio.Shaping(
             config.audio.fade_ms, config.audio.gap_ms, config.audio.silence_db
         )
+        self.encoding = EncodeSettings(config.audio.opus_complexity, config.audio.opus_bitrate_kbps)
         self.turn = asyncio.Lock()
         """Held for a job's whole synthesis: one job at a time on the worker."""
 
@@ -91,7 +92,8 @@ class Speaker:
         report = Report()
 
         def open_file(rate: int) -> AudioWriter:
-            return AudioWriter(job.out, job.fmt, output_rate(job.fmt, rate, self._opus_rate))
+            rate = output_rate(job.fmt, rate, self._opus_rate)
+            return AudioWriter(job.out, job.fmt, rate, self.encoding)
 
         def tick(_data: bytes) -> None:
             if progress is not None:
@@ -157,10 +159,10 @@ class Speaker:
     ) -> None:
         pending: list[bytes] = []
         emit = chunks.put_nowait if streaming else pending.append
-        scratch = self.config.paths.tmp
 
         def open_encoder(rate: int) -> Encoder:
-            return Encoder(fmt, output_rate(fmt.name, rate, self._opus_rate), streaming, scratch)
+            rate = output_rate(fmt.name, rate, self._opus_rate)
+            return Encoder(fmt, rate, streaming, self.encoding)
 
         try:
             async with self.turn:
