@@ -7,14 +7,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from msgvoice.config import Config
-from msgvoice.speech.chain import EngineChain
+from msgvoice.config import Config, WorkerConfig
+from msgvoice.speech.chain import EngineChain, WorkerPool
 from msgvoice.speech.emotion import Emotions
 from msgvoice.speech.emotion_llm import Analyser
 from msgvoice.speech.speaker import Speaker
@@ -48,8 +49,21 @@ class SpeechKit:
 
     @property
     def supervisor(self) -> Supervisor:
-        """The main engine's supervisor."""
+        """The main engine's first supervisor."""
         return self.speaker.chain.main
+
+    @property
+    def workers(self) -> list[Supervisor]:
+        """The main engine's supervisors."""
+        return self.speaker.chain.workers
+
+
+def worker_count(config: Config) -> int:
+    """`worker.count`, or on auto: up to 2 (the cores there are) for light engines, else 1."""
+    if config.worker.count:
+        return config.worker.count
+    spec = ENGINES.get(config.tts.engine)
+    return min(2, os.cpu_count() or 1) if spec is not None and spec.light else 1
 
 
 def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
@@ -69,25 +83,27 @@ def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def speech_kit(config: Config) -> AsyncIterator[SpeechKit]:
-    """Start the worker and the shared HTTP client; stop everything on exit."""
+async def speech_kit(config: Config, workers: int = 1) -> AsyncIterator[SpeechKit]:
+    """Start `workers` workers of the main engine and the shared HTTP client; stop everything
+    on exit."""
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(httpx.AsyncClient())
         analyser = Analyser(config.emotion, client) if config.emotion.llm_base_url else None
         emotions = Emotions(config.emotion, analyser.analyse if analyser else None)
         scratch = config.paths.tmp
-        main = await stack.enter_async_context(
-            Supervisor(config.worker, config.tts.engine, engine_options(config), scratch)
-        )
+
+        async def supervisor(worker: WorkerConfig, engine: str) -> Supervisor:
+            options = engine_options(config, engine)
+            return await stack.enter_async_context(Supervisor(worker, engine, options, scratch))
+
+        main = [await supervisor(config.worker, config.tts.engine) for _ in range(workers)]
         lazy = dataclasses.replace(config.worker, eager=False)  # fallbacks start when needed
         fallbacks = [
-            await stack.enter_async_context(
-                Supervisor(lazy, name, engine_options(config, name), scratch)
-            )
+            WorkerPool([await supervisor(lazy, name)])
             for name in config.tts.fallback
             if name != config.tts.engine
         ]
-        chain = EngineChain([main, *fallbacks], config.tts.voice)
+        chain = EngineChain([WorkerPool(main), *fallbacks], config.tts.voice)
         yield SpeechKit(config, Speaker(config, chain, emotions), analyser, client)
 
 
@@ -120,9 +136,19 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
     async with contextlib.AsyncExitStack() as stack:
         journal = Journal(paths.journal, Bell(), paths.audio)
         stack.callback(journal.close)
-        kit = await stack.enter_async_context(speech_kit(config))
+        workers = worker_count(config)
+        kit = await stack.enter_async_context(speech_kit(config, workers))
         speaker = kit.speaker
-        lane = Lane(journal, speaker, paths.audio, config.tts.format, config.auto.timeout_ms / 1000)
+        auto_timeout_s = config.auto.timeout_ms / 1000
+        # One runner more than workers: a job is encoded while the next one is spoken.
+        lane = Lane(
+            journal,
+            speaker,
+            paths.audio,
+            config.tts.format,
+            auto_timeout_s,
+            concurrency=workers + 1,
+        )
         responder = Responder(config.responder, kit.client) if config.responder.base_url else None
         router = Router(
             config,
@@ -133,7 +159,7 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         )
         metrics = Metrics(
             journal,
-            kit.supervisor,
+            kit.workers,
             lambda: lane.depth,
             lambda: dict(kit.analyser.calls) if kit.analyser else {},
             lambda: router.superseded_at_submit,
@@ -159,15 +185,18 @@ def _http(
     supervisor, journal = kit.supervisor, router.journal
 
     async def doctor_report() -> dict[str, Any]:
-        return await doctor.report(config, engine_options(config), supervisor.facts)
+        report = await doctor.report(config, engine_options(config), supervisor.facts)
+        return report | {"workers": [w.facts() for w in kit.workers]}
 
     def health() -> dict[str, Any]:
         return {
             "status": "ok",
             "queue": lane.depth,
             "running": lane.running,
+            "running_jobs": lane.running_jobs(),
             "jobs": journal.counts(),
             "worker": supervisor.facts(),
+            "workers": [w.facts() for w in kit.workers],
         }
 
     return HttpChannel(

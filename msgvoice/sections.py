@@ -65,6 +65,8 @@ class AudioConfig:
 class WorkerConfig:
     python: str = ""
     """Interpreter that runs the worker; empty = the daemon's own."""
+    count: int = _key(0, lo=0, hi=64)
+    """Workers of the main engine (0 = auto: 2 for eSpeak on 2+ cores, 1 for model engines)."""
     eager: bool = True
     """Start the worker at start-up rather than at the first job."""
     ready_timeout_s: float = _key(180.0, lo=0.1)

@@ -238,13 +238,16 @@ def test_console_channel_speaks_and_prints_the_path(clean_env: Path, tmp_path: P
 
 
 async def test_metrics_count_jobs_and_show_worker_facts(clean_env: Path) -> None:
-    """/metrics counts jobs by kind and outcome and exposes worker restarts and memory."""
-    async with running(clean_env) as (_, client):
+    """/metrics counts jobs by kind and outcome and exposes every worker's restarts and
+    memory."""
+    async with running(clean_env, MSGVOICE_WORKER_COUNT="2") as (_, client):
         job = (await client.post("/v1/messages", json={"chat_id": "m", "text": "/tts 你好"})).json()
         await wait_job(client, job["jobs"][0])  # the metrics listener runs before "done" shows
         text = (await client.get("/metrics")).text
     assert 'msgvoice_jobs_total{kind="tts",outcome="done"} 1.0' in text
-    assert 'msgvoice_worker_restarts_total{reason="crash"} 0.0' in text
+    for worker in ("0", "1"):
+        assert f'msgvoice_worker_restarts_total{{reason="crash",worker="{worker}"}} 0.0' in text
+        assert f'msgvoice_worker_rss_bytes{{worker="{worker}"}}' in text
     assert "msgvoice_worker_rss_bytes" in text and "msgvoice_queue_depth 0.0" in text
     assert "msgvoice_synthesis_seconds_count 1.0" in text
 

@@ -127,6 +127,7 @@ def test_running_daemon_facts_appear_and_match_metrics(clean_env: Path) -> None:
         assert report["worker"]["pid"] == daemon.worker_pid()
         assert by_name(report)["daemon"]["status"] == "pass"
         metrics = httpx.get(daemon.url + "/metrics", timeout=5).text
-        assert f"msgvoice_worker_jobs_total {float(report['worker']['jobs_done'])}" in metrics
+        jobs_done = float(report["worker"]["jobs_done"])
+        assert f'msgvoice_worker_jobs_total{{worker="0"}} {jobs_done}' in metrics
     finally:
         daemon.signal(__import__("signal").SIGTERM)

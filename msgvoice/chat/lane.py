@@ -1,4 +1,10 @@
-"""The synthesis lane: one job at a time, in the order asked, latest-wins for auto replies.
+"""The synthesis lane: each chat's jobs in the order asked, different chats side by side,
+latest-wins for auto replies.
+
+`concurrency` runners take jobs: each takes the oldest queued job whose chat has none running,
+so a chat's jobs never overtake each other while other chats proceed. The speaker's worker pool
+bounds how many synthesise at once; one runner more than workers lets a job be encoded while
+the next one is spoken.
 
 The journal decides what is stale: a queued automatic reply is superseded in the transaction
 that journals its newer sibling, and a running one still finishes, but `Journal.finish` checks it
@@ -27,10 +33,17 @@ Listener = Callable[[Job, str], None]
 
 
 class Lane:
-    """Runs journalled jobs through the speaker, one at a time."""
+    """Runs journalled jobs through the speaker: per chat in order, chats side by side."""
 
     def __init__(
-        self, journal: Journal, speaker: Speaker, audio_dir: Path, fmt: str, auto_timeout_s: float
+        self,
+        journal: Journal,
+        speaker: Speaker,
+        audio_dir: Path,
+        fmt: str,
+        auto_timeout_s: float,
+        *,
+        concurrency: int = 1,
     ) -> None:
         self.journal = journal
         self.speaker = speaker
@@ -38,8 +51,10 @@ class Lane:
         self.fmt = fmt
         self.auto_timeout_s = auto_timeout_s
         self.listeners: list[Listener] = []
-        self.running: str | None = None
-        self._queue: collections.deque[str] = collections.deque()
+        self.concurrency = max(1, concurrency)
+        self._running: dict[str, str] = {}
+        """job id → chat id of the jobs being made."""
+        self._queue: collections.deque[tuple[str, str]] = collections.deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -47,12 +62,21 @@ class Lane:
 
     @property
     def depth(self) -> int:
-        """Jobs waiting (not counting the running one)."""
+        """Jobs waiting (not counting the running ones)."""
         return len(self._queue)
 
-    def submit(self, job_id: str) -> None:
+    @property
+    def running(self) -> str | None:
+        """The oldest job being made, if any."""
+        return next(iter(self._running), None)
+
+    def running_jobs(self) -> list[str]:
+        """Every job being made."""
+        return list(self._running)
+
+    def submit(self, job_id: str, chat_id: str) -> None:
         """Queue a journalled job."""
-        self._queue.append(job_id)
+        self._queue.append((job_id, chat_id))
         self._wake.set()
 
     def resume(self) -> int:
@@ -65,31 +89,48 @@ class Lane:
                 self._tell(job, "superseded")
                 continue
             self.journal.set_state(job, "queued")
-            self.submit(job.id)
+            self.submit(job.id, job.chat_id)
             resumed += 1
         if resumed:
             log.info("resumed %d open jobs from the journal", resumed)
         return resumed
 
     async def run(self) -> None:
-        """Serve the queue until cancelled."""
+        """Serve the queue with `concurrency` runners until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for n in range(self.concurrency):
+                group.create_task(self._runner(), name=f"lane-{n}")
+
+    async def _runner(self) -> None:
         while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            job = self.journal.job(self._queue.popleft())
-            if job is None or job.state != "queued":
-                continue  # superseded while it waited
-            self.running = job.id
+            job = await self._next()
+            self._running[job.id] = job.chat_id
             self._idle.clear()
             try:
                 await self._execute(job)
             finally:
-                self.running = None
-                self._idle.set()
+                del self._running[job.id]
+                if not self._running:
+                    self._idle.set()
+                self._wake.set()  # that chat's next job may go now
+
+    async def _next(self) -> Job:
+        """The oldest queued job whose chat has nothing running (waiting for one)."""
+        while True:
+            busy = set(self._running.values())
+            for entry in list(self._queue):
+                job_id, chat_id = entry
+                if chat_id in busy:
+                    continue
+                self._queue.remove(entry)
+                job = self.journal.job(job_id)
+                if job is not None and job.state == "queued":  # not superseded while it waited
+                    return job
+            self._wake.clear()
+            await self._wake.wait()
 
     async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait (bounded) for the running job to finish; True if none runs afterwards."""
+        """Wait (bounded) for the running jobs to finish; True if none runs afterwards."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._idle.wait()

@@ -155,7 +155,7 @@ class Router:
         self.superseded_at_submit += len(superseded)
         for old in superseded:
             log.info("job %s superseded by %s in chat=%s before it ran", old, job_id, chat_id)
-        self.lane.submit(job_id)
+        self.lane.submit(job_id, chat_id)
         return job_id
 
     def _say(self, chat_id: str, text: str) -> str:

@@ -18,29 +18,30 @@ class _Live(Collector):
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        workers: list[Supervisor],
         depth: Callable[[], int],
         llm_calls: Callable[[], dict[str, int]],
         superseded: Callable[[], int],
     ) -> None:
-        self.supervisor, self.depth, self.llm_calls = supervisor, depth, llm_calls
+        self.workers, self.depth, self.llm_calls = workers, depth, llm_calls
         self.superseded = superseded
 
     def collect(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
-            "msgvoice_worker_restarts", "Worker restarts by reason", labels=["reason"]
+            "msgvoice_worker_restarts", "Worker restarts by reason", labels=["worker", "reason"]
         )
-        for reason, count in self.supervisor.restarts.items():
-            restarts.add_metric([reason], count)
-        yield restarts
-        yield GaugeMetricFamily(
-            "msgvoice_worker_rss_bytes",
-            "Worker memory (footprint on macOS)",
-            value=self.supervisor.rss_mb() * 2**20,
+        rss = GaugeMetricFamily(
+            "msgvoice_worker_rss_bytes", "Worker memory (footprint on macOS)", labels=["worker"]
         )
-        yield CounterMetricFamily(
-            "msgvoice_worker_jobs", "Worker requests completed", value=self.supervisor.jobs_done
+        jobs = CounterMetricFamily(
+            "msgvoice_worker_jobs", "Worker requests completed", labels=["worker"]
         )
+        for n, worker in enumerate(self.workers):
+            for reason, count in worker.restarts.items():
+                restarts.add_metric([str(n), reason], count)
+            rss.add_metric([str(n)], worker.rss_mb() * 2**20)
+            jobs.add_metric([str(n)], worker.jobs_done)
+        yield from (restarts, rss, jobs)
         yield GaugeMetricFamily(
             "msgvoice_queue_depth", "Jobs waiting in the synthesis lane", value=self.depth()
         )
@@ -63,7 +64,7 @@ class Metrics:
     def __init__(
         self,
         journal: Journal,
-        supervisor: Supervisor,
+        workers: list[Supervisor],
         depth: Callable[[], int],
         llm_calls: Callable[[], dict[str, int]],
         superseded: Callable[[], int],
@@ -91,7 +92,7 @@ class Metrics:
             buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10),
             registry=self.registry,
         )
-        self.registry.register(_Live(supervisor, depth, llm_calls, superseded))
+        self.registry.register(_Live(workers, depth, llm_calls, superseded))
 
     def on_job(self, job: Job, state: str) -> None:
         """Count a job outcome; time the ones that produced audio."""

@@ -1,63 +1,110 @@
-"""The engines a speaker can use: the main engine's supervisor, then the fallbacks' in order."""
+"""The engines a speaker can use: the main engine's worker pool, then the fallbacks' in order.
+
+A pool holds `worker.count` supervised workers of one engine; each request takes whichever is
+free, so different chats are spoken side by side while each worker keeps its own supervision.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
+from typing import Any
 
 from msgvoice.speech.supervisor import Supervisor, Synthesis, SynthRequest, WorkerUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class EngineChain:
-    """Asks the main engine; while it cannot start, the fallbacks in order."""
+class WorkerPool:
+    """Supervisors of one engine; a request waits for a free one."""
 
-    def __init__(self, supervisors: list[Supervisor], default_voice: str) -> None:
+    def __init__(self, supervisors: list[Supervisor]) -> None:
         if not supervisors:
-            raise ValueError("an engine chain needs at least one supervisor")
+            raise ValueError("a worker pool needs at least one supervisor")
         self.supervisors = supervisors
+        self._free: asyncio.Queue[Supervisor] = asyncio.Queue()
+        for supervisor in supervisors:
+            self._free.put_nowait(supervisor)
+
+    @property
+    def engine(self) -> str:
+        """The engine's name."""
+        return self.supervisors[0].engine
+
+    @property
+    def failed(self) -> bool:
+        """Every worker is marked failed."""
+        return all(s.state == "failed" for s in self.supervisors)
+
+    @property
+    def engine_facts(self) -> dict[str, Any]:
+        """What the engine said about itself (from the first worker that started)."""
+        return next((s.engine_facts for s in self.supervisors if s.engine_facts), {})
+
+    async def synthesize(self, request: SynthRequest) -> Synthesis:
+        """Speak one request on the first free worker."""
+        supervisor = await self._free.get()
+        try:
+            return await supervisor.synthesize(request)
+        finally:
+            self._free.put_nowait(supervisor)
+
+
+class EngineChain:
+    """Asks the main engine's pool; while it cannot start, the fallbacks in order."""
+
+    def __init__(self, pools: list[WorkerPool], default_voice: str) -> None:
+        if not pools:
+            raise ValueError("an engine chain needs at least one pool")
+        self.pools = pools
         self.default_voice = default_voice
 
     @property
     def main(self) -> Supervisor:
-        """The main engine's supervisor."""
-        return self.supervisors[0]
+        """The main engine's first supervisor."""
+        return self.pools[0].supervisors[0]
+
+    @property
+    def workers(self) -> list[Supervisor]:
+        """The main engine's supervisors."""
+        return self.pools[0].supervisors
 
     def engines(self) -> list[str]:
         """The engine names: the main one, then the fallbacks."""
-        return [s.engine for s in self.supervisors]
+        return [p.engine for p in self.pools]
 
     def voices(self) -> list[str]:
         """The main engine's voice names, as its worker reported them."""
-        listed = self.main.engine_facts.get("voices")
+        listed = self.pools[0].engine_facts.get("voices")
         names = [str(v) for v in listed] if isinstance(listed, list) else []
         return names or [self.default_voice]
 
     def active_engine(self) -> tuple[str, str | None]:
         """The engine new jobs will use, and the main engine when that is a fallback because
         the main one is marked failed."""
-        if self.main.state != "failed" or len(self.supervisors) == 1:
-            return self.main.engine, None
-        return self.supervisors[1].engine, self.main.engine
+        main = self.pools[0]
+        if not main.failed or len(self.pools) == 1:
+            return main.engine, None
+        return self.pools[1].engine, main.engine
 
     async def synthesize(self, request: SynthRequest, used: list[str]) -> Synthesis:
         """Speak one request; the engine that spoke is appended to `used`."""
-        for supervisor in self.supervisors:
-            if supervisor is not self.main:
+        for pool in self.pools:
+            if pool is not self.pools[0]:
                 request = replace(request, voice=None)  # the main engine's voice names
             try:
-                synthesis = await supervisor.synthesize(request)
+                synthesis = await pool.synthesize(request)
             except WorkerUnavailable as exc:
-                if supervisor is self.supervisors[-1]:
+                if pool is self.pools[-1]:
                     raise
                 log.warning(
                     "engine %s unavailable for job %s, falling back: %s",
-                    supervisor.engine,
+                    pool.engine,
                     request.job_id,
                     exc,
                 )
                 continue
-            used.append(supervisor.engine)
+            used.append(pool.engine)
             return synthesis
         raise AssertionError("unreachable")

