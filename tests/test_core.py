@@ -47,11 +47,13 @@ class FakeSpeaker:
 
 
 @contextlib.asynccontextmanager
-async def chat_wing(tmp_path: Path) -> AsyncIterator[tuple[Router, FakeSpeaker, Lane]]:
+async def chat_wing(
+    tmp_path: Path, concurrency: int = 1
+) -> AsyncIterator[tuple[Router, FakeSpeaker, Lane]]:
     """A router, lane and journal in memory, with the lane running."""
     journal = Journal(IN_MEMORY, Bell(), tmp_path)
     speaker = FakeSpeaker()
-    lane = Lane(journal, speaker, tmp_path, "ogg", 10.0)
+    lane = Lane(journal, speaker, tmp_path, "ogg", 10.0, concurrency=concurrency)
     router = Router(Config(), journal, lane, engine=lambda: ("fake", None))
     runner = asyncio.create_task(lane.run())
     try:
@@ -84,6 +86,23 @@ async def test_tts_jobs_of_a_chat_are_delivered_in_the_order_asked(tmp_path: Pat
         jobs = [(await router.message(Incoming("c", f"/tts 第{i}条"))).jobs[0] for i in range(5)]
         await until(lambda: settled(router, jobs))
         assert audio_jobs(router, "c") == jobs
+
+
+async def test_chats_run_side_by_side_but_a_chats_jobs_never_overtake(tmp_path: Path) -> None:
+    """With room for three jobs at once, chat B is served while chat A's first job is held,
+    but A's second job waits for A's first; everything is delivered in each chat's order."""
+    async with chat_wing(tmp_path, concurrency=3) as (router, speaker, lane):
+        gate = speaker.hold("甲一")
+        a1, a2 = [
+            (await router.message(Incoming("a", f"/tts {t}"))).jobs[0] for t in ("甲一", "甲二")
+        ]
+        b1 = (await router.message(Incoming("b", "/tts 乙一"))).jobs[0]
+        await until(lambda: settled(router, [b1]))
+        assert speaker.started == ["甲一", "乙一"] and lane.depth == 1
+        gate.set()
+        await until(lambda: settled(router, [a1, a2]))
+        assert speaker.started == ["甲一", "乙一", "甲二"]
+        assert audio_jobs(router, "a") == [a1, a2] and audio_jobs(router, "b") == [b1]
 
 
 async def test_auto_replies_are_latest_wins_per_chat(tmp_path: Path) -> None:

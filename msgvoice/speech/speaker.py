@@ -26,7 +26,7 @@ from msgvoice.speech.encoder import AudioWriter, Encoder, EncodeSettings
 from msgvoice.speech.formats import Format, output_rate
 from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
-from msgvoice.speech.worker_process import WorkerError
+from msgvoice.speech.worker_process import RequestRefused, WorkerError
 from msgvoice.worker.protocol import Samples
 
 __all__ = ["Report", "Speaker", "SpeechError", "SpeechJob", "SpeechResult", "WorkerError"]
@@ -248,7 +248,10 @@ class Speaker:
             request = SynthRequest(
                 job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed
             )
-            synthesis = await self.chain.synthesize(request, report.engines)
+            try:
+                synthesis = await self.chain.synthesize(request, report.engines)
+            except RequestRefused as exc:
+                raise SpeechError(str(exc)) from None
             _add_times(report.timings, synthesis)
             report.unseeded_why = report.unseeded_why or synthesis.unseeded_why
             yield synthesis

@@ -75,6 +75,11 @@ class WorkerError(RuntimeError):
     """A job the worker could not complete; the message is fit for a user or a log."""
 
 
+class RequestRefused(WorkerError):
+    """The engine refused the request itself (an unknown voice, text it cannot speak): the
+    caller's mistake, not the worker's. The worker carries on."""
+
+
 class WorkerLost(Exception):
     """The worker died or was killed during a request; `reason` is a restart reason."""
 
@@ -185,6 +190,8 @@ class WorkerProcess:
             raise WorkerLost("crash", f"answer to request {message.get('id')}, not {req_id}")
         if not message.get("ok"):
             error = message.get("error") or {}
+            if error.get("type") == "ValueError":
+                raise RequestRefused(str(error.get("message", "")))
             raise WorkerError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
         result: dict[str, Any] = message.get("result") or {}
         return result

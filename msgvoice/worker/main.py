@@ -27,6 +27,7 @@ from msgvoice.worker.protocol import (
     Engine,
     EngineUnavailable,
     Prosody,
+    SampleError,
     SynthesisAnswer,
     stage_times,
     to_float32,
@@ -112,46 +113,54 @@ def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> Synt
 
 
 def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
-    """Answer requests until shutdown or end of input."""
-
+    """Answer requests until shutdown or end of input. After each answer the engine may get
+    ready for the next request (`prepare()`, for engines that have it), off the clock."""
     takes_seed = "seed" in inspect.signature(engine.synthesize).parameters
+    prepare = getattr(engine, "prepare", None)
 
     def send(message: dict[str, Any]) -> None:
         out.write(json.dumps(message, ensure_ascii=False) + "\n")
 
-    for line in requests:
+    while True:
+        if callable(prepare):
+            prepare()
+        line = requests.readline()
+        if not line:
+            return
         try:
             request = json.loads(line)
             req_id, method = request["id"], request["method"]
         except (ValueError, KeyError, TypeError):
             send({"id": None, "ok": False, "error": {"type": "BadRequest", "message": line[:200]}})
             continue
-        try:
-            result: Any
-            if method == "synthesize":
-                result = synthesize(engine, request.get("params", {}), takes_seed)
-            elif method == "ping":
-                result = {
-                    "peak_rss_mb": peak_rss_mb(),
-                    "engine": engine.name,
-                    "facts": engine.facts(),
-                }
-            elif method == "shutdown":
-                send({"id": req_id, "ok": True, "result": {}})
-                return
-            else:
-                raise ValueError(f"unknown method {method!r}")
-        except Exception as exc:  # one request's failure is its answer, not the worker's end
-            log.exception("request %s failed", req_id)
-            send(
-                {
-                    "id": req_id,
-                    "ok": False,
-                    "error": {"type": type(exc).__name__, "message": str(exc)},
-                }
-            )
-        else:
-            send({"id": req_id, "ok": True, "result": result})
+        if method == "shutdown":
+            send({"id": req_id, "ok": True, "result": {}})
+            return
+        send({"id": req_id, **answer(engine, method, request.get("params", {}), takes_seed)})
+
+
+def answer(engine: Engine, method: str, params: dict[str, Any], takes_seed: bool) -> dict[str, Any]:
+    """`{"ok": True, "result"}`, or `{"ok": False, "error"}`: a ValueError is the request's
+    fault (an unknown voice, text the engine refuses) and is logged in one line; anything
+    else is the engine's, logged with its traceback. Neither ends the worker."""
+    error: Exception
+    try:
+        if method == "synthesize":
+            return {"ok": True, "result": synthesize(engine, params, takes_seed)}
+        if method == "ping":
+            facts = {"peak_rss_mb": peak_rss_mb(), "engine": engine.name, "facts": engine.facts()}
+            return {"ok": True, "result": facts}
+        raise ValueError(f"unknown method {method!r}")
+    except SampleError as exc:  # unusable output: the engine's fault, not the request's
+        log.exception("request failed")
+        error = exc
+    except ValueError as exc:
+        log.warning("request refused: %s", exc)
+        error = exc
+    except Exception as exc:  # one request's failure is its answer, not the worker's end
+        log.exception("request failed")
+        error = exc
+    return {"ok": False, "error": {"type": type(error).__name__, "message": str(error)}}
 
 
 def main(argv: list[str] | None = None) -> int:

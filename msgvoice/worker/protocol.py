@@ -98,7 +98,9 @@ class Engine(Protocol):
 
         An engine may also take a keyword `seed: int | None` (the worker passes it only to
         engines whose `synthesize` names it) to make sampling reproducible. A voice the engine
-        does not have is a `ValueError` naming it."""
+        does not have, or text it refuses, is a `ValueError` naming it (the request's fault).
+        An engine may also have `prepare()`: the worker calls it whenever it is idle, so work
+        for the next request (eSpeak forks its next child) stays off the clock."""
         ...
 
     def facts(self) -> dict[str, Any]:

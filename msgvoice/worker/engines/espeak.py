@@ -8,9 +8,11 @@ the life of the engine, or the library would call freed memory.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,6 +54,15 @@ def espeak_parameters(prosody: Prosody) -> dict[str, int]:
     return out | {"punctuation": 0, "capitals": 0, "wordgap": 0}
 
 
+@dataclass(frozen=True)
+class _Child:
+    """A forked, pristine copy of the engine waiting for one request."""
+
+    pid: int
+    request_fd: int
+    answer_fd: int
+
+
 class EspeakEngine:
     """The default engine: instant, robotic, Mandarin, English and mixed text."""
 
@@ -60,6 +71,7 @@ class EspeakEngine:
     def __init__(self, voice: str = "cmn") -> None:
         self.default_voice = voice
         self._lock = threading.Lock()
+        self._ready: _Child | None = None
         self._chunks: list[npt.NDArray[np.int16]] = []
         try:
             lib = ctypes.CDLL(espeakng_loader.get_library_path())
@@ -109,47 +121,66 @@ class EspeakEngine:
 
         eSpeak keeps state between utterances (pitch flutter, random streams), so the same
         call twice would differ by a few samples. Each call therefore runs in a forked child
-        of this pristine process: every utterance starts from the same state, and output is
-        byte-identical for the same text, voice, prosody and seed.
+        of this pristine process (which never speaks itself): every utterance starts from the
+        same state, and output is byte-identical for the same text, voice, prosody and seed.
+        The child is forked ahead of time (`prepare`), so the fork is not on the call's path.
         """
         del emotion
         with self._lock:
             if not hasattr(os, "fork"):
                 return self._speak(text, voice, prosody, seed), self.sample_rate
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: speak, hand the result over, leave at once
-                self._child(read_fd, write_fd, text=text, voice=voice, prosody=prosody, seed=seed)
-            os.close(write_fd)
-            with os.fdopen(read_fd, "rb") as pipe:
+            child, self._ready = self._ready or self._fork(), None
+            request = {"text": text, "voice": voice, "prosody": prosody.as_json(), "seed": seed}
+            with os.fdopen(child.request_fd, "wb") as pipe:
+                pipe.write(json.dumps(request).encode())
+            with os.fdopen(child.answer_fd, "rb") as pipe:
                 data = pipe.read()
-            _, status = os.waitpid(pid, 0)
+            _, status = os.waitpid(child.pid, 0)
         if data[:1] == b"E":
             raise ValueError(data[1:].decode(errors="replace"))
         if status != 0 or data[:1] != b"A":
             raise RuntimeError(f"eSpeak synthesis failed (child status {status})")
         return np.frombuffer(data[1:], dtype=np.int16).copy(), self.sample_rate
 
-    def _child(
-        self,
-        read_fd: int,
-        write_fd: int,
-        *,
-        text: str,
-        voice: str | None,
-        prosody: Prosody,
-        seed: int | None,
-    ) -> NoReturn:
-        """In the forked child: b"A" + samples, or b"E" + the error, then exit."""
+    def prepare(self) -> None:
+        """Fork the next pristine child now, while the worker is idle."""
+        with self._lock:
+            if self._ready is None and hasattr(os, "fork"):
+                self._ready = self._fork()
+
+    def _fork(self) -> _Child:
+        request_r, request_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for one request, answer it, leave at once
+            os.close(request_w)
+            os.close(answer_r)
+            self._child(request_r, answer_w)
+        os.close(request_r)
+        os.close(answer_w)
+        return _Child(pid, request_w, answer_r)
+
+    def _child(self, request_fd: int, answer_fd: int) -> NoReturn:
+        """In the forked child: read the request (EOF without one: the worker is gone), then
+        b"A" + samples, or b"E" + the error."""
         code = 1
         try:
-            os.close(read_fd)
-            try:
-                reply = b"A" + self._speak(text, voice, prosody, seed).tobytes()
-            except (ValueError, RuntimeError) as exc:
-                reply = b"E" + str(exc).encode()
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(reply)
+            with os.fdopen(request_fd, "rb") as pipe:
+                raw = pipe.read()
+            if raw:
+                request = json.loads(raw)
+                try:
+                    speech = self._speak(
+                        request["text"],
+                        request["voice"],
+                        Prosody(**request["prosody"]),
+                        request["seed"],
+                    )
+                    reply = b"A" + speech.tobytes()
+                except (ValueError, RuntimeError) as exc:
+                    reply = b"E" + str(exc).encode()
+                with os.fdopen(answer_fd, "wb") as pipe:
+                    pipe.write(reply)
             code = 0
         finally:
             os._exit(code)
