@@ -155,6 +155,8 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
             journal,
             lane,
             engine=speaker.chain.active_engine,
+            voices=speaker.voices,
+            has_voice=speaker.has_voice,
             answer=responder.answer if responder else None,
         )
         metrics = Metrics(

@@ -298,6 +298,12 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             values[f.name], sources[dotted] = value, source
         built[sec_name] = sec_cls(**values)
     config = Config(**built, sources=sources)
+    for alias in config.tts.voice_aliases:
+        if "=" not in alias or not alias.partition("=")[0] or not alias.partition("=")[2]:
+            raise ConfigError(
+                f"tts.voice_aliases item {alias!r} (from {sources.get('tts.voice_aliases')}): "
+                'expected "name=voice", e.g. "alloy=en-us"'
+            )
     if config.emotion.fixed_vector and len(config.emotion.fixed_vector) != 8:
         raise ConfigError(
             f"emotion.fixed_vector = {list(config.emotion.fixed_vector)}: expected 8 numbers"

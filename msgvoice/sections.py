@@ -31,6 +31,8 @@ class TtsConfig:
     """Voice handed to the engine (eSpeak voice name, or a reference voice name)."""
     format: str = _key("ogg", choices=tuple(FILE_FORMATS))
     """Default output format when neither --format nor a file suffix says."""
+    voice_aliases: tuple[str, ...] = ()
+    """Speech-API voice names mapped to engine voices, "alloy=en-us" (others: tts.voice)."""
     fallback: tuple[str, ...] = ()
     """Engines to use, in order, while the main one cannot start (e.g. ["espeak"])."""
     seed: int = _key(-1, lo=-1)

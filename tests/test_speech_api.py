@@ -172,14 +172,18 @@ async def test_style_emotion_and_speed_change_the_audio(clean_env: Path) -> None
 
 
 async def test_models_and_voices_are_listed(clean_env: Path) -> None:
-    """/v1/models lists msgvoice and the engine; /v1/audio/voices lists eSpeak's voices."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
-        models = await asyncio.to_thread(client.models.list)
-        async with httpx.AsyncClient() as http:
-            voices = (await http.get(f"http://127.0.0.1:{daemon.http.port}/v1/audio/voices")).json()
+    """/v1/models lists msgvoice and the engine; /v1/audio/voices lists eSpeak's voices as
+    {"id", "name"} objects (the shape Open WebUI and Kokoro-FastAPI read) and /v1/audio/models
+    as {"models": [{"id"}]}."""
+    async with running(clean_env) as (daemon, client):
+        models = await asyncio.to_thread(client_for(daemon.http.port).models.list)
+        voices = (await client.get("/v1/audio/voices")).json()
+        audio_models = (await client.get("/v1/audio/models")).json()
     assert {m.id for m in models.data} >= {"msgvoice", "espeak"}
-    assert "cmn" in voices["voices"] and "alloy" in voices["aliases"]
+    assert {"id": "cmn", "name": "cmn"} in voices["voices"]
+    assert {"id": "default", "name": "default"} in voices["voices"]
+    assert "marin" in voices["aliases"]
+    assert {"id": "msgvoice"} in audio_models["models"]
 
 
 async def test_unseeded_engine_says_why(clean_env: Path) -> None:
@@ -203,7 +207,7 @@ def test_api_requests_speak_their_first_sentence_alone() -> None:
     from msgvoice.speech.speaker import Speaker  # noqa: PLC0415
 
     config = load(None, {})
-    speaker = Speaker(config, [], Emotions(config.emotion))
+    speaker = Speaker(config, None, Emotions(config.emotion))  # type: ignore[arg-type]  # unused
     assert speaker.segments("一。二。三。") == ["一。二。三。"]
     assert speaker.segments("一。二。三。", lead_sentence=True) == ["一。", "二。三。"]
     assert speaker.segments("只有一句。", lead_sentence=True) == ["只有一句。"]

@@ -1,63 +1,46 @@
-"""OpenAI-compatible speech: `POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`.
+"""OpenAI-compatible speech: `POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`,
+`GET /v1/audio/models`.
 
-Requests take their turn on the same speaker as chat jobs and use the same worker. With
-`stream: true`, each sentence is sent as soon as it is spoken (pcm, wav and opus truly stream;
-mp3 and flac are sent whole when done). The streamed samples equal the non-streamed ones: both
-are built from the same pieces by the same encoder code. Errors use OpenAI's error shape.
+Requests share the speaker's workers with chat jobs. Formats that can stream (opus, aac, wav,
+pcm) stream by default, as OpenAI and Kokoro-FastAPI do: the first sentence is sent as soon as
+it is spoken; mp3 and flac come whole (`stream: false` asks for the whole file with its length
+in any format). `stream_format: "sse"` sends the audio as `speech.audio.delta` events
+(`{"type", "audio": base64}`) and ends with `speech.audio.done`. The streamed samples equal the
+whole-file ones: both come from the same pieces through the same encoder. Errors use OpenAI's
+shape; nothing a client sends causes a 5xx.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-import math
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
 
+from msgvoice.channels.speech_request import OPENAI_VOICES, ApiError, SpeechRequest, parse
 from msgvoice.config import Config
-from msgvoice.speech.formats import API_FORMATS, Format
-from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError
+from msgvoice.speech.speaker import Speaker, SpeechError, WorkerError
 
 log = logging.getLogger(__name__)
 
 FAILURES = (SpeechError, WorkerError, OSError, ValueError)
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "nova",
-    "onyx",
-    "sage",
-    "shimmer",
-    "verse",
-)
-SPEED_RANGE = (0.25, 4.0)
 
 
-class ApiError(Exception):
-    """A request OpenAI's API would refuse: status, message and the offending parameter."""
+def _error(exc: ApiError) -> web.Response:
+    return web.json_response(exc.as_json(), status=exc.status)
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-    ) -> None:
-        super().__init__(message)
-        self.status, self.param, self.kind = status, param, kind
 
-    def response(self) -> web.Response:
-        """The error in OpenAI's shape."""
-        body = {
-            "error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}
-        }
-        return web.json_response(body, status=self.status)
+def _failure(exc: BaseException) -> ApiError:
+    if isinstance(exc, SpeechError):  # the request's fault: nothing to say, a refused voice
+        return ApiError(400, str(exc), None)
+    return ApiError(503, f"synthesis failed: {exc}", kind="server_error")
+
+
+def _event(kind: str, **fields: Any) -> bytes:
+    return f"data: {json.dumps({'type': kind, **fields})}\n\n".encode()
 
 
 class SpeechApi:
@@ -71,124 +54,80 @@ class SpeechApi:
         return [
             web.post("/v1/audio/speech", self._speech),
             web.get("/v1/models", self._models),
+            web.get("/v1/audio/models", self._audio_models),
             web.get("/v1/audio/voices", self._voices),
         ]
 
+    def _model_ids(self) -> list[str]:
+        return ["msgvoice", *self.speaker.engines()]
+
     async def _models(self, _request: web.Request) -> web.Response:
-        names = ["msgvoice", *self.speaker.engines()]
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": n, "object": "model", "created": 0, "owned_by": "msgvoice"}
-                    for n in names
-                ],
-            }
-        )
+        data = [
+            {"id": n, "object": "model", "created": 0, "owned_by": "msgvoice"}
+            for n in self._model_ids()
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _audio_models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"id": n} for n in self._model_ids()]})
 
     async def _voices(self, _request: web.Request) -> web.Response:
-        voices = self.speaker.voices()
+        voices = [{"id": v, "name": v} for v in ["default", *self.speaker.voices()]]
         return web.json_response({"voices": voices, "aliases": list(OPENAI_VOICES)})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         try:
-            job, fmt, stream = self._parse(await _json(request))
+            asked = parse(await _json(request), self.config, self.speaker.has_voice)
         except ApiError as exc:
-            return exc.response()
-        chunks = self.speaker.stream(job, fmt, stream)
+            return _error(exc)
+        chunks = self.speaker.stream(asked.job, asked.fmt, asked.stream)
         try:
             first = await anext(chunks, b"")
         except FAILURES as exc:
-            return _failure(exc).response()
+            await chunks.aclose()
+            return _error(_failure(exc))
         try:
-            response = web.StreamResponse(headers={"Content-Type": fmt.content_type})
-            if stream:
-                response.enable_chunked_encoding()
-            else:
-                response.content_length = len(first)
-            await response.prepare(request)
-            await response.write(first)
-            try:
-                async for item in chunks:
-                    await response.write(item)
-            except FAILURES as exc:  # too late for a status: cut the stream
-                log.warning("speech %s failed mid-stream: %s", job.job_id, exc)
-            await response.write_eof()
-            return response
+            return await self._respond(request, asked, first, chunks)
         finally:
             await chunks.aclose()
 
-    def _parse(self, body: Any) -> tuple[SpeechJob, Format, bool]:
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object")
-        got = {name: _checked(body, name) for name in FIELDS}
-        text, limit = got["input"], self.config.text.max_chars
-        if text is None:
-            raise ApiError(400, FIELDS["input"][1], "input")
-        if len(text) > limit:
-            raise ApiError(400, f"input is {len(text)} characters; the limit is {limit}", "input")
-        voice, vector = got["voice"], got["emotion"]
-        default_seed = self.config.tts.seed if self.config.tts.seed >= 0 else None
-        job = SpeechJob(
-            f"api-{uuid.uuid4().hex[:12]}",
-            text,
-            style=got["style"] or None,
-            voice=None if voice in OPENAI_VOICES else voice,
-            seed=default_seed if got["seed"] is None else got["seed"],
-            speed=float(1.0 if got["speed"] is None else got["speed"]),
-            vector=tuple(vector) if vector else None,
-            lead_sentence=True,
-        )
-        return job, API_FORMATS[got["response_format"] or "mp3"], bool(got["stream"])
+    async def _respond(
+        self,
+        request: web.Request,
+        asked: SpeechRequest,
+        first: bytes,
+        rest: AsyncGenerator[bytes, None],
+    ) -> web.StreamResponse:
+        content_type = "text/event-stream" if asked.sse else asked.fmt.content_type
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        if asked.stream:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(first)
+        await response.prepare(request)
+        await self._send(response, asked, first)
+        try:
+            async for chunk in rest:
+                await self._send(response, asked, chunk)
+        except FAILURES as exc:  # too late for a status: end the stream early
+            log.warning("speech %s failed mid-stream: %s", asked.job.job_id, exc)
+        else:
+            if asked.sse:
+                await response.write(_event("speech.audio.done"))
+        await response.write_eof()
+        return response
 
-
-FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "input": (
-        lambda v: isinstance(v, str) and bool(v.strip()),
-        "input must be a non-empty string",
-    ),
-    "response_format": (
-        lambda v: v in API_FORMATS,
-        f"response_format must be one of {', '.join(API_FORMATS)}",
-    ),
-    "speed": (
-        lambda v: _number(v) and SPEED_RANGE[0] <= v <= SPEED_RANGE[1],
-        "speed must be a number from 0.25 to 4.0",
-    ),
-    "voice": (lambda v: isinstance(v, str), "voice must be a string"),
-    "style": (lambda v: isinstance(v, str), "style must be a string"),
-    "emotion": (
-        lambda v: isinstance(v, list) and len(v) == 8 and all(_number(x) and x >= 0 for x in v),
-        "emotion must be 8 numbers (happy, angry, sad, afraid, disgusted, "
-        "melancholic, surprised, calm), each >= 0",
-    ),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "seed must be an integer"),
-    "stream": (lambda v: isinstance(v, bool), "stream must be true or false"),
-}
-"""Request fields msgvoice reads: (valid value, message when it is not). Others are ignored."""
-
-
-def _checked(body: dict[str, Any], name: str) -> Any:
-    """A body field, None when absent or null; ApiError naming it when it is not valid."""
-    value = body.get(name)
-    valid, message = FIELDS[name]
-    if value is not None and not valid(value):
-        raise ApiError(400, message, name)
-    return value
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _failure(exc: BaseException) -> ApiError:
-    if isinstance(exc, SpeechError):
-        return ApiError(400, str(exc), "input")
-    return ApiError(503, f"synthesis failed: {exc}", kind="server_error")
+    @staticmethod
+    async def _send(response: web.StreamResponse, asked: SpeechRequest, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if asked.sse:
+            chunk = _event("speech.audio.delta", audio=base64.b64encode(chunk).decode())
+        await response.write(chunk)
 
 
 async def _json(request: web.Request) -> Any:
     try:
         return await request.json()
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not valid JSON") from None

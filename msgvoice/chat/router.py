@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 Answer = Callable[[str, str], Awaitable[str | None]]
 """A responder: (chat id, message) → the bot's answer, or None."""
+VOICES_SHOWN = 30
 ActiveEngine = Callable[[], tuple[str, str | None]]
 """The engine in use, and the main engine when that one is a fallback."""
 
@@ -39,6 +40,8 @@ class Router:
         lane: Lane,
         *,
         engine: ActiveEngine,
+        voices: Callable[[], list[str]] = list,
+        has_voice: Callable[[str], bool] = lambda _name: True,
         answer: Answer | None = None,
     ) -> None:
         self.config = config
@@ -46,6 +49,8 @@ class Router:
         self.lane = lane
         self.bell: Bell = journal.bell
         self.engine = engine
+        self.voices, self.has_voice = voices, has_voice
+        """The engine's voice names, and whether it has one."""
         self.answer = answer
         self.superseded_at_submit = 0
 
@@ -98,11 +103,19 @@ class Router:
                 return phrasebook.text("style_set", lang, style=command.style)
             return phrasebook.text("style_cleared", lang)
         if isinstance(command, commands.SetSpeaker):
-            self.journal.update_chat(chat_id, speaker=command.speaker)
-            if command.speaker:
-                return phrasebook.text("speaker_set", lang, speaker=command.speaker)
-            return phrasebook.text("speaker_cleared", lang)
+            return self._set_speaker(chat_id, command.speaker, lang)
         return None
+
+    def _set_speaker(self, chat_id: str, speaker: str | None, lang: str) -> str:
+        """Choose the chat's voice; a name the engine lacks is answered with the list."""
+        if speaker and not self.has_voice(speaker):
+            known = self.voices()
+            listed = ", ".join(known[:VOICES_SHOWN]) + ("…" if len(known) > VOICES_SHOWN else "")
+            return phrasebook.text("speaker_unknown", lang, speaker=speaker, voices=listed)
+        self.journal.update_chat(chat_id, speaker=speaker)
+        if speaker:
+            return phrasebook.text("speaker_set", lang, speaker=speaker)
+        return phrasebook.text("speaker_cleared", lang)
 
     def _settings_reply(self, chat_id: str, command: commands.Command) -> str:
         chat = self.journal.chat(chat_id)

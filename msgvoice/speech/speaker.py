@@ -68,6 +68,11 @@ class Speaker:
         """The main engine's voice names, as its worker reported them."""
         return self.chain.voices()
 
+    def has_voice(self, name: str) -> bool:
+        """Whether the main engine has `name` (eSpeak's variants: `en+f3` is `en`)."""
+        voices = self.voices()
+        return name in voices or name.partition("+")[0] in voices
+
     def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
         """The segments a message is spoken in; SpeechError when there is nothing to say."""
         if len(message) > self.config.text.max_chars:
