@@ -1,12 +1,14 @@
 """How much memory a worker holds: what the kernel would kill it for.
 
 On macOS that is the physical footprint (what Activity Monitor's "Memory" column and jetsam
-use), which counts compressed and GPU-shared (MPS) pages that RSS misses; elsewhere RSS.
-The worker's children are included.
+use), which counts compressed and GPU-shared (MPS) pages that RSS misses. On Linux it is the
+proportional set size (PSS): the worker's children are included, and pages a forked child
+still shares with its parent (eSpeak's pristine child) count once, not twice. Elsewhere RSS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -45,6 +47,9 @@ def _process_bytes(proc: psutil.Process) -> int:
         info = _RusageInfoV0()
         if lib.proc_pid_rusage(proc.pid, 0, ctypes.byref(info)) == 0:
             return int(info.ri_phys_footprint)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(psutil.AccessDenied, AttributeError):
+            return int(proc.memory_full_info().pss)
     return int(proc.memory_info().rss)
 
 
