@@ -87,12 +87,11 @@ def check_daemon(facts: dict[str, Any] | None, installed: bool) -> Check:
             f"the worker failed: {worker.get('last_error')}",
             "fix the engine (see `msgvoice doctor` engine check), then restart",
         )
-    return Check(
-        "daemon",
-        "pass",
-        f"daemon answers; worker {worker.get('state')} "
-        f"pid {worker.get('pid')}, {worker.get('jobs_done', 0)} jobs",
+    workers = facts.get("workers") or [worker]
+    listed = "; ".join(
+        f"{w.get('state')} pid {w.get('pid')}, {w.get('jobs_done', 0)} jobs" for w in workers
     )
+    return Check("daemon", "pass", f"daemon answers; {len(workers)} worker(s): {listed}")
 
 
 def check_service(config: Config) -> Check:
