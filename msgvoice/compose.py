@@ -130,7 +130,7 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
     from msgvoice.chat.port import Bell  # noqa: PLC0415
     from msgvoice.chat.responder import Responder  # noqa: PLC0415
     from msgvoice.chat.router import Router  # noqa: PLC0415
-    from msgvoice.ops.metrics import Metrics  # noqa: PLC0415
+    from msgvoice.ops.metrics import Live, Metrics  # noqa: PLC0415
 
     paths = config.paths
     async with contextlib.AsyncExitStack() as stack:
@@ -161,10 +161,13 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         )
         metrics = Metrics(
             journal,
-            kit.workers,
-            lambda: lane.depth,
-            lambda: dict(kit.analyser.calls) if kit.analyser else {},
-            lambda: router.superseded_at_submit,
+            Live(
+                workers=kit.workers,
+                depth=lambda: lane.depth,
+                llm_calls=lambda: dict(kit.analyser.calls) if kit.analyser else {},
+                superseded=lambda: router.superseded_at_submit,
+                refused=lambda: router.refused,
+            ),
         )
         lane.listeners.append(metrics.on_job)
         http = _http(config, kit, lane, router, metrics)
@@ -218,7 +221,10 @@ def _push_channels(config: Config, router: Router, client: httpx.AsyncClient) ->
 
     channels: list[Channel] = []
     if config.telegram.enabled:
-        channels.append(TelegramChannel(config.telegram, router, client=client))
+        source = config.sources.get("telegram.token", "no token set (telegram.token)")
+        channels.append(
+            TelegramChannel(config.telegram, router, client=client, token_source=source)
+        )
     if config.imessage.enabled:
         channels.append(ImessageChannel(config.imessage, router))
     return channels

@@ -15,6 +15,7 @@ import logging
 import platform
 import signal
 from types import TracebackType
+from typing import Any
 
 from msgvoice.compose import DaemonParts, daemon_parts
 from msgvoice.config import Config
@@ -97,17 +98,19 @@ class Daemon:
         )
 
     async def wait(self) -> None:
-        """Wait for `stop`; a task that dies early is a failure of the daemon."""
+        """Wait for `stop`. A task that ends by itself (a channel that gave up, logged why)
+        is let go; one that fails is a failure of the daemon."""
         stopper = asyncio.create_task(self.stop.wait())
+        watched: set[asyncio.Task[Any]] = {stopper, *self._tasks}
         try:
-            done, _ = await asyncio.wait(
-                {stopper, *self._tasks}, return_when=asyncio.FIRST_COMPLETED
-            )
+            while stopper in watched:
+                done, watched = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopper}:
+                    if (error := task.exception()) is not None:
+                        raise error
+                    log.info("task %s ended", task.get_name())
         finally:
             stopper.cancel()
-        for task in done - {stopper}:
-            if (error := task.exception()) is not None:
-                raise error
 
 
 def tame_malloc() -> None:

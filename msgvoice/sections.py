@@ -155,6 +155,8 @@ class TelegramConfig:
     """Long-polling wait of getUpdates."""
     allow: tuple[str, ...] = ()
     """Telegram chat or user ids allowed to use commands (empty = everyone)."""
+    delete_webhook: bool = True
+    """When a webhook blocks polling (409), delete it once and poll."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from msgvoice.speech import audio
-from msgvoice.speech.encoder import AudioError, AudioWriter, decode, describe
+from msgvoice.speech.convert import decode, describe
+from msgvoice.speech.encoder import AudioError, AudioWriter
 from msgvoice.speech.formats import output_rate
 from msgvoice.worker.samples import SampleError, to_float32
 from tests.conftest import rms

@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 
 from msgvoice.compose import DaemonParts
-from msgvoice.speech.encoder import decode, describe
-from tests.daemon_util import running
+from msgvoice.speech.convert import decode, describe
+from tests.daemon_util import FAULT_ENGINE, running
 from tests.fake_telegram import TOKEN, FakeTelegram
 
 FAKE_IMSG = Path(__file__).resolve().parent / "fake_imsg.py"
@@ -136,6 +136,108 @@ async def test_telegram_allow_list(clean_env: Path) -> None:
         await until(lambda: bot.sent_by("sendMessage"))
         await tg_settled(daemon, bot)
     assert [m["chat_id"] for m in bot.sent_by("sendMessage")] == ["12"]
+
+
+async def test_a_blocked_chat_never_silences_the_others(clean_env: Path) -> None:
+    """Chat 41 blocked the bot (403): chat 42 still gets its voice note in the normal time;
+    41's item is marked failed with Telegram's reason, visible in its outbox and job, counted
+    in /metrics, and never retried."""
+    async with FakeTelegram(blocked={"41"}) as bot, running(clean_env, **tg_env(bot)) as (d, c):
+        bot.text(41, "/tts 你好")
+        bot.text(42, "/tts 你好")
+        await until(lambda: bot.sent_by("sendVoice"))
+        await tg_settled(d, bot)
+        items = (await c.get("/v1/chats/tg:41/outbox")).json()["items"]
+        job = (await c.get(f"/v1/jobs/{items[0]['job_id']}")).json()
+        metrics = (await c.get("/metrics")).text
+    assert [v["chat_id"] for v in bot.sent_by("sendVoice")] == ["42"]
+    assert items[0]["state"] == "failed" and "blocked by the user" in items[0]["error"]
+    assert job["delivery"] == {"state": "failed", "error": items[0]["error"]}
+    assert "msgvoice_outbox_refused_total 1.0" in metrics
+    assert bot.calls.count("sendVoice") == 2  # one each: 41's was not retried
+
+
+async def test_a_webhook_is_deleted_once_and_polling_goes_on(clean_env: Path) -> None:
+    """getUpdates answers 409 while a webhook is set: msgvoice deletes it once (delete_webhook
+    is on by default) and carries on, so the next message is answered."""
+    async with (
+        FakeTelegram(webhook_url="https://example.invalid/hook") as bot,
+        running(clean_env, **tg_env(bot)) as (daemon, _),
+    ):
+        bot.text(5, "/help")
+        await until(lambda: bot.sent_by("sendMessage"))
+        await tg_settled(daemon, bot)
+    assert bot.calls.count("deleteWebhook") == 1 and bot.webhook_url == ""
+
+
+async def test_forum_topic_replies_land_in_the_topic(clean_env: Path) -> None:
+    """A message in forum topic 7 is answered in topic 7 (sendVoice, sendChatAction and
+    sendMessage carry message_thread_id), and the topic keeps its own settings."""
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)) as (daemon, _):
+        bot.text(-1001, "/mode style 温柔", thread=7)
+        bot.text(-1001, "/tts 你好", thread=7)
+        await until(lambda: bot.sent_by("sendVoice"))
+        await tg_settled(daemon, bot)
+        style = daemon.journal.chat("tg:-1001#7").style
+    (voice,) = bot.sent_by("sendVoice")
+    assert voice["chat_id"] == "-1001" and voice["message_thread_id"] == "7"
+    assert bot.sent_by("sendMessage")[0]["message_thread_id"] == "7"
+    assert bot.sent_by("sendChatAction")[0]["message_thread_id"] == "7"
+    assert style == "温柔"
+
+
+async def test_commands_for_another_bot_are_left_alone(clean_env: Path) -> None:
+    """In a group `/tts@other_bot` is another bot's; `/tts@msgvoice_bot` and `/tts` are ours."""
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)) as (daemon, _):
+        bot.text(-5, "/help@other_bot")
+        bot.text(-5, "/help@msgvoice_bot")
+        bot.text(-5, "/help")
+        await until(lambda: len(bot.sent_by("sendMessage")) >= 2)
+        await tg_settled(daemon, bot)
+    assert len(bot.sent_by("sendMessage")) == 2
+
+
+async def test_recording_voice_shows_until_the_voice_note_is_sent(clean_env: Path) -> None:
+    """While a slow synthesis runs, "recording voice" is resent every ~4 s (Telegram shows an
+    action for 5 s), and stops once the voice note is made."""
+    env = {"MSGVOICE_TTS_ENGINE": FAULT_ENGINE, "FAULT_DELAY_S": "5"}
+    async with FakeTelegram() as bot, running(clean_env, **env, **tg_env(bot)) as (daemon, _):
+        bot.text(8, "/tts 慢")
+        await until(lambda: bot.sent_by("sendVoice"), within=30)
+        await tg_settled(daemon, bot)
+        actions = bot.sent_by("sendChatAction")
+    assert len(actions) == 2 and all(a["action"] == "record_voice" for a in actions)
+    assert 3.5 < actions[1]["at"] - actions[0]["at"] < 5.0
+    assert actions[-1]["at"] < bot.sent_by("sendVoice")[0]["at"]
+
+
+async def test_a_three_minute_voice_note_stays_a_voice_bubble(clean_env: Path) -> None:
+    """A /tts that speaks for over 3 minutes still goes as one voice note of at most 1 MB
+    (a lower Opus bit rate), which Telegram shows as a bubble, not a file."""
+    text = "今天天气很好，我们一起去公园散步，然后去喝一杯茶，聊聊最近的生活。" * 33
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)) as (daemon, _):
+        bot.text(9, f"/tts {text}")
+        await until(lambda: bot.sent_by("sendVoice"), within=120)
+        await tg_settled(daemon, bot)
+    (voice,) = bot.sent_by("sendVoice")
+    info = sf.info(io.BytesIO(voice["voice_bytes"]))
+    assert info.duration > 180 and len(voice["voice_bytes"]) <= 1_000_000
+    assert (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", 48_000)
+    assert voice["as_file"] is False
+
+
+async def test_a_refused_token_stops_the_channel_not_the_daemon(
+    clean_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token the Bot API refuses (401) stops the Telegram channel with one clear error
+    naming where the token came from; the daemon goes on serving HTTP."""
+    async with FakeTelegram() as bot:
+        env = {**tg_env(bot), "TELEGRAM_BOT_TOKEN": "999:WRONG"}
+        async with running(clean_env, **env) as (_, client):
+            await until(lambda: "telegram channel stopped" in caplog.text)
+            assert (await client.get("/healthz")).status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if "channel stopped" in r.getMessage()]
+    assert "alias TELEGRAM_BOT_TOKEN" in line and "401" in line
 
 
 # -- iMessage ----------------------------------------------------------------------------------

@@ -166,13 +166,15 @@ async def test_resume_runs_open_latest_jobs_and_supersedes_stale_ones(tmp_path: 
     journal.close()
 
 
-async def test_the_pump_backs_off_keeps_order_and_never_resends(tmp_path: Path) -> None:
-    """A failed send stops the pump (order kept) with a doubling back-off or the app's
-    retry_after; once the app accepts, every item goes exactly once, in order."""
+async def test_the_pump_backs_off_per_chat_keeps_order_and_never_resends(tmp_path: Path) -> None:
+    """A transient failure holds back only its chat (doubling back-off, or the app's
+    retry_after) while other chats are served; once the app accepts, every item goes exactly
+    once, in its chat's order."""
     journal = Journal(IN_MEMORY, Bell(), tmp_path)
     router = Router(Config(), journal, None, engine=lambda: ("fake", None))
-    for text in ("一", "二", "三"):
-        router.send_text("tg:1", text)
+    for chat, text in (("tg:1", "一"), ("tg:1", "二"), ("tg:2", "甲"), ("tg:1", "三")):
+        router.send_text(chat, text)
+    now = [100.0]
     sent: list[str | None] = []
     failures = [ChannelError("502"), ChannelError("502"), ChannelError("429", retry_after_s=7)]
 
@@ -181,13 +183,39 @@ async def test_the_pump_backs_off_keeps_order_and_never_resends(tmp_path: Path) 
             raise failures.pop(0)
         sent.append(item.text)
 
-    pump = OutboxPump(router, "tg:", send)
-    assert await pump.drain() == 1.0 and sent == ["一"]
-    assert await pump.drain() == 2.0 and sent == ["一"]
+    pump = OutboxPump(router, "tg:", send, clock=lambda: now[0])
+    assert await pump.drain() == 1.0 and sent == ["一", "甲"]  # chat 2 is not held up
+    assert await pump.drain() == 1.0 and sent == ["一", "甲"]  # not due yet: not retried
+    now[0] += 1.0
+    assert await pump.drain() == 2.0
+    now[0] += 2.0
     assert await pump.drain() == 7.0
-    assert await pump.drain() is None and sent == ["一", "二", "三"]
-    assert await pump.drain() is None and sent == ["一", "二", "三"]
+    now[0] += 7.0
+    assert await pump.drain() is None and sent == ["一", "甲", "二", "三"]
+    assert await pump.drain() is None and sent == ["一", "甲", "二", "三"]
     assert router.pending("tg:") == []
+    journal.close()
+
+
+async def test_a_permanent_refusal_fails_the_item_and_the_pump_moves_on(tmp_path: Path) -> None:
+    """A chat that blocked the bot: its item is marked failed with the reason, counted, not
+    retried; its later items and other chats' items are still sent."""
+    journal = Journal(IN_MEMORY, Bell(), tmp_path)
+    router = Router(Config(), journal, None, engine=lambda: ("fake", None))
+    for chat, text in (("tg:1", "被拉黑"), ("tg:2", "乙"), ("tg:1", "后来")):
+        router.send_text(chat, text)
+    sent: list[str | None] = []
+
+    async def send(item: OutboxItem) -> None:
+        if item.text == "被拉黑":
+            raise ChannelError("403 Forbidden: bot was blocked by the user", permanent=True)
+        sent.append(item.text)
+
+    pump = OutboxPump(router, "tg:", send)
+    assert await pump.drain() is None and sent == ["乙", "后来"]
+    (refused,) = [i for i in router.outbox("tg:1") or [] if i.state == "failed"]
+    assert refused.text == "被拉黑" and "blocked" in (refused.error or "")
+    assert router.refused == 1 and router.pending("tg:") == []
     journal.close()
 
 

@@ -29,7 +29,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         *FOUNDATION,
         "msgvoice.chat.port",
         "msgvoice.speech.speaker",
-        "msgvoice.speech.encoder",
+        "msgvoice.speech.convert",
         "msgvoice.channels",
     ),
     "msgvoice.chat": (

@@ -26,7 +26,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from msgvoice.speech.encoder import decode
+from msgvoice.speech.convert import decode
 from tests.daemon_util import running
 from tests.test_speech_api import client_for
 

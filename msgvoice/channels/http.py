@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from msgvoice.chat.port import ChatPort, Incoming, Job, Outcome, allowed
+from msgvoice.chat.port import ChatPort, Incoming, Job, OutboxItem, Outcome, allowed
 from msgvoice.config import Config, ConfigError
 from msgvoice.speech.formats import FILE_FORMATS
 
@@ -53,8 +53,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """A job as `GET /v1/jobs/{id}` shows it."""
+def job_json(job: Job, delivery: OutboxItem | None = None) -> dict[str, Any]:
+    """A job as `GET /v1/jobs/{id}` shows it (with how its outbox item fared, if it has one)."""
     audio = None
     if job.audio_name and job.state == "done":
         audio = {
@@ -75,6 +75,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "timings": job.timings,
         "engine": job.engine,
         "fallback_from": job.fallback_from,
+        "delivery": {"state": delivery.state, "error": delivery.error} if delivery else None,
     }
 
 
@@ -225,7 +226,7 @@ class HttpChannel:
         job = self.chat.job(request.match_info["job_id"])
         if job is None:
             raise BadRequest(404, "no such job")
-        return web.json_response(job_json(job))
+        return web.json_response(job_json(job, self.chat.delivery(job.id)))
 
     async def _outbox(self, request: web.Request) -> web.Response:
         chat_id = self._chat_id(request.match_info["chat_id"])
@@ -249,6 +250,9 @@ class HttpChannel:
                 item["audio_url"] = f"/v1/audio/{row.audio.name}"
             if row.job_id:
                 item["job_id"] = row.job_id
+            item["state"] = row.state
+            if row.error:
+                item["error"] = row.error
             items.append(item)
         return web.json_response({"items": items})
 

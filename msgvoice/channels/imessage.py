@@ -19,7 +19,7 @@ from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import ImessageConfig
 from msgvoice.net import next_backoff
-from msgvoice.speech.encoder import AudioError, convert
+from msgvoice.speech.convert import AudioError, convert
 from msgvoice.speech.formats import CAF_RATE
 
 log = logging.getLogger(__name__)

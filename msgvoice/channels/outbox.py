@@ -1,7 +1,10 @@
-"""Pushes a channel's outbox to its chat app, in order, at least once, never twice once acked.
+"""Pushes a channel's outbox to its chat app: in order per chat, never across chats; at least
+once, never again once the app acknowledged an item.
 
-A row is marked sent only after the app acknowledged it; a failure stops the pump (keeping
-order) and retries with a growing back-off, or after the app's own `retry_after`.
+A transient failure (network, 5xx, 429, the app restarting) holds back only that chat: its
+item is retried after a growing back-off, or after the app's own `retry_after`, while other
+chats are served. A permanent refusal (the user blocked the bot, the bot was kicked, the chat
+is gone) marks that item failed in the journal, with the reason, and the pump moves on.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from msgvoice.chat.port import ChatPort, OutboxItem
@@ -26,53 +30,81 @@ def prefixed(allow: tuple[str, ...], prefix: str) -> tuple[str, ...]:
 
 
 class ChannelError(RuntimeError):
-    """A send or poll the chat app did not accept (network, 5xx, protocol); worth retrying."""
+    """A send or poll the chat app did not accept. `permanent`: it never will (the pump
+    marks the item failed); otherwise worth retrying, after `retry_after_s` if the app said."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, permanent: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.permanent = permanent
 
 
 class OutboxPump:
-    """Delivers the outbox rows of chats whose id starts with `prefix`."""
+    """Delivers the outbox items of chats whose id starts with `prefix`."""
 
-    def __init__(self, chat: ChatPort, prefix: str, send: Send) -> None:
-        self.chat, self.prefix, self.send = chat, prefix, send
-        self.backoff_s = 0.0
+    def __init__(
+        self, chat: ChatPort, prefix: str, send: Send, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.chat, self.prefix, self.send, self.clock = chat, prefix, send, clock
+        self._backoff_s: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+        """chat → monotonic time before which it is not tried again."""
 
     async def run(self) -> None:
-        """Send whatever is pending; after a failure wait out the back-off, else wait for the
-        bell (or a periodic look)."""
+        """Send whatever is pending; sleep until the next retry is due or the bell rings for
+        one of this channel's chats (or a periodic look)."""
         changes = self.chat.bell.subscribe()
         try:
             while True:
                 retry_in = await self.drain()
-                if retry_in is not None:
-                    await asyncio.sleep(retry_in)
-                    continue
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(IDLE_RECHECK_S):
+                    async with asyncio.timeout(retry_in or IDLE_RECHECK_S):
                         while not (await changes.get()).startswith(self.prefix):
                             pass
         finally:
             self.chat.bell.unsubscribe(changes)
 
     async def drain(self) -> float | None:
-        """Send pending rows in order; None when all went, else seconds until a retry."""
-        for item in self.chat.pending(self.prefix):
+        """Send pending items in each chat's order; None when nothing waits for a retry,
+        else seconds until the earliest one."""
+        now = self.clock()
+        held = {chat for chat, at in self._retry_at.items() if at > now}
+        for item in self.chat.pending(self.prefix, skip=held):
+            if item.chat_id in held:
+                continue  # an earlier item of this chat failed in this round
             try:
                 await self.send(item)
             except ChannelError as exc:
-                self.backoff_s = next_backoff(self.backoff_s)
-                wait = exc.retry_after_s if exc.retry_after_s is not None else self.backoff_s
-                log.warning(
-                    "send to %s (seq %d) failed, retrying in %.1fs: %s",
-                    item.chat_id,
-                    item.seq,
-                    wait,
-                    exc,
-                )
-                return wait
+                if exc.permanent:
+                    self._refuse(item, exc)
+                else:
+                    self._hold(item, exc)
+                    held.add(item.chat_id)
+                continue
             self.chat.ack(item)
-        self.backoff_s = 0.0
-        return None
+            self._backoff_s.pop(item.chat_id, None)
+            self._retry_at.pop(item.chat_id, None)
+        now = self.clock()
+        self._retry_at = {chat: at for chat, at in self._retry_at.items() if at > now}
+        return min(self._retry_at.values()) - now if self._retry_at else None
+
+    def _refuse(self, item: OutboxItem, exc: ChannelError) -> None:
+        self.chat.refuse(item, str(exc))
+        log.error(
+            "send to %s (seq %d) refused for good, marked failed: %s", item.chat_id, item.seq, exc
+        )
+
+    def _hold(self, item: OutboxItem, exc: ChannelError) -> None:
+        backoff = next_backoff(self._backoff_s.get(item.chat_id, 0.0))
+        self._backoff_s[item.chat_id] = backoff
+        wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
+        self._retry_at[item.chat_id] = self.clock() + wait
+        log.warning(
+            "send to %s (seq %d) failed, retrying that chat in %.1fs: %s",
+            item.chat_id,
+            item.seq,
+            wait,
+            exc,
+        )

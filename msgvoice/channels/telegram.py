@@ -1,8 +1,21 @@
 """The Telegram channel: Bot API long polling in, sendMessage / sendVoice out.
 
-The getUpdates offset is journalled after each update is handled, so a restart neither replays
-nor misses messages. Voice notes go as OGG/Opus 48 kHz mono through sendVoice (a voice bubble,
-not a file). 429 waits out `retry_after`; network errors and 5xx back off.
+At start `getMe` names the bot, so `/tts@other_bot` in a group is left to the other bot. The
+getUpdates offset is journalled after each update is handled, so a restart neither replays nor
+misses messages. Only `message` updates are asked for: an edited message is not spoken again.
+A message in a forum topic (`is_topic_message`) is its own chat, `tg:<chat>#<thread>`, and its
+replies go back to that topic (`message_thread_id`). "Recording voice" is shown while the voice
+note is made, resent every 4 s (Telegram shows an action for 5 s). Voice notes go out as
+OGG/Opus 48 kHz mono through sendVoice, at most 1 MB each (python-telegram-bot's
+VOICE_NOTE_FILE_SIZE: larger ones arrive as files, not voice bubbles): a lower bit rate, or
+numbered parts for very long audio.
+
+Errors as the Bot API reports them (`{"ok": false, "error_code", "description",
+"parameters"}`): 429 waits out `retry_after`; 5xx and network errors back off; 400 and 403
+(chat not found, bot blocked or kicked) refuse that item for good; 401 (and 404, a token the
+server does not know) stops the channel with one error naming where the token came from;
+409 says whether a webhook is set (deleted once if `delete_webhook`) or another getUpdates
+poller runs.
 """
 
 from __future__ import annotations
@@ -10,38 +23,76 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
 from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
-from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
+from msgvoice.chat.port import FINAL_STATES, ChatPort, Incoming, OutboxItem
 from msgvoice.config import TelegramConfig
 from msgvoice.net import next_backoff
-from msgvoice.speech.encoder import AudioError, convert, describe
+from msgvoice.speech.convert import AudioError, fit_voice_note
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tg:"
 CURSOR = "telegram.offset"
 VOICE_RATE = 48_000
+VOICE_NOTE_MAX_BYTES = 1_000_000
+ACTION_EVERY_S = 4.0
+ACTION_FOR_AT_MOST_S = 600.0
+
+
+class Unauthorized(ChannelError):
+    """The server does not know the token (401, or 404 for the whole bot URL)."""
+
+
+class Conflict(ChannelError):
+    """409: a webhook is set, or another getUpdates poller runs."""
+
+
+def address(chat_id: str) -> dict[str, Any]:
+    """Bot API parameters for a journalled chat id (`tg:<chat>` or `tg:<chat>#<thread>`)."""
+    chat, _, thread = chat_id[len(PREFIX) :].partition("#")
+    return {"chat_id": chat} | ({"message_thread_id": thread} if thread else {})
 
 
 class TelegramChannel:
     """Telegram through the Bot API over one shared httpx client."""
 
     def __init__(
-        self, config: TelegramConfig, chat: ChatPort, *, client: httpx.AsyncClient
+        self,
+        config: TelegramConfig,
+        chat: ChatPort,
+        *,
+        client: httpx.AsyncClient,
+        token_source: str = "telegram.token",
     ) -> None:
         self.config, self.chat, self.client = config, chat, client
+        self.token_source = token_source
         self.url = f"{config.base_url.rstrip('/')}/bot{config.token}"
         self.pump = OutboxPump(chat, PREFIX, self._send)
+        self.username = ""
+        self._actions: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Poll for updates and push the outbox until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._poll())
-            group.create_task(self.pump.run())
+        """Name the bot, then poll for updates and push the outbox until cancelled; a token
+        the server refuses stops the channel (logged once), not the daemon."""
+        try:
+            await self._identify()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._poll())
+                group.create_task(self.pump.run())
+        except* Unauthorized as group:
+            log.error(
+                "telegram channel stopped: the Bot API refused the token from %s (%s); "
+                "set a valid token from @BotFather and restart",
+                self.token_source,
+                group.exceptions[0],
+            )
+        finally:
+            for task in self._actions:
+                task.cancel()
 
     async def call(
         self,
@@ -50,7 +101,7 @@ class TelegramChannel:
         timeout_s: float = 30.0,
         **params: Any,
     ) -> Any:
-        """One Bot API call; ChannelError (with retry_after on 429) when it fails."""
+        """One Bot API call; its result, or the error classified (see the module doc)."""
         try:
             if files:
                 response = await self.client.post(
@@ -63,26 +114,51 @@ class TelegramChannel:
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise ChannelError(f"{method}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ChannelError(f"{method}: HTTP {response.status_code}, not a Bot API answer")
         if body.get("ok"):
             return body.get("result")
-        retry = (body.get("parameters") or {}).get("retry_after")
-        raise ChannelError(
-            f"{method}: {body.get('error_code')} {body.get('description')}",
-            float(retry) if retry is not None else None,
-        )
+        _raise(method, body, response.status_code)
+
+    async def _identify(self) -> None:
+        """getMe, retried with back-off while the server cannot be reached."""
+        backoff = 0.0
+        while not self.username:
+            try:
+                me = await self.call("getMe")
+                self.username = str(me.get("username") or "")
+            except Unauthorized:
+                raise
+            except ChannelError as exc:
+                backoff = next_backoff(backoff)
+                log.warning("telegram getMe failed, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+        log.info("telegram bot @%s", self.username)
 
     async def _poll(self) -> None:
         offset = int(self.chat.cursor(CURSOR) or 0)
-        backoff = 0.0
+        backoff, webhook_deleted = 0.0, False
         while True:
             try:
                 updates = await self.call(
                     "getUpdates",
                     offset=offset,
                     timeout=self.config.poll_timeout_s,
-                    allowed_updates=["message", "edited_message"],
+                    allowed_updates=["message"],
                     timeout_s=self.config.poll_timeout_s + 10,
                 )
+            except Conflict as exc:
+                if "webhook" in str(exc) and self.config.delete_webhook and not webhook_deleted:
+                    log.warning("telegram: a webhook is set; deleting it to poll (%s)", exc)
+                    webhook_deleted = True
+                    await self._delete_webhook()
+                    continue
+                backoff = next_backoff(backoff, first_s=5.0)
+                log.error("telegram getUpdates conflict, retrying in %.0fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                continue
+            except Unauthorized:
+                raise
             except ChannelError as exc:
                 backoff = next_backoff(backoff)
                 wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
@@ -95,47 +171,95 @@ class TelegramChannel:
                 offset = int(update["update_id"]) + 1
                 self.chat.set_cursor(CURSOR, str(offset))
 
+    async def _delete_webhook(self) -> None:
+        try:
+            await self.call("deleteWebhook")
+        except Unauthorized:
+            raise
+        except ChannelError as exc:
+            log.error("telegram deleteWebhook failed: %s", exc)
+
+    def _is_ours(self, text: str) -> bool:
+        """`/cmd@name` is for the bot named; `/cmd` and plain text are for everyone."""
+        head = text.split(maxsplit=1)[0] if text.startswith("/") else ""
+        _, at, name = head.partition("@")
+        return not at or name.lower() == self.username.lower()
+
     async def _handle(self, update: dict[str, Any]) -> None:
         message = update.get("message")
-        if message is None:
-            log.info(
-                "telegram update %s ignored: %s",
-                update.get("update_id"),
-                ", ".join(k for k in update if k != "update_id"),
-            )
+        if not isinstance(message, dict):
+            log.info("telegram update %s ignored: %s", update.get("update_id"), list(update))
             return
         chat = f"{PREFIX}{message['chat']['id']}"
-        sender = str((message.get("from") or {}).get("id", ""))
+        if message.get("is_topic_message") and message.get("message_thread_id"):
+            chat += f"#{message['message_thread_id']}"
         text = message.get("text") or None
-        allow = prefixed(self.config.allow, PREFIX)
-        outcome = await self.chat.message(Incoming(chat, text, sender, allow))
+        if text is not None and not self._is_ours(text):
+            return
+        sender = str((message.get("from") or {}).get("id", ""))
+        incoming = Incoming(chat, text, sender, prefixed(self.config.allow, PREFIX))
+        outcome = await self.chat.message(incoming)
         if outcome.jobs:
-            try:
-                await self.call(
-                    "sendChatAction", chat_id=message["chat"]["id"], action="record_voice"
-                )
-            except ChannelError as exc:
-                log.info("telegram sendChatAction failed: %s", exc)
+            task = asyncio.create_task(self._recording(chat, outcome.jobs))
+            self._actions.add(task)
+            task.add_done_callback(self._actions.discard)
+
+    async def _recording(self, chat: str, jobs: list[str]) -> None:
+        """Show "recording voice" until the chat's voice notes are made (bounded)."""
+        changes = self.chat.bell.subscribe()
+        try:
+            async with asyncio.timeout(ACTION_FOR_AT_MOST_S):
+                while not all((j := self.chat.job(job)) is None or j.state in FINAL_STATES
+                              for job in jobs):  # fmt: skip
+                    try:
+                        await self.call("sendChatAction", action="record_voice", **address(chat))
+                    except ChannelError as exc:
+                        log.info("telegram sendChatAction failed: %s", exc)
+                    await _next_change(changes, chat, ACTION_EVERY_S)
+        except TimeoutError:
+            pass
+        finally:
+            self.chat.bell.unsubscribe(changes)
 
     async def _send(self, item: OutboxItem) -> None:
-        chat_id = item.chat_id[len(PREFIX) :]
+        where = address(item.chat_id)
         if item.audio is None:
-            await self.call("sendMessage", chat_id=chat_id, text=item.text)
+            await self.call("sendMessage", text=item.text, **where)
             return
         try:
-            voice = await asyncio.to_thread(_voice_note, item.audio)
+            parts = await asyncio.to_thread(
+                fit_voice_note, item.audio, VOICE_NOTE_MAX_BYTES, VOICE_RATE
+            )
         except AudioError as exc:
             raise ChannelError(str(exc)) from exc
-        params: dict[str, Any] = {"chat_id": chat_id}
-        if item.duration_s:
-            params["duration"] = str(round(item.duration_s))
-        await self.call(
-            "sendVoice", files={"voice": (voice.name, voice.read_bytes(), "audio/ogg")}, **params
-        )
+        for n, part in enumerate(parts, 1):
+            params = dict(where)
+            if len(parts) > 1:
+                params["caption"] = f"{n}/{len(parts)}"
+            elif item.duration_s:
+                params["duration"] = str(round(item.duration_s))
+            voice = await asyncio.to_thread(Path.read_bytes, part)
+            await self.call("sendVoice", files={"voice": (part.name, voice, "audio/ogg")}, **params)
 
 
-def _voice_note(source: Path) -> Path:
-    """The voice note as Telegram plays it in a bubble: OGG/Opus 48 kHz (converted if need be)."""
-    if describe(source) == ("ogg", "opus", VOICE_RATE):
-        return source
-    return convert(source, "ogg", VOICE_RATE)
+async def _next_change(changes: asyncio.Queue[str], chat: str, within_s: float) -> None:
+    """Wait (at most `within_s`) for the bell to ring for `chat`."""
+    try:
+        async with asyncio.timeout(within_s):
+            while await changes.get() != chat:
+                pass
+    except TimeoutError:
+        pass
+
+
+def _raise(method: str, body: dict[str, Any], status: int) -> NoReturn:
+    code = body.get("error_code", status)
+    why = f"{method}: {code} {body.get('description', '')}".strip()
+    if code == 429:
+        retry = (body.get("parameters") or {}).get("retry_after")
+        raise ChannelError(why, float(retry) if isinstance(retry, int | float) else None)
+    if code in (401, 404):
+        raise Unauthorized(why, permanent=True)
+    if code == 409:
+        raise Conflict(why)
+    raise ChannelError(why, permanent=code in (400, 403))

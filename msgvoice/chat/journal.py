@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,13 +259,15 @@ class Journal:
         ).fetchall()
         return [to_item(r, self.audio_dir) for r in rows]
 
-    def unsent(self, prefix: str, limit: int = 100) -> list[OutboxItem]:
-        """Outbox items of a push channel's chats (ids starting with `prefix`) not yet
-        acknowledged, oldest first."""
+    def unsent(self, prefix: str, limit: int = 100, skip: Collection[str] = ()) -> list[OutboxItem]:
+        """Outbox items of a push channel's chats (ids starting with `prefix`, except those
+        in `skip`) neither acknowledged nor refused, oldest first."""
+        marks = ",".join("?" * len(skip))
         rows = self._db.execute(
-            f"{ITEMS} WHERE o.sent_at_ms IS NULL AND substr(o.chat_id, 1, ?) = ?"
+            f"{ITEMS} WHERE o.sent_at_ms IS NULL AND o.failed_at_ms IS NULL"
+            f" AND substr(o.chat_id, 1, ?) = ? AND o.chat_id NOT IN ({marks})"
             " ORDER BY o.created_at_ms, o.seq LIMIT ?",
-            (len(prefix), prefix, limit),
+            (len(prefix), prefix, *skip, limit),
         ).fetchall()
         return [to_item(r, self.audio_dir) for r in rows]
 
@@ -275,6 +277,19 @@ class Journal:
             "UPDATE outbox SET sent_at_ms = ? WHERE chat_id = ? AND seq = ?",
             (now_ms(), chat_id, seq),
         )
+
+    def mark_failed(self, chat_id: str, seq: int, error: str) -> None:
+        """Record that the app refused an outbox item for good."""
+        self._db.execute(
+            "UPDATE outbox SET failed_at_ms = ?, error = ? WHERE chat_id = ? AND seq = ?",
+            (now_ms(), error, chat_id, seq),
+        )
+        self.bell.ring(chat_id)
+
+    def delivery(self, job_id: str) -> OutboxItem | None:
+        """The outbox item a job produced (its voice note, or its failure notice)."""
+        row = self._db.execute(f"{ITEMS} WHERE o.job_id = ? ORDER BY o.seq", (job_id,)).fetchone()
+        return to_item(row, self.audio_dir) if row else None
 
     # -- cursors -----------------------------------------------------------------------------
 

@@ -8,12 +8,14 @@ that a chat changed through the `Bell`. Nothing else of the chat wing is a chann
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 JobState = Literal["queued", "running", "done", "failed", "superseded"]
+DeliveryState = Literal["pending", "sent", "failed"]
+"""An outbox item: waiting for its channel, acknowledged by the app, or refused for good."""
 FINAL_STATES: tuple[JobState, ...] = ("done", "failed", "superseded")
 
 
@@ -51,6 +53,9 @@ class OutboxItem:
     job_id: str | None = None
     duration_s: float | None = None
     """The voice note's length."""
+    state: DeliveryState = "pending"
+    error: str | None = None
+    """Why the app refused it for good (state failed)."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,12 @@ class Bell:
 
 
 def allowed(allow: Sequence[str], chat_id: str, sender: str | None) -> bool:
-    """An empty allow-list lets everyone in; otherwise the chat or sender must be on it."""
-    return not allow or chat_id in allow or (sender is not None and sender in allow)
+    """An empty allow-list lets everyone in; otherwise the chat (or, for a sub-conversation
+    `<chat>#<thread>` such as a forum topic, its chat) or the sender must be on it."""
+    base = chat_id.partition("#")[0]
+    return (
+        not allow or chat_id in allow or base in allow or (sender is not None and sender in allow)
+    )
 
 
 class ChatPort(Protocol):
@@ -123,12 +132,20 @@ class ChatPort(Protocol):
         """One of the bot's sentences (see the phrasebook), in the chat's language."""
         ...
 
-    def pending(self, prefix: str, limit: int = 100) -> list[OutboxItem]:
-        """Unacknowledged items of the chats whose ids start with `prefix`, oldest first."""
+    def pending(
+        self, prefix: str, limit: int = 100, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
+        """Unacknowledged items of the chats whose ids start with `prefix` (but not those in
+        `skip`), oldest first."""
         ...
 
     def ack(self, item: OutboxItem) -> None:
         """The app accepted `item`: it is never sent again."""
+        ...
+
+    def refuse(self, item: OutboxItem, reason: str) -> None:
+        """The app refused `item` for good (blocked, kicked, unknown chat): it is marked
+        failed with the reason and never sent again; the chat's later items go on."""
         ...
 
     def outbox(self, chat_id: str, after: int = 0) -> list[OutboxItem] | None:
@@ -137,6 +154,10 @@ class ChatPort(Protocol):
 
     def job(self, job_id: str) -> Job | None:
         """A job by id."""
+        ...
+
+    def delivery(self, job_id: str) -> OutboxItem | None:
+        """The outbox item a job produced (its voice note or failure notice), if any."""
         ...
 
     def cursor(self, name: str) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from msgvoice.chat import commands, phrasebook
 from msgvoice.chat.journal import Chat, Journal
@@ -53,6 +53,8 @@ class Router:
         """The engine's voice names, and whether it has one."""
         self.answer = answer
         self.superseded_at_submit = 0
+        self.refused = 0
+        """Outbox items the chat apps refused for good (blocked, kicked, unknown chat)."""
 
     async def message(self, incoming: Incoming) -> Outcome:
         """Handle one chat message."""
@@ -185,13 +187,20 @@ class Router:
         """One of the bot's sentences, in the chat's language."""
         return phrasebook.text(key, self.journal.chat(chat_id).lang, **values)
 
-    def pending(self, prefix: str, limit: int = 100) -> list[OutboxItem]:
+    def pending(
+        self, prefix: str, limit: int = 100, skip: Collection[str] = ()
+    ) -> list[OutboxItem]:
         """Unacknowledged items of the chats whose ids start with `prefix`, oldest first."""
-        return self.journal.unsent(prefix, limit)
+        return self.journal.unsent(prefix, limit, skip)
 
     def ack(self, item: OutboxItem) -> None:
         """The app accepted `item`."""
         self.journal.mark_sent(item.chat_id, item.seq)
+
+    def refuse(self, item: OutboxItem, reason: str) -> None:
+        """The app refused `item` for good: failed in the journal, counted, never resent."""
+        self.journal.mark_failed(item.chat_id, item.seq, reason[:500])
+        self.refused += 1
 
     def outbox(self, chat_id: str, after: int = 0) -> list[OutboxItem] | None:
         """A chat's items after `after`; None for a chat never seen."""
@@ -202,6 +211,10 @@ class Router:
     def job(self, job_id: str) -> Job | None:
         """A job by id."""
         return self.journal.job(job_id)
+
+    def delivery(self, job_id: str) -> OutboxItem | None:
+        """The outbox item a job produced, if any."""
+        return self.journal.delivery(job_id)
 
     def cursor(self, name: str) -> str | None:
         """A channel's saved position."""

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from msgvoice.chat.port import Job, OutboxItem
+from msgvoice.chat.port import DeliveryState, Job, OutboxItem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chats (
@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     job_id TEXT,
     created_at_ms INTEGER NOT NULL,
     sent_at_ms INTEGER,
+    failed_at_ms INTEGER,
+    error TEXT,
     PRIMARY KEY (chat_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_job_once ON outbox (job_id, kind) WHERE job_id IS NOT NULL;
@@ -59,13 +61,15 @@ CREATE TABLE IF NOT EXISTS cursors (
 """
 
 MIGRATIONS = (
-    ("jobs", "engine"),
-    ("jobs", "fallback_from"),
-    ("jobs", "speaker"),
-    ("chats", "speaker"),
-    ("chats", "lang"),
+    ("jobs", "engine", "TEXT"),
+    ("jobs", "fallback_from", "TEXT"),
+    ("jobs", "speaker", "TEXT"),
+    ("chats", "speaker", "TEXT"),
+    ("chats", "lang", "TEXT"),
+    ("outbox", "failed_at_ms", "INTEGER"),
+    ("outbox", "error", "TEXT"),
 )
-"""Columns added after the first release: (table, column), all TEXT."""
+"""Columns added after the first release: (table, column, type)."""
 
 
 def now_ms() -> int:
@@ -81,11 +85,17 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     db.executescript(SCHEMA)
-    for table, column in MIGRATIONS:
+    for table, column, kind in MIGRATIONS:
         columns = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
         if column not in columns:  # a journal from before this column
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     return db
+
+
+def _delivery(row: sqlite3.Row) -> DeliveryState:
+    if row["sent_at_ms"] is not None:
+        return "sent"
+    return "failed" if row["failed_at_ms"] is not None else "pending"
 
 
 def to_item(row: sqlite3.Row, audio_dir: Path) -> OutboxItem:
@@ -99,6 +109,8 @@ def to_item(row: sqlite3.Row, audio_dir: Path) -> OutboxItem:
         audio=audio_dir / row["audio_name"] if row["audio_name"] else None,
         job_id=row["job_id"],
         duration_s=row["duration_s"],
+        state=_delivery(row),
+        error=row["error"],
     )
 
 

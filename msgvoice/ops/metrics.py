@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,18 +14,23 @@ from msgvoice.chat.port import Job
 from msgvoice.speech.supervisor import Supervisor
 
 
-class _Live(Collector):
+@dataclass(frozen=True)
+class Live:
     """Figures read at scrape time from their owners."""
 
-    def __init__(
-        self,
-        workers: list[Supervisor],
-        depth: Callable[[], int],
-        llm_calls: Callable[[], dict[str, int]],
-        superseded: Callable[[], int],
-    ) -> None:
-        self.workers, self.depth, self.llm_calls = workers, depth, llm_calls
-        self.superseded = superseded
+    workers: list[Supervisor]
+    depth: Callable[[], int]
+    """Jobs waiting in the lane."""
+    llm_calls: Callable[[], dict[str, int]]
+    superseded: Callable[[], int]
+    """Automatic replies replaced while queued."""
+    refused: Callable[[], int]
+    """Outbox items the chat apps refused for good."""
+
+
+class _Live(Collector):
+    def __init__(self, live: Live) -> None:
+        self.live = live
 
     def collect(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
@@ -36,24 +42,29 @@ class _Live(Collector):
         jobs = CounterMetricFamily(
             "msgvoice_worker_jobs", "Worker requests completed", labels=["worker"]
         )
-        for n, worker in enumerate(self.workers):
+        for n, worker in enumerate(self.live.workers):
             for reason, count in worker.restarts.items():
                 restarts.add_metric([str(n), reason], count)
             rss.add_metric([str(n)], worker.rss_mb() * 2**20)
             jobs.add_metric([str(n)], worker.jobs_done)
         yield from (restarts, rss, jobs)
         yield GaugeMetricFamily(
-            "msgvoice_queue_depth", "Jobs waiting in the synthesis lane", value=self.depth()
+            "msgvoice_queue_depth", "Jobs waiting in the synthesis lane", value=self.live.depth()
+        )
+        yield CounterMetricFamily(
+            "msgvoice_outbox_refused",
+            "Outbox items a chat app refused for good (blocked, kicked, unknown chat)",
+            value=self.live.refused(),
         )
         yield CounterMetricFamily(
             "msgvoice_jobs_superseded_before_run",
             "Automatic replies replaced while queued",
-            value=self.superseded(),
+            value=self.live.superseded(),
         )
         llm = CounterMetricFamily(
             "msgvoice_llm_calls", "Emotion LLM calls by outcome", labels=["outcome"]
         )
-        for outcome, count in self.llm_calls().items():
+        for outcome, count in self.live.llm_calls().items():
             llm.add_metric([outcome], count)
         yield llm
 
@@ -64,10 +75,7 @@ class Metrics:
     def __init__(
         self,
         journal: Journal,
-        workers: list[Supervisor],
-        depth: Callable[[], int],
-        llm_calls: Callable[[], dict[str, int]],
-        superseded: Callable[[], int],
+        live: Live,
     ) -> None:
         self.journal = journal
         self.registry = CollectorRegistry()
@@ -92,7 +100,7 @@ class Metrics:
             buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10),
             registry=self.registry,
         )
-        self.registry.register(_Live(workers, depth, llm_calls, superseded))
+        self.registry.register(_Live(live))
 
     def on_job(self, job: Job, state: str) -> None:
         """Count a job outcome; time the ones that produced audio."""

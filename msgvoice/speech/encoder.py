@@ -24,10 +24,9 @@ import av
 import numpy as np
 from av.audio.codeccontext import AudioCodecContext
 
-from msgvoice.speech.audio import resample
 from msgvoice.speech.caf import write_caf_opus
 from msgvoice.speech.formats import FILE_FORMATS, Format
-from msgvoice.worker.protocol import Samples, to_float32
+from msgvoice.worker.protocol import Samples
 
 
 class AudioError(ValueError):
@@ -263,40 +262,3 @@ class AudioWriter:
     def duration_s(self) -> float:
         """Seconds written so far."""
         return self._encoder.duration_s
-
-
-def decode(path: Path) -> tuple[Samples, int]:
-    """Any audio file as mono float32 samples and its sample rate."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            rate = int(stream.rate or stream.codec_context.sample_rate)
-            mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            parts = [
-                f.to_ndarray().reshape(-1)
-                for frame in container.decode(stream)
-                for f in mono.resample(frame)
-            ]
-            parts += [f.to_ndarray().reshape(-1) for f in mono.resample(None)]
-    except (av.FFmpegError, IndexError) as exc:
-        raise AudioError(f"cannot read {path.name}: {exc}") from exc
-    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return to_float32(samples), rate
-
-
-def describe(path: Path) -> tuple[str, str, int]:
-    """(container, codec, sample rate) of an audio file, by FFmpeg's names."""
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        return container.format.name, stream.codec_context.name, int(stream.rate or 0)
-
-
-def convert(src: Path, fmt: str, rate: int, settings: EncodeSettings | None = None) -> Path:
-    """`src` re-encoded as `fmt` at `rate` beside it (made once; reused afterwards)."""
-    target = src.with_name(f"{src.stem}.{rate // 1000}k.{FILE_FORMATS[fmt].suffix}")
-    if not target.exists():
-        samples, src_rate = decode(src)
-        with AudioWriter(target, fmt, rate, settings) as writer:
-            writer.feed(resample(samples, src_rate, rate))
-            writer.commit()
-    return target

@@ -1,0 +1,101 @@
+"""Conversions for chat apps: read any voice note back, describe it, re-encode it in the
+format and size an app plays as a voice bubble (Telegram: OGG/Opus 48 kHz and at most 1 MB;
+iMessage: CAF/Opus 24 kHz)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+
+from msgvoice.speech.audio import resample
+from msgvoice.speech.encoder import AudioError, AudioWriter, EncodeSettings
+from msgvoice.speech.formats import FILE_FORMATS
+from msgvoice.worker.protocol import Samples, to_float32
+
+__all__ = ["AudioError", "convert", "decode", "describe", "fit_voice_note"]
+
+
+def decode(path: Path) -> tuple[Samples, int]:
+    """Any audio file as mono float32 samples and its sample rate."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            rate = int(stream.rate or stream.codec_context.sample_rate)
+            mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            parts = [
+                f.to_ndarray().reshape(-1)
+                for frame in container.decode(stream)
+                for f in mono.resample(frame)
+            ]
+            parts += [f.to_ndarray().reshape(-1) for f in mono.resample(None)]
+    except (av.FFmpegError, IndexError) as exc:
+        raise AudioError(f"cannot read {path.name}: {exc}") from exc
+    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return to_float32(samples), rate
+
+
+def describe(path: Path) -> tuple[str, str, int]:
+    """(container, codec, sample rate) of an audio file, by FFmpeg's names."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return container.format.name, stream.codec_context.name, int(stream.rate or 0)
+
+
+def convert(src: Path, fmt: str, rate: int, settings: EncodeSettings | None = None) -> Path:
+    """`src` re-encoded as `fmt` at `rate` beside it (made once; reused afterwards)."""
+    target = src.with_name(f"{src.stem}.{rate // 1000}k.{FILE_FORMATS[fmt].suffix}")
+    if not target.exists():
+        samples, src_rate = decode(src)
+        with AudioWriter(target, fmt, rate, settings) as writer:
+            writer.feed(resample(samples, src_rate, rate))
+            writer.commit()
+    return target
+
+
+VOICE_FILL = 0.92
+"""Aim a little under a size limit: containers and VBR overshoot by a few percent."""
+MIN_VOICE_KBPS = 16
+
+
+def fit_voice_note(
+    src: Path, max_bytes: int, rate: int, settings: EncodeSettings | None = None
+) -> list[Path]:
+    """`src` as OGG/Opus voice notes of at most `max_bytes` each (made once, beside it): the
+    file itself when it fits; else one note at a lower bit rate; and when even
+    MIN_VOICE_KBPS would not fit, numbered parts cut at the quietest moment near each cut."""
+    settings = settings or EncodeSettings()
+    if src.stat().st_size <= max_bytes and describe(src) == ("ogg", "opus", rate):
+        return [src]
+    samples, src_rate = decode(src)
+    samples = resample(samples, src_rate, rate)
+    seconds = max(samples.size / rate, 0.1)
+    fits_kbps = int(max_bytes * 8 * VOICE_FILL / seconds / 1000)
+    kbps = min(settings.opus_bitrate_kbps, fits_kbps)
+    pieces = [samples] if kbps >= MIN_VOICE_KBPS else _split(samples, rate, fits_kbps)
+    kbps = max(kbps, MIN_VOICE_KBPS)
+    lower = EncodeSettings(settings.opus_complexity, kbps)
+    out = []
+    for n, piece in enumerate(pieces, 1):
+        target = src.with_name(f"{src.stem}.voice{n}of{len(pieces)}.{rate // 1000}k.ogg")
+        if not target.exists():
+            with AudioWriter(target, "ogg", rate, lower) as writer:
+                writer.feed(piece)
+                writer.commit()
+        out.append(target)
+    return out
+
+
+def _split(samples: Samples, rate: int, fits_kbps: int) -> list[Samples]:
+    """Cut into parts that fit at MIN_VOICE_KBPS, each cut at the quietest 50 ms within 5 s
+    before the ideal place."""
+    parts = math.ceil(MIN_VOICE_KBPS / max(fits_kbps, 1))
+    step, window = samples.size // parts, int(rate * 0.05)
+    cuts = [0]
+    for k in range(1, parts):
+        lo, hi = max(cuts[-1] + window, k * step - 5 * rate), k * step
+        energy = np.convolve(np.abs(samples[lo:hi]), np.ones(window), "valid")
+        cuts.append(lo + int(np.argmin(energy)) + window // 2 if energy.size else hi)
+    return [samples[a:b] for a, b in zip(cuts, [*cuts[1:], samples.size], strict=True)]
