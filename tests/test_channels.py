@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -276,8 +277,8 @@ class Imsg:
         return {
             "MSGVOICE_IMESSAGE_ENABLED": "true",
             "FAKE_IMSG_DIR": str(self.dir),
-            "MSGVOICE_IMESSAGE_COMMAND": json.dumps([sys.executable, str(FAKE_IMSG)]),
-            "MSGVOICE_IMESSAGE_REQUEST_TIMEOUT_S": "5",
+            "MSGVOICE_IMESSAGE_COMMAND": json.dumps([sys.executable, str(FAKE_IMSG), "rpc"]),
+            "MSGVOICE_IMESSAGE_REQUEST_TIMEOUT_S": "2",
         }
 
 
@@ -285,7 +286,8 @@ async def test_imessage_tts_becomes_a_voice_note_and_mode_a_text(
     clean_env: Path, tmp_path: Path
 ) -> None:
     """`/tts 开心：你好` → one `send` with a file (Opus 24 kHz mono in CAF, as FFmpeg's own
-    demuxer reads it); `/mode style` → a text send; the bot's own message is ignored."""
+    demuxer reads it) while imsg's bridge is down; `/mode style` → a text send; the bot's own
+    message is ignored."""
     imsg = Imsg(tmp_path / "imsg")
     imsg.incoming("/tts 我自己发的", is_from_me=True)
     async with running(clean_env, **imsg.env()) as (daemon, _):
@@ -294,7 +296,8 @@ async def test_imessage_tts_becomes_a_voice_note_and_mode_a_text(
         await until(lambda: len(imsg.lines("sent.jsonl")) == 2)
         await im_settled(daemon, imsg)
     text, voice = imsg.lines("sent.jsonl")
-    assert text == {"chat_id": 1, "text": "已设置风格：温柔"}
+    assert (text["method"], text["chat_id"], text["text"]) == ("send", 1, "已设置风格：温柔")
+    assert voice["method"] == "send" and "as_voice" not in voice
     path = Path(voice["file"])
     assert describe(path) == ("caf", "opus", 48_000)  # FFmpeg decodes Opus at 48 kHz
     assert decode(path)[0].size > 0
@@ -350,3 +353,79 @@ async def test_imessage_daemon_restart_resumes_from_the_saved_rowid(
         await im_settled(daemon, imsg)
     assert len(imsg.lines("sent.jsonl")) == 2
     assert imsg.lines("subscribes.jsonl")[-1] == {"since_rowid": imsg.rowid - 1}
+
+
+async def test_imessage_voice_bubbles_through_the_bridge(clean_env: Path, tmp_path: Path) -> None:
+    """With imsg's IMCore bridge up (`imsg status --json`: advanced_features), voice notes go
+    through `send.attachment` with `as_voice: true`, which marks them as audio messages."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "bridge").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/tts 你好")
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+    (voice,) = imsg.lines("sent.jsonl")
+    assert voice["method"] == "send.attachment" and voice["as_voice"] is True
+    assert describe(Path(voice["file"]))[:2] == ("caf", "opus")
+
+
+async def test_imessage_failed_watch_restarts_and_the_next_message_is_answered(
+    clean_env: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """imsg reports a failed watch as an `error` notification and keeps running: msgvoice
+    ends that session (logged), restarts imsg, resubscribes from the journalled rowid, and the
+    next message is answered; imsg's stderr is in msgvoice's log."""
+    caplog.set_level(logging.INFO, logger="msgvoice")
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "watch-fails").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        await until(lambda: len(imsg.lines("subscribes.jsonl")) >= 2)
+        imsg.incoming("/help")
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+    assert len(imsg.lines("starts.jsonl")) >= 2 and len(imsg.lines("sent.jsonl")) == 1
+    assert "imsg's watch failed: SQLite error 10" in caplog.text
+    assert "imsg: imsg rpc: listening on stdin" in caplog.text
+
+
+async def test_imessage_send_that_timed_out_is_not_sent_twice(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """A send whose answer comes after the request timeout may have gone out: before trying
+    again msgvoice reads the chat's `messages.history`, finds it, and does not send it again."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "slow-send").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/help")
+        await until(lambda: imsg.lines("history.jsonl"), within=30)
+        await im_settled(daemon, imsg)
+    assert len(imsg.lines("sent.jsonl")) == 1
+
+
+async def test_imessage_unknown_chat_is_refused_and_others_go_on(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """imsg's -32602 "unknown chat_id" fails that item for good (with imsg's `data` as the
+    reason); the other chat is answered."""
+    imsg = Imsg(tmp_path / "imsg")
+    async with running(clean_env, **imsg.env()) as (daemon, client):
+        imsg.incoming("/help", chat_id=666)
+        imsg.incoming("/help", chat_id=2)
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+        items = (await client.get("/v1/chats/im:666/outbox")).json()["items"]
+    assert [s["chat_id"] for s in imsg.lines("sent.jsonl")] == [2]
+    assert items[0]["state"] == "failed" and "unknown chat_id 666" in items[0]["error"]
+
+
+async def test_imessage_without_full_disk_access_says_what_to_grant(
+    clean_env: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When imsg cannot read chat.db, the log says to grant Full Disk Access to the program
+    that starts imsg (this Python under launchd), by its path."""
+    python = str(Path(sys.executable).resolve())  # noqa: ASYNC240 (a test's set-up)
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "no-fda").touch()
+    async with running(clean_env, **imsg.env()):
+        await until(lambda: "Full Disk Access" in caplog.text)
+    assert python in caplog.text

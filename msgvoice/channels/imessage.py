@@ -1,20 +1,29 @@
-"""The iMessage channel: `imsg rpc` (JSON-RPC 2.0, one object per line over stdio).
+"""The iMessage channel through `imsg rpc` (see imsg_rpc.py for the protocol).
 
 `watch.subscribe` resumes from the last handled rowid (journalled), so a restart neither
-replays nor misses messages; the bot's own messages (`is_from_me`) are skipped. Voice notes go
-out as Opus 24 kHz mono in CAF (the format of Messages' own voice notes; `voice_format = "mp3"`
-sends MP3 attachments instead). If imsg dies it is restarted with a growing back-off.
+replays nor misses messages; the bot's own messages (`is_from_me`) are skipped. A session ends
+when imsg exits or reports a failed watch; imsg is then restarted with a growing back-off and
+resubscribed from the journalled rowid.
+
+Voice notes go out as Opus 24 kHz mono in CAF, Messages' own voice-note format. Only imsg's
+`send.attachment` with `as_voice: true` marks them as audio messages (voice bubbles), and it
+needs imsg's IMCore bridge; plain `send` with a `file` (the fallback when the bridge is not
+running) delivers an ordinary attachment. A send that timed out may still have gone out: before
+it is sent again, `messages.history` of that chat is checked, and a voice note or text already
+there is not sent twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import json
+import datetime
 import logging
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
+from msgvoice.channels.imsg_rpc import ImsgProcess, RequestTimeout, RpcError, bridge_ready
 from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import ImessageConfig
@@ -27,22 +36,31 @@ log = logging.getLogger(__name__)
 PREFIX = "im:"
 CURSOR = "imessage.rowid"
 HEALTHY_SESSION_S = 60.0
+HISTORY_LIMIT = 30
+FULL_DISK_ACCESS_FIX = (
+    "grant Full Disk Access (System Settings > Privacy & Security > Full Disk Access) to the "
+    "program that starts imsg: {parent}; under launchd that is this Python, not your "
+    "terminal; then restart msgvoice"
+)
 
 
-class RpcError(ChannelError):
-    """imsg answered a request with a JSON-RPC error."""
+def full_disk_access_fix() -> str:
+    """What to grant, and to which program, when imsg cannot read chat.db."""
+    return FULL_DISK_ACCESS_FIX.format(parent=os.path.realpath(sys.executable))
 
 
 class ImessageChannel:
-    """Owns the `imsg rpc` process."""
+    """Owns the `imsg rpc` process, restarting it when it ends."""
 
     def __init__(self, config: ImessageConfig, chat: ChatPort) -> None:
         self.config, self.chat = config, chat
         self.pump = OutboxPump(chat, PREFIX, self._send)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._ids = itertools.count(1)
+        self.imsg: ImsgProcess | None = None
+        self.voice_bubbles = False
+        """Whether voice notes go as audio messages (`send.attachment as_voice`)."""
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._timed_out: dict[tuple[str, int], str] = {}
+        """(chat, seq) of sends that timed out → when they were first tried (ISO 8601)."""
         self.restarts = 0
 
     async def run(self) -> None:
@@ -64,77 +82,48 @@ class ImessageChannel:
                 await asyncio.sleep(backoff)
 
     async def _session(self) -> None:
-        """One imsg process: subscribe from the saved rowid, read until it exits."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.config.command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            limit=4 * 1024 * 1024,
+        """One imsg process: subscribe from the saved rowid; end on exit or a failed watch."""
+        self.voice_bubbles = await bridge_ready(self.config.command)
+        imsg = await ImsgProcess.start(
+            self.config.command, self._messages.put_nowait, self.config.request_timeout_s
         )
-        self._proc = proc
-        reader = asyncio.create_task(self._read(proc))
+        self.imsg = imsg
         try:
             since = self.chat.cursor(CURSOR)
             params = {"since_rowid": int(since)} if since else {}
-            await self.request("watch.subscribe", params)
-            log.info("imsg subscribed (pid %d) since rowid %s", proc.pid, since or "now")
-            await reader
+            await self._subscribe(imsg, params)
+            log.info(
+                "imsg subscribed (pid %d) since rowid %s; voice notes as %s",
+                imsg.proc.pid,
+                since or "now",
+                "voice bubbles (bridge)" if self.voice_bubbles else "attachments (no bridge)",
+            )
+            ended = asyncio.create_task(imsg.finished())
+            failed = asyncio.create_task(imsg.watch_failed.wait())
+            await asyncio.wait({ended, failed}, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            failed.cancel()
+            if imsg.watch_failed.is_set():
+                raise ChannelError(f"imsg's watch failed: {imsg.watch_error}")
         finally:
-            self._proc = None
-            reader.cancel()
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ChannelError("imsg exited"))
-            self._pending.clear()
-        raise ChannelError(f"imsg exited with code {proc.returncode}")
+            self.imsg = None
+            await imsg.close()
+        raise ChannelError(f"imsg exited with code {imsg.proc.returncode}")
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                log.warning("imsg printed a line that is not JSON: %r", line[:120])
-                continue
-            if "id" in message and message["id"] is not None:
-                future = self._pending.pop(int(message["id"]), None)
-                if future is not None and not future.done():
-                    if "error" in message:
-                        error = message["error"] or {}
-                        future.set_exception(
-                            RpcError(f"{error.get('code')}: {error.get('message')}")
-                        )
-                    else:
-                        future.set_result(message.get("result"))
-            elif message.get("method") == "message":
-                self._messages.put_nowait((message.get("params") or {}).get("message") or {})
+    @staticmethod
+    async def _subscribe(imsg: ImsgProcess, params: dict[str, Any]) -> None:
+        try:
+            await imsg.request("watch.subscribe", params)
+        except RpcError as exc:
+            if exc.needs_permission:
+                log.error("imsg cannot read chat.db: %s", full_disk_access_fix())
+            raise
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
-        """One JSON-RPC request, bounded by `request_timeout_s`."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+        """One JSON-RPC request to the running imsg."""
+        if self.imsg is None:
             raise ChannelError("imsg is not running")
-        req_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = future
-        line = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
-        try:
-            proc.stdin.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
-            await proc.stdin.drain()
-            async with asyncio.timeout(self.config.request_timeout_s):
-                return await future
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ChannelError(f"imsg stdin closed: {exc}") from exc
-        except TimeoutError:
-            raise ChannelError(
-                f"imsg did not answer {method} within {self.config.request_timeout_s:.0f}s"
-            ) from None
-        finally:
-            self._pending.pop(req_id, None)
+        return await self.imsg.request(method, params)
 
     async def _handle_messages(self) -> None:
         while True:
@@ -149,7 +138,8 @@ class ImessageChannel:
                 self.chat.set_cursor(CURSOR, str(rowid))
 
     async def _send(self, item: OutboxItem) -> None:
-        params: dict[str, Any] = {"chat_id": int(item.chat_id[len(PREFIX) :])}
+        chat_id = int(item.chat_id[len(PREFIX) :])
+        method, params = "send", dict[str, Any](chat_id=chat_id)
         if item.audio is None:
             params["text"] = item.text
         else:
@@ -159,4 +149,40 @@ class ImessageChannel:
             except AudioError as exc:
                 raise ChannelError(str(exc)) from exc
             params["file"] = str(voice)
-        await self.request("send", params)
+            if self.voice_bubbles:
+                method, params["as_voice"] = "send.attachment", True
+        key = (item.chat_id, item.seq)
+        if key in self._timed_out and await self._already_sent(chat_id, params, key):
+            log.info("imsg send to %s (seq %d) had gone out before its timeout", *key)
+            return
+        tried = datetime.datetime.now(datetime.UTC).isoformat()
+        try:
+            await self.request(method, params)
+        except RequestTimeout:
+            self._timed_out.setdefault(key, tried)
+            raise
+        self._timed_out.pop(key, None)
+
+    async def _already_sent(
+        self, chat_id: int, params: dict[str, Any], key: tuple[str, int]
+    ) -> bool:
+        """Whether the chat's history has this text or file from us since the timed-out try."""
+        answer = await self.request(
+            "messages.history",
+            {
+                "chat_id": chat_id,
+                "limit": HISTORY_LIMIT,
+                "attachments": True,
+                "start": self._timed_out[key],
+            },
+        )
+        name = Path(params.get("file") or "").name
+        for message in (answer or {}).get("messages", []):
+            if not message.get("is_from_me"):
+                continue
+            files = {Path(a.get("transfer_name") or a.get("filename") or "").name
+                     for a in message.get("attachments") or []}  # fmt: skip
+            if (name and name in files) or (not name and message.get("text") == params.get("text")):
+                self._timed_out.pop(key, None)
+                return True
+        return False
