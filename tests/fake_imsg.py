@@ -10,9 +10,10 @@ needs the IMCore bridge) and `StatusCommand.swift` (`imsg status --json`: `advan
 
 `fake_imsg.py rpc` serves JSON-RPC; `fake_imsg.py status --json` prints the status. State lives
 in $FAKE_IMSG_DIR: the test appends incoming messages (imsg's Message objects) to inbox.jsonl;
-`watch.subscribe {since_rowid}` streams those after the rowid as `message` notifications and
-keeps watching; `send` and `send.attachment` params go to sent.jsonl, and sent messages show in
-`messages.history` (`is_from_me`, `text`, `attachments` with `transfer_name`). Files steer it:
+`chats.list` lists their chats; `watch.subscribe {since_rowid}` streams those after the rowid
+as `message` notifications and keeps watching; `send` and `send.attachment` params go to
+sent.jsonl, and sent messages show in `messages.history` (`is_from_me`, `text`, `attachments`
+with `transfer_name`). Files steer it:
 - `die`: the next send kills the process before answering;
 - `watch-fails`: the next watch reports an `error` notification and stops (imsg stays up);
 - `slow-send`: the next send goes out but its answer comes 10 s late;
@@ -152,6 +153,10 @@ def rpc() -> int:
             threading.Thread(target=send, args=(req_id, method, params), daemon=True).start()
         elif method == "messages.history":
             history(req_id, params)
+        elif method == "chats.list":
+            ids = sorted({m["chat_id"] for m in lines("inbox.jsonl")})
+            chats = [{"id": i, "identifier": f"+1555000{i}", "service": "iMessage"} for i in ids]
+            emit({"id": req_id, "result": {"chats": chats[: int(params.get("limit", 20))]}})
         else:
             error(req_id, -32601, "Method not found", method)
     return 0

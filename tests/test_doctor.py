@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -131,3 +132,45 @@ def test_running_daemon_facts_appear_and_match_metrics(clean_env: Path) -> None:
         assert f'msgvoice_worker_jobs_total{{worker="0"}} {jobs_done}' in metrics
     finally:
         daemon.signal(__import__("signal").SIGTERM)
+
+
+async def test_doctor_checks_the_telegram_token_and_webhook(tmp_path: Path) -> None:
+    """getMe with a refused token is an error naming where the token came from; a webhook with
+    delete_webhook off is a warning; a good token names the bot."""
+    from msgvoice.config import load  # noqa: PLC0415
+    from msgvoice.ops.apps import check_telegram  # noqa: PLC0415
+    from tests.fake_telegram import TOKEN, FakeTelegram  # noqa: PLC0415
+
+    async with (
+        FakeTelegram(webhook_url="https://example.invalid/h") as bot,
+        httpx.AsyncClient() as c,
+    ):
+        base = {"MSGVOICE_TELEGRAM_ENABLED": "true", "MSGVOICE_TELEGRAM_BASE_URL": bot.url}
+        bad = await check_telegram(load(None, base | {"TELEGRAM_BOT_TOKEN": "1:NO"}), c)
+        hooked = load(
+            None, base | {"TELEGRAM_BOT_TOKEN": TOKEN, "MSGVOICE_TELEGRAM_DELETE_WEBHOOK": "false"}
+        )
+        warned = await check_telegram(hooked, c)
+        good = await check_telegram(load(None, base | {"TELEGRAM_BOT_TOKEN": TOKEN}), c)
+    assert bad is not None and bad.status == "error" and "alias TELEGRAM_BOT_TOKEN" in bad.message
+    assert warned is not None and warned.status == "warning" and "409" in warned.message
+    assert good is not None and good.status == "pass" and "@msgvoice_bot" in good.message
+
+
+async def test_doctor_says_what_imsg_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Full Disk Access doctor says what to grant to which program; with the bridge
+    up it says voice notes go as voice bubbles."""
+    from msgvoice.config import load  # noqa: PLC0415
+    from msgvoice.ops.apps import check_imessage  # noqa: PLC0415
+    from tests.test_channels import Imsg  # noqa: PLC0415
+
+    imsg = Imsg(tmp_path / "imsg")
+    monkeypatch.setenv("FAKE_IMSG_DIR", str(imsg.dir))
+    config = load(None, imsg.env())
+    (imsg.dir / "no-fda").touch()
+    denied = await check_imessage(config)
+    (imsg.dir / "no-fda").unlink()
+    (imsg.dir / "bridge").touch()
+    bubbles = await check_imessage(config)
+    assert denied is not None and denied.status == "error" and "Full Disk Access" in denied.fix
+    assert bubbles is not None and bubbles.status == "pass" and "voice bubbles" in bubbles.message

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import configparser
+import json
 import plistlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from msgvoice.config import load
-from msgvoice.ops import service
-from tests.conftest import run_msgvoice
+from msgvoice.ops import doctor, service
+from tests.conftest import REPO, run_msgvoice
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,7 +25,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def test_printed_plist_parses_with_every_key(tmp_path: Path) -> None:
     """`service print --launchd` is a valid plist: absolute interpreter, RunAtLoad, KeepAlive
     only after a crash, throttle, an exit timeout covering the drain, logs, and only the named
-    environment."""
+    environment besides PATH."""
     config_file = tmp_path / "c.toml"
     config_file.write_text('[service]\nenv = ["LMSTUDIO_BASE_URL", "NOT_SET_ANYWHERE"]\n')
     done = cli(
@@ -45,8 +48,64 @@ def test_printed_plist_parses_with_every_key(tmp_path: Path) -> None:
     config = load(None, {})
     assert plist["ExitTimeOut"] >= config.daemon.drain_timeout_s + config.worker.term_grace_s
     assert plist["StandardErrorPath"].endswith("msgvoice.err.log")
-    assert plist["EnvironmentVariables"] == {"LMSTUDIO_BASE_URL": "http://127.0.0.1:1234"}
+    env = plist["EnvironmentVariables"]
+    assert env.pop("PATH") and env == {"LMSTUDIO_BASE_URL": "http://127.0.0.1:1234"}
     assert "AbandonProcessGroup" not in plist  # launchd kills the worker with the daemon
+
+
+PLACEHOLDERS = {"PYTHON": "/PYTHON", "STATE_DIR": "/STATE", "PATH": "/PATH"}
+TEMPLATE = REPO / "launchd" / "com.msgvoice.daemon.plist"
+
+
+def template_form(plist: dict[str, Any], path_value: str) -> dict[str, Any]:
+    """A rendered agent with its machine-specific values as the template's placeholders."""
+    text = plistlib.dumps(plist).decode()
+    text = text.replace(path_value, "{{PATH}}").replace(sys.executable, "{{PYTHON}}")
+    return dict(plistlib.loads(text.replace("/STATE", "{{STATE_DIR}}").encode()))
+
+
+def test_the_launchd_template_agrees_with_service_print() -> None:
+    """launchd/com.msgvoice.daemon.plist (the file a Mac user reads or loads by hand) is what
+    `msgvoice service print --launchd` writes, with placeholders for this machine's paths: the
+    PATH that finds Homebrew, Aqua sessions only, KeepAlive after a crash."""
+    env = {"MSGVOICE_STATE_DIR": "/STATE", "PATH": "/usr/bin:/bin"}
+    done = cli("service", "print", "--launchd", env=env)
+    assert done.returncode == 0, done.stderr
+    printed = plistlib.loads(done.stdout.encode())
+    path_value = printed["EnvironmentVariables"]["PATH"]
+    assert path_value.split(":")[:4] == [
+        "/usr/bin",
+        "/bin",
+        "/opt/homebrew/bin",
+        "/opt/homebrew/sbin",
+    ]
+    assert printed["LimitLoadToSessionType"] == "Aqua"
+    assert template_form(printed, path_value) == plistlib.loads(TEMPLATE.read_bytes())
+
+
+def test_the_agent_finds_imsg_by_absolute_path(tmp_path: Path) -> None:
+    """With iMessage on, the agent carries imsg as an absolute path resolved on the shell's
+    PATH (launchd's own bare PATH would not find Homebrew's), and install would report it."""
+    bin_dir = tmp_path / "homebrew" / "bin"
+    bin_dir.mkdir(parents=True)
+    imsg = bin_dir / "imsg"
+    imsg.write_text("#!/bin/sh\n")
+    imsg.chmod(0o755)
+    env = {"MSGVOICE_IMESSAGE_ENABLED": "true", "PATH": f"/usr/bin:/bin:{bin_dir}"}
+    done = cli("service", "print", "--launchd", env=env)
+    agent_env = plistlib.loads(done.stdout.encode())["EnvironmentVariables"]
+    assert json.loads(agent_env["MSGVOICE_IMESSAGE_COMMAND"]) == [str(imsg), "rpc"]
+    assert str(bin_dir) in agent_env["PATH"].split(":")
+
+
+def test_doctor_flags_a_program_the_service_cannot_find(tmp_path: Path) -> None:
+    """doctor names a program the daemon needs but the service's PATH does not have."""
+    env = {"MSGVOICE_IMESSAGE_ENABLED": "true", "PATH": str(tmp_path), "HOME": str(tmp_path)}
+    config = load(None, env)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", str(tmp_path))
+        check = doctor.check_programs(config)
+    assert check.status == "error" and "imsg" in check.message and "absolute path" in check.fix
 
 
 def test_printed_unit_has_restart_limits_and_stop_keys() -> None:
@@ -60,9 +119,10 @@ def test_printed_unit_has_restart_limits_and_stop_keys() -> None:
     assert unit["Unit"]["StartLimitIntervalSec"] and unit["Unit"]["StartLimitBurst"]
     assert unit["Service"]["Restart"] == "on-failure"
     assert int(unit["Service"]["TimeoutStopSec"]) >= 35
-    assert unit["Service"]["KillMode"] == "mixed"
+    assert unit["Service"]["KillMode"] == "mixed" and unit["Service"]["Type"] == "exec"
     assert unit["Service"]["ExecStart"].split()[1:4] == ["-m", "msgvoice", "run"]
-    assert "Environment" not in unit["Service"] and "SECRET_TOKEN" not in done.stdout
+    assert unit["Service"]["Environment"].startswith("PATH=")
+    assert "SECRET_TOKEN" not in done.stdout and "network-online" not in done.stdout
     assert unit["Install"]["WantedBy"] == "default.target"
 
 
@@ -82,6 +142,13 @@ def test_unit_passes_systemd_analyze(tmp_path: Path) -> None:
         env={"XDG_RUNTIME_DIR": str(runtime)},
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_unit_escapes_percent_and_quotes(tmp_path: Path) -> None:
+    """A `%` in a path is `%%` (not a systemd specifier), and quotes are escaped."""
+    state = tmp_path / '50% "done"'
+    unit = service.unit(load(None, {"MSGVOICE_STATE_DIR": str(state)}))
+    assert "WorkingDirectory=" + str(state).replace("%", "%%") in unit
 
 
 @pytest.mark.parametrize("kind", ["launchd", "systemd"])

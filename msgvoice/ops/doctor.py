@@ -15,6 +15,7 @@ import httpx
 
 from msgvoice.config import Config
 from msgvoice.ops import service
+from msgvoice.ops.apps import check_imessage, check_telegram
 from msgvoice.ops.probes import (
     Check,
     check_engine,
@@ -109,7 +110,26 @@ def check_service(config: Config) -> Check:
             f"{target} is installed but not loaded",
             f"msgvoice service install --{kind} (reloads it)",
         )
+    if kind == "systemd" and service.lingering() is False:
+        return Check("service", "warning", f"{target} installed; {service.LINGER_HINT}")
     return Check("service", "pass", f"{target} installed")
+
+
+def check_programs(config: Config) -> Check:
+    """The external programs the daemon runs can be found on the service's PATH (launchd
+    gives agents a bare one)."""
+    found = service.programs(config, service.service_path())
+    missing = [name for name, where in found.items() if where is None]
+    if missing:
+        return Check(
+            "programs",
+            "error",
+            f"not found on the service's PATH: {', '.join(missing)}",
+            "install it (brew install steipete/tap/imsg) or set [channels.imessage] command "
+            "to its absolute path, then msgvoice service install",
+        )
+    listed = ", ".join(f"{name} at {where}" for name, where in found.items())
+    return Check("programs", "pass", listed or "no external programs needed")
 
 
 async def report(
@@ -132,7 +152,7 @@ async def report(
             ),
         )
     ]
-    checks += [check_state_dir(config), check_encoders(config)]
+    checks += [check_state_dir(config), check_encoders(config), check_programs(config)]
     async with httpx.AsyncClient() as client:
         if live_worker is None:
             checks.append(await (probe() if probe else check_engine(config, engine_options)))
@@ -145,6 +165,8 @@ async def report(
             worker = live_worker()
             checks.append(check_daemon({"worker": worker}, True))
         checks.append(await check_llm(config, client))
+        apps = [await check_telegram(config, client), await check_imessage(config)]
+        checks += [check for check in apps if check is not None]
     checks.append(check_service(config))
     return {
         "status": overall(checks),

@@ -2,13 +2,20 @@
 
 launchd: KeepAlive restarts the daemon when it crashes but not after a clean exit; launchd kills
 the job's whole process group on stop (AbandonProcessGroup stays false), and ExitTimeOut covers
-the daemon's drain plus the worker's grace. systemd: Restart=on-failure with a start limit,
-KillMode=mixed (SIGTERM to the daemon, which stops its worker; SIGKILL to leftovers at the
-timeout). Only the environment variables named in `service.env` are written into either file.
+the daemon's drain plus the workers' grace. `LimitLoadToSessionType = Aqua`: Messages and its
+permissions exist only in the logged-in GUI session. launchd starts agents with a bare PATH
+(/usr/bin:/bin:/usr/sbin:/sbin, launchd.plist(5)), so Homebrew's programs are not found: the
+agent gets the installing shell's PATH plus Homebrew's prefixes, and `imsg` is written in as an
+absolute path (`MSGVOICE_IMESSAGE_COMMAND`). systemd: Type=exec, Restart=on-failure with a
+start limit, KillMode=mixed (SIGTERM to the daemon, which stops its workers; SIGKILL to
+leftovers at the timeout); `%` and quotes escaped as systemd.unit(5) and systemd.exec(5) say.
+Besides PATH, only the environment variables named in `service.env` are written into either
+file. The repository's launchd/ folder holds the agent as a template (launchd/README.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import shutil
@@ -20,10 +27,17 @@ from msgvoice.config import Config
 
 UNIT_NAME = "msgvoice.service"
 COMMAND_TIMEOUT_S = 20
+LAUNCHD_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
+"""The PATH launchd gives an agent that sets none."""
+HOMEBREW_PATHS = ("/opt/homebrew/bin", "/opt/homebrew/sbin", "/usr/local/bin", "/usr/local/sbin")
 GUI_SESSION_HINT = (
     "launchctl could not load the agent into gui/{uid}: that domain exists only in a logged-in "
     "GUI session. Run this from Terminal on the Mac's desktop (not over plain ssh), or log in "
     "graphically first."
+)
+LINGER_HINT = (
+    "without lingering, a user unit stops when you log out and does not start at boot: "
+    "run `loginctl enable-linger $USER` on a headless machine"
 )
 
 
@@ -45,9 +59,39 @@ def _program(config_path: Path | None) -> list[str]:
     return args + (["--config", str(config_path.resolve())] if config_path else [])
 
 
+def service_path(environ: dict[str, str] | None = None) -> str:
+    """The PATH a service gets: the installing shell's, then Homebrew's prefixes, then
+    launchd's own, each once."""
+    shell = (environ if environ is not None else dict(os.environ)).get("PATH", "")
+    seen: dict[str, None] = {}
+    for entry in [*shell.split(os.pathsep), *HOMEBREW_PATHS, *LAUNCHD_PATH]:
+        if entry:
+            seen.setdefault(entry, None)
+    return os.pathsep.join(seen)
+
+
+def programs(config: Config, search: str) -> dict[str, str | None]:
+    """The external programs the daemon will run, resolved on `search` (None: not found)."""
+    if not config.imessage.enabled:
+        return {}
+    imsg = config.imessage.command[0]
+    if os.path.isabs(imsg):
+        return {imsg: imsg if os.access(imsg, os.X_OK) else None}
+    return {imsg: shutil.which(imsg, path=search)}
+
+
 def _environment(config: Config) -> dict[str, str]:
-    """The named variables only, with their current values (never the whole environment)."""
-    return {name: os.environ[name] for name in config.service.env if name in os.environ}
+    """PATH, resolved programs, and the variables named in `service.env` (never the whole
+    environment)."""
+    search = service_path()
+    env = {name: os.environ[name] for name in config.service.env if name in os.environ}
+    env["PATH"] = search
+    resolved = programs(config, search).get(
+        config.imessage.command[0] if config.imessage.enabled else ""
+    )
+    if resolved:
+        env["MSGVOICE_IMESSAGE_COMMAND"] = json.dumps([resolved, *config.imessage.command[1:]])
+    return env
 
 
 def plist(config: Config, config_path: Path | None = None) -> bytes:
@@ -56,8 +100,10 @@ def plist(config: Config, config_path: Path | None = None) -> bytes:
     body: dict[str, object] = {
         "Label": config.service.label,
         "ProgramArguments": _program(config_path),
+        "EnvironmentVariables": _environment(config),
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
+        "LimitLoadToSessionType": "Aqua",
         "ThrottleInterval": config.service.throttle_interval_s,
         "ExitTimeOut": _stop_timeout_s(config),
         "WorkingDirectory": str(config.state_dir),
@@ -65,28 +111,24 @@ def plist(config: Config, config_path: Path | None = None) -> bytes:
         "StandardErrorPath": str(logs / "msgvoice.err.log"),
         "ProcessType": "Interactive",
     }
-    env = _environment(config)
-    if env:
-        body["EnvironmentVariables"] = env
     return plistlib.dumps(body)
 
 
 def unit(config: Config, config_path: Path | None = None) -> str:
     """The systemd user unit."""
     exec_start = " ".join(_quote(a) for a in _program(config_path))
-    env_lines = [f'Environment="{k}={v}"' for k, v in _environment(config).items()]
+    env_lines = [f"Environment={_quote(f'{k}={v}')}" for k, v in _environment(config).items()]
     return "\n".join(
         [
             "[Unit]",
             "Description=msgvoice voice-reply daemon",
-            "After=network-online.target",
             "StartLimitIntervalSec=300",
             "StartLimitBurst=5",
             "",
             "[Service]",
-            "Type=simple",
+            "Type=exec",
             f"ExecStart={exec_start}",
-            f"WorkingDirectory={config.state_dir}",
+            f"WorkingDirectory={_escape(str(config.state_dir))}",
             *env_lines,
             "Restart=on-failure",
             f"RestartSec={config.service.throttle_interval_s}",
@@ -101,8 +143,18 @@ def unit(config: Config, config_path: Path | None = None) -> str:
     )
 
 
+def _escape(text: str) -> str:
+    """`%` starts a systemd specifier: a literal one is `%%`."""
+    return text.replace("%", "%%")
+
+
 def _quote(arg: str) -> str:
-    return f'"{arg}"' if any(c in arg for c in ' "\\') else arg
+    """One word for ExecStart= or Environment=: specifiers escaped, quoted when it has
+    spaces, quotes or backslashes (which are escaped inside the quotes)."""
+    arg = _escape(arg)
+    if not any(c in arg for c in " \"\\'"):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def path(config: Config, kind: str) -> Path:
@@ -158,7 +210,11 @@ def install(config: Config, kind: str, config_path: Path | None = None) -> str:
                 raise ServiceError(
                     f"systemctl --user {' '.join(args)} failed: {done.stderr.strip()}"
                 )
-    return f"installed and started {target}"
+    found = [
+        f"{name} -> {where}" if where else f"{name} NOT FOUND on the service's PATH"
+        for name, where in programs(config, service_path()).items()
+    ]
+    return f"installed and started {target}" + "".join(f"\n  {line}" for line in found)
 
 
 def uninstall(config: Config, kind: str) -> str:
@@ -172,6 +228,19 @@ def uninstall(config: Config, kind: str) -> str:
         _run(tool, "--user", "daemon-reload")
     target.unlink(missing_ok=True)
     return f"removed {target}"
+
+
+def lingering() -> bool | None:
+    """Whether systemd keeps this user's units running without a login (None: cannot tell)."""
+    loginctl = shutil.which("loginctl")
+    if loginctl is None:
+        return None
+    try:
+        done = _run(loginctl, "show-user", str(os.getuid()), "--property=Linger", "--value")
+    except ServiceError:
+        return None
+    answer = done.stdout.strip()
+    return {"yes": True, "no": False}.get(answer) if done.returncode == 0 else None
 
 
 def loaded(config: Config, kind: str) -> bool | None:

@@ -1,0 +1,132 @@
+"""doctor's look at the chat apps: Telegram's token and webhook (getMe, getWebhookInfo, as the
+Bot API answers them) and imsg (can it read chat.db; is its IMCore bridge up for voice
+bubbles), each bounded and read-only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+from msgvoice.config import Config
+from msgvoice.ops.probes import HTTP_PROBE_TIMEOUT_S, Check
+
+IMSG_PROBE_TIMEOUT_S = 10.0
+PERMISSION_HINTS = ("Full Disk Access", "authorization denied", "unable to open database")
+
+
+async def check_telegram(config: Config, client: httpx.AsyncClient) -> Check | None:
+    """The token is valid (getMe names the bot) and no webhook blocks polling."""
+    tg = config.telegram
+    if not tg.enabled:
+        return None
+    url = f"{tg.base_url.rstrip('/')}/bot{tg.token}"
+    source = config.sources.get("telegram.token", "nowhere (telegram.token is empty)")
+    try:
+        me = (await client.post(f"{url}/getMe", timeout=HTTP_PROBE_TIMEOUT_S)).json()
+        hook = (await client.post(f"{url}/getWebhookInfo", timeout=HTTP_PROBE_TIMEOUT_S)).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Check("telegram", "warning", f"Bot API at {tg.base_url} unreachable: {exc}")
+    if not me.get("ok"):
+        return Check(
+            "telegram",
+            "error",
+            f"the Bot API refused the token from {source}: {me.get('description')}",
+            "set MSGVOICE_TELEGRAM_TOKEN (or TELEGRAM_BOT_TOKEN) to the token from @BotFather",
+        )
+    name = (me.get("result") or {}).get("username")
+    webhook = ((hook.get("result") or {}) if hook.get("ok") else {}).get("url")
+    if webhook and not tg.delete_webhook:
+        return Check(
+            "telegram",
+            "warning",
+            f"bot @{name} has a webhook ({webhook}): polling gets 409 Conflict",
+            "turn telegram.delete_webhook on, or delete the webhook yourself",
+        )
+    note = f"; its webhook {webhook} is deleted at start" if webhook else ""
+    return Check("telegram", "pass", f"bot @{name}, polling{note}")
+
+
+async def check_imessage(config: Config) -> Check | None:
+    """imsg runs, can read chat.db, and says whether voice notes can be voice bubbles."""
+    if not config.imessage.enabled:
+        return None
+    command = list(config.imessage.command)
+    try:
+        answer = await _one_request(command, "chats.list", {"limit": 1})
+    except (OSError, TimeoutError, ValueError) as exc:
+        return Check(
+            "imessage",
+            "error",
+            f"{command[0]} does not answer: {exc}",
+            "install imsg (brew install steipete/tap/imsg) or fix [channels.imessage] command",
+        )
+    data = str((answer.get("error") or {}).get("data") or "")
+    if any(hint in data for hint in PERMISSION_HINTS):
+        parent = _python()
+        return Check(
+            "imessage",
+            "error",
+            "imsg cannot read chat.db (no Full Disk Access)",
+            f"System Settings > Privacy & Security > Full Disk Access: add {parent} (the "
+            "program that starts imsg; under launchd not your terminal), and allow it to "
+            "control Messages under Automation; then restart msgvoice",
+        )
+    if "error" in answer:
+        return Check("imessage", "warning", f"imsg answered chats.list with {answer['error']}")
+    status = await _status(command)
+    bubbles = bool(status.get("advanced_features"))
+    how = (
+        "voice bubbles (send.attachment as_voice)"
+        if bubbles
+        else ("ordinary attachments: voice bubbles need imsg's IMCore bridge (see imsg's docs)")
+    )
+    return Check("imessage", "pass", f"imsg reads chat.db; voice notes go as {how}")
+
+
+def _python() -> str:
+    return os.path.realpath(sys.executable)
+
+
+async def _one_request(command: list[str], method: str, params: dict[str, Any]) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        await proc.stdin.drain()
+        async with asyncio.timeout(IMSG_PROBE_TIMEOUT_S):
+            while line := await proc.stdout.readline():
+                answer = json.loads(line)
+                if answer.get("id") == 1:
+                    return dict(answer)
+        raise ValueError("imsg exited without answering")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def _status(command: list[str]) -> dict[str, Any]:
+    status = [*command[:-1], "status", "--json"] if command[-1:] == ["rpc"] else []
+    if not status:
+        return {}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *status, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        async with asyncio.timeout(IMSG_PROBE_TIMEOUT_S):
+            out, _ = await proc.communicate()
+        return dict(json.loads(out.splitlines()[0]))
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return {}
