@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -26,14 +26,19 @@ if TYPE_CHECKING:  # the daemon's parts: imported only when a daemon is built
     from msgvoice.channels.http import HttpChannel
     from msgvoice.chat.journal import Journal
     from msgvoice.chat.lane import Lane
+    from msgvoice.chat.retention import Retention
     from msgvoice.chat.router import Router
+    from msgvoice.chat.storage import Storage
     from msgvoice.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class Channel(Protocol):
-    """A push channel (Telegram, iMessage): runs until cancelled."""
+    """A push channel (Telegram, iMessage): runs until cancelled; its chats' ids start with
+    `prefix`."""
+
+    prefix: str
 
     async def run(self) -> None: ...
 
@@ -118,6 +123,10 @@ class DaemonParts:
     http: HttpChannel
     metrics: Metrics
     channels: list[Channel]
+    storage: Storage
+    retention: Retention
+    task_restarts: dict[str, int] = field(default_factory=dict)
+    """Daemon tasks restarted after a failure, by task name."""
 
 
 @contextlib.asynccontextmanager
@@ -126,10 +135,9 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
     and open jobs are queued again when this yields."""
     # The daemon's modules (aiohttp, prometheus) are loaded here, not for `say`.
     from msgvoice.chat.journal import Journal  # noqa: PLC0415
-    from msgvoice.chat.lane import Lane  # noqa: PLC0415
     from msgvoice.chat.port import Bell  # noqa: PLC0415
-    from msgvoice.chat.responder import Responder  # noqa: PLC0415
-    from msgvoice.chat.router import Router  # noqa: PLC0415
+    from msgvoice.chat.retention import Retention  # noqa: PLC0415
+    from msgvoice.chat.storage import Storage  # noqa: PLC0415
     from msgvoice.ops.metrics import Live, Metrics  # noqa: PLC0415
 
     paths = config.paths
@@ -138,27 +146,9 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         stack.callback(journal.close)
         workers = worker_count(config)
         kit = await stack.enter_async_context(speech_kit(config, workers))
-        speaker = kit.speaker
-        auto_timeout_s = config.auto.timeout_ms / 1000
-        # One runner more than workers: a job is encoded while the next one is spoken.
-        lane = Lane(
-            journal,
-            speaker,
-            paths.audio,
-            config.tts.format,
-            auto_timeout_s,
-            concurrency=workers + 1,
-        )
-        responder = Responder(config.responder, kit.client) if config.responder.base_url else None
-        router = Router(
-            config,
-            journal,
-            lane,
-            engine=speaker.chain.active_engine,
-            voices=speaker.voices,
-            has_voice=speaker.has_voice,
-            answer=responder.answer if responder else None,
-        )
+        storage = Storage(config.state_dir, config.retention.min_free_mb)
+        lane, router = _chat(config, journal, kit, storage, workers)
+        task_restarts: dict[str, int] = {}
         metrics = Metrics(
             journal,
             Live(
@@ -167,16 +157,54 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
                 llm_calls=lambda: dict(kit.analyser.calls) if kit.analyser else {},
                 superseded=lambda: router.superseded_at_submit,
                 refused=lambda: router.refused,
+                task_restarts=lambda: dict(task_restarts),
             ),
         )
         lane.listeners.append(metrics.on_job)
         http = _http(config, kit, lane, router, metrics)
         channels = _push_channels(config, router, kit.client)
-        parts = DaemonParts(kit, journal, lane, router, http, metrics, channels)
+        prefixes = [channel.prefix for channel in channels]
+        retention = Retention(config.retention, journal, paths.audio, prefixes)
+        parts = DaemonParts(
+            kit, journal, lane, router, http, metrics, channels, storage, retention, task_restarts
+        )
         await parts.http.start()
         stack.push_async_callback(parts.http.stop)
         lane.resume()
         yield parts
+
+
+def _chat(
+    config: Config, journal: Journal, kit: SpeechKit, storage: Storage, workers: int
+) -> tuple[Lane, Router]:
+    """The chat wing: a lane with one runner more than workers (a job is encoded while the
+    next one is spoken) and the router in front of it."""
+    from msgvoice.chat.lane import Lane  # noqa: PLC0415
+    from msgvoice.chat.responder import Responder  # noqa: PLC0415
+    from msgvoice.chat.router import Router  # noqa: PLC0415
+
+    speaker, paths = kit.speaker, config.paths
+    lane = Lane(
+        journal,
+        speaker,
+        paths.audio,
+        config.tts.format,
+        config.auto.timeout_ms / 1000,
+        concurrency=workers + 1,
+        storage=storage,
+    )
+    responder = Responder(config.responder, kit.client) if config.responder.base_url else None
+    router = Router(
+        config,
+        journal,
+        lane,
+        engine=speaker.chain.active_engine,
+        storage=storage,
+        voices=speaker.voices,
+        has_voice=speaker.has_voice,
+        answer=responder.answer if responder else None,
+    )
+    return lane, router
 
 
 def _http(
@@ -194,8 +222,10 @@ def _http(
         return report | {"workers": [w.facts() for w in kit.workers]}
 
     def health() -> dict[str, Any]:
+        full = router.storage_full()
         return {
-            "status": "ok",
+            "status": "ok" if full is None else "degraded",
+            "reason": full,
             "queue": lane.depth,
             "running": lane.running,
             "running_jobs": lane.running_jobs(),
@@ -210,7 +240,7 @@ def _http(
         doctor=doctor_report,
         health=health,
         metrics=metrics.render,
-        extra_routes=SpeechApi(config, kit.speaker).routes(),
+        extra_routes=SpeechApi(config, kit.speaker, router.storage_full).routes(),
     )
 
 

@@ -27,6 +27,7 @@ from msgvoice.sections import (
     ImessageConfig,
     IndexTtsConfig,
     ResponderConfig,
+    RetentionConfig,
     ServiceConfig,
     StateConfig,
     TelegramConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "ImessageConfig",
     "IndexTtsConfig",
     "ResponderConfig",
+    "RetentionConfig",
     "ServiceConfig",
     "StateConfig",
     "StatePaths",
@@ -107,6 +109,7 @@ class Config:
     auto: AutoConfig = field(default_factory=AutoConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     responder: ResponderConfig = field(default_factory=ResponderConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)

@@ -14,14 +14,18 @@ import ctypes
 import logging
 import platform
 import signal
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 from msgvoice.compose import DaemonParts, daemon_parts
 from msgvoice.config import Config
+from msgvoice.net import next_backoff
 
 log = logging.getLogger(__name__)
 
+HEALTHY_RUN_S = 60.0
+"""A task that ran this long before failing starts its back-off afresh."""
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
 """glibc's mallopt parameters (<malloc.h>)."""
 
@@ -59,10 +63,14 @@ class Daemon:
         return self
 
     def _start_tasks(self, parts: DaemonParts) -> None:
-        self._tasks = [asyncio.create_task(parts.lane.run(), name="lane")]
-        self._tasks += [
-            asyncio.create_task(ch.run(), name=type(ch).__name__) for ch in parts.channels
-        ]
+        def keep(name: str, run: Callable[[], Awaitable[None]]) -> None:
+            self._tasks.append(asyncio.create_task(self._supervised(name, run), name=name))
+
+        keep("lane", parts.lane.run)
+        for channel in parts.channels:
+            keep(type(channel).__name__, channel.run)
+        keep("storage", lambda: parts.storage.watch(parts.retention.run))
+        keep("retention", self._retention)
         if self.console:
             from msgvoice.channels.console import ConsoleChannel  # noqa: PLC0415
 
@@ -86,6 +94,31 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._stack.aclose()
             self._parts = None
+
+    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a task for the daemon's life: a failure is logged once with its traceback,
+        counted, and the task restarted after a growing back-off; ending by itself is fine."""
+        backoff = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await run()
+                return
+            except Exception:
+                log.exception("task %s failed; restarting it", name)
+                restarts = self.parts.task_restarts
+                restarts[name] = restarts.get(name, 0) + 1
+            if loop.time() - started > HEALTHY_RUN_S:
+                backoff = 0.0
+            backoff = next_backoff(backoff, first_s=0.5)
+            await asyncio.sleep(backoff)
+
+    async def _retention(self) -> None:
+        """Retention every `retention.every_s`."""
+        while True:
+            self.parts.retention.run()
+            await asyncio.sleep(self.config.retention.every_s)
 
     async def drain(self) -> None:
         """Stop intake and let the running job finish (bounded)."""

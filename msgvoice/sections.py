@@ -182,6 +182,26 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    audio_days: float = _key(30.0, lo=0)
+    """Voice notes older than this are removed once delivered (0 = no age limit)."""
+    audio_max_mb: float = _key(500.0, lo=0)
+    """Voice notes beyond this total are removed oldest first, once delivered (0 = no limit)."""
+    grace_s: float = _key(3600.0, lo=0)
+    """A delivered voice note stays at least this long (clients fetch /v1/audio/{name})."""
+    jobs_days: float = _key(90.0, lo=0)
+    """Finished jobs and their outbox items older than this leave the journal (0 = never)."""
+    every_s: float = _key(600.0, lo=1)
+    """How often retention runs (and always while the disk is full)."""
+    min_free_mb: float = _key(50.0, lo=0)
+    """Under this much free space the daemon takes no new work until there is room."""
+    log_max_mb: float = _key(10.0, lo=0.1)
+    """A log file written by the service rotates at this size."""
+    log_files: int = _key(3, lo=1, hi=100)
+    """Rotated log files kept."""
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     label: str = "com.msgvoice.daemon"
     """launchd label of the agent."""

@@ -18,7 +18,16 @@ from typing import Any
 
 from aiohttp import web
 
-from msgvoice.chat.port import ChatPort, Incoming, Job, OutboxItem, Outcome, allowed
+from msgvoice.chat.port import (
+    ID_MAX,
+    ChatPort,
+    Incoming,
+    Job,
+    OutboxItem,
+    Outcome,
+    allowed,
+    bad_id,
+)
 from msgvoice.config import Config, ConfigError
 from msgvoice.speech.formats import FILE_FORMATS
 
@@ -26,7 +35,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AUDIO_NAME = re.compile(rf"^[0-9a-f]{{16}}\.({'|'.join(FILE_FORMATS)})$")
-CHAT_ID_MAX = 256
 OPEN_ROUTES = ("/healthz",)
 
 
@@ -153,6 +161,10 @@ class HttpChannel:
             if exc.status < 400:
                 raise
             return web.json_response({"error": exc.reason}, status=exc.status)
+        except Exception as exc:
+            if not self.chat.storage_trouble(exc):
+                raise
+            return web.json_response({"error": f"storage is full: {exc}"}, status=507)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -165,9 +177,15 @@ class HttpChannel:
 
     # -- input -------------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request, *required: str) -> dict[str, Any]:
+    def _taking_work(self) -> None:
+        """503 while stopping, 507 while the state dir is full."""
         if not self.accepting:
             raise BadRequest(503, "shutting down")
+        if (why := self.chat.storage_full()) is not None:
+            raise BadRequest(507, f"msgvoice cannot store voice notes right now: {why}")
+
+    async def _body(self, request: web.Request, *required: str) -> dict[str, Any]:
+        self._taking_work()
         try:
             body = await request.json(loads=json.loads)
         except (ValueError, UnicodeDecodeError):
@@ -185,15 +203,20 @@ class HttpChannel:
             return ""
         if not isinstance(value, str):
             raise BadRequest(400, f"field {name!r} must be a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(400, f"field {name!r} is not valid Unicode") from None
         if required and not value.strip():
             raise BadRequest(400, f"field {name!r} is empty")
         if len(value) > limit:
             raise BadRequest(413, f"field {name!r} is {len(value)} characters; limit {limit}")
         return value
 
-    def _chat_id(self, raw: str) -> str:
-        if not raw.strip() or len(raw) > CHAT_ID_MAX:
-            raise BadRequest(400, f"chat_id must be 1-{CHAT_ID_MAX} characters")
+    @staticmethod
+    def _id(raw: str, name: str = "chat_id") -> str:
+        if (why := bad_id(raw)) is not None:
+            raise BadRequest(400, f"{name} {why} (1-{ID_MAX} characters, no control characters)")
         return raw
 
     @staticmethod
@@ -206,16 +229,18 @@ class HttpChannel:
 
     async def _message(self, request: web.Request) -> web.Response:
         body = await self._body(request, "chat_id", "text")
-        chat_id = self._chat_id(self._string(body, "chat_id", CHAT_ID_MAX))
+        chat_id = self._id(self._string(body, "chat_id", ID_MAX))
         text = self._string(body, "text", self.config.text.max_chars)
-        sender = self._string(body, "sender", CHAT_ID_MAX, required=False) or None
+        sender = self._string(body, "sender", ID_MAX, required=False) or None
+        if sender is not None:
+            self._id(sender, "sender")
         outcome = await self.chat.message(Incoming(chat_id, text, sender, self.config.http.allow))
         if outcome.ignored:
             raise BadRequest(403, "this chat or sender is not on the allow-list")
         return self._outcome(outcome, message_id=uuid.uuid4().hex[:16])
 
     async def _reply(self, request: web.Request) -> web.Response:
-        chat_id = self._chat_id(request.match_info["chat_id"])
+        chat_id = self._id(request.match_info["chat_id"])
         if not allowed(self.config.http.allow, chat_id, None):
             raise BadRequest(403, "this chat is not on the allow-list")
         body = await self._body(request, "text")
@@ -229,7 +254,7 @@ class HttpChannel:
         return web.json_response(job_json(job, self.chat.delivery(job.id)))
 
     async def _outbox(self, request: web.Request) -> web.Response:
-        chat_id = self._chat_id(request.match_info["chat_id"])
+        chat_id = self._id(request.match_info["chat_id"])
         try:
             after = int(request.query.get("after", "0"))
         except ValueError:

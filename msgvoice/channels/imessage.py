@@ -52,6 +52,8 @@ def full_disk_access_fix() -> str:
 class ImessageChannel:
     """Owns the `imsg rpc` process, restarting it when it ends."""
 
+    prefix = PREFIX
+
     def __init__(self, config: ImessageConfig, chat: ChatPort) -> None:
         self.config, self.chat = config, chat
         self.pump = OutboxPump(chat, PREFIX, self._send)

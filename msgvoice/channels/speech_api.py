@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -46,8 +46,13 @@ def _event(kind: str, **fields: Any) -> bytes:
 class SpeechApi:
     """The OpenAI-compatible routes."""
 
-    def __init__(self, config: Config, speaker: Speaker) -> None:
-        self.config, self.speaker = config, speaker
+    def __init__(
+        self,
+        config: Config,
+        speaker: Speaker,
+        storage_full: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.config, self.speaker, self.storage_full = config, speaker, storage_full
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to add to the HTTP channel."""
@@ -77,6 +82,10 @@ class SpeechApi:
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         try:
+            if (why := self.storage_full()) is not None:
+                raise ApiError(
+                    507, f"msgvoice cannot store audio right now: {why}", None, "server_error"
+                )
             asked = parse(await _json(request), self.config, self.speaker.has_voice)
         except ApiError as exc:
             return _error(exc)

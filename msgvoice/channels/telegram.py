@@ -60,6 +60,8 @@ def address(chat_id: str) -> dict[str, Any]:
 class TelegramChannel:
     """Telegram through the Bot API over one shared httpx client."""
 
+    prefix = PREFIX
+
     def __init__(
         self,
         config: TelegramConfig,

@@ -291,6 +291,45 @@ class Journal:
         row = self._db.execute(f"{ITEMS} WHERE o.job_id = ? ORDER BY o.seq", (job_id,)).fetchone()
         return to_item(row, self.audio_dir) if row else None
 
+    # -- retention ---------------------------------------------------------------------------
+
+    def spent_audio(self, push_prefixes: Collection[str], before_ms: int) -> list[str]:
+        """Voice notes (file names, oldest first) made before `before_ms` that no one still
+        waits for: delivered or refused by their push channel, or in a chat no push channel
+        serves (HTTP clients fetch them)."""
+        pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
+        args = [x for p in push_prefixes for x in (len(p), p)]
+        rows = self._db.execute(
+            "SELECT audio_name FROM outbox WHERE audio_name IS NOT NULL AND created_at_ms < ?"
+            f" AND (sent_at_ms IS NOT NULL OR failed_at_ms IS NOT NULL OR NOT ({pushed}))"
+            " ORDER BY created_at_ms",
+            (before_ms, *args),
+        ).fetchall()
+        return [str(r["audio_name"]) for r in rows]
+
+    def forget_before(self, push_prefixes: Collection[str], before_ms: int) -> int:
+        """Remove finished jobs and settled outbox items older than `before_ms`; give the
+        space back to the file system. Returns the rows removed."""
+        pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
+        args = [x for p in push_prefixes for x in (len(p), p)]
+        with self._tx() as db:
+            jobs = db.execute(
+                "DELETE FROM jobs WHERE state IN ('done', 'failed', 'superseded')"
+                " AND updated_at_ms < ?",
+                (before_ms,),
+            ).rowcount
+            items = db.execute(
+                "DELETE FROM outbox WHERE created_at_ms < ? AND (sent_at_ms IS NOT NULL"
+                f" OR failed_at_ms IS NOT NULL OR NOT ({pushed}))",
+                (before_ms, *args),
+            ).rowcount
+        self._db.execute("PRAGMA incremental_vacuum")
+        return int(jobs) + int(items)
+
+    def integrity(self) -> str:
+        """sqlite's own check of the journal ("ok" when sound)."""
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
     # -- cursors -----------------------------------------------------------------------------
 
     def cursor(self, name: str) -> str | None:

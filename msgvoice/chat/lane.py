@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pathlib import Path
 from msgvoice.chat import phrasebook
 from msgvoice.chat.journal import Journal
 from msgvoice.chat.port import Job
+from msgvoice.chat.storage import Storage, is_full
 from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Lane:
         auto_timeout_s: float,
         *,
         concurrency: int = 1,
+        storage: Storage | None = None,
     ) -> None:
         self.journal = journal
         self.speaker = speaker
@@ -52,6 +55,10 @@ class Lane:
         self.auto_timeout_s = auto_timeout_s
         self.listeners: list[Listener] = []
         self.concurrency = max(1, concurrency)
+        self.storage = storage
+        self.mishaps = 0
+        """Jobs the lane could not finish for an unexpected reason (logged with traceback)."""
+        self._parked: list[Job] = []
         self._running: dict[str, str] = {}
         """job id → chat id of the jobs being made."""
         self._queue: collections.deque[tuple[str, str]] = collections.deque()
@@ -63,7 +70,7 @@ class Lane:
     @property
     def depth(self) -> int:
         """Jobs waiting (not counting the running ones)."""
-        return len(self._queue)
+        return len(self._queue) + len(self._parked)
 
     @property
     def running(self) -> str | None:
@@ -103,21 +110,46 @@ class Lane:
 
     async def _runner(self) -> None:
         while True:
+            if self.storage is not None:
+                await self.storage.room.wait()
             job = await self._next()
             self._running[job.id] = job.chat_id
             self._idle.clear()
             try:
-                await self._execute(job)
+                await self._guarded(job)
             finally:
                 del self._running[job.id]
                 if not self._running:
                     self._idle.set()
                 self._wake.set()  # that chat's next job may go now
 
+    async def _guarded(self, job: Job) -> None:
+        """Run a job; no failure of its own (its failure notice included) ends the runner. A
+        job that met a full disk waits, journalled as it was, until there is room."""
+        try:
+            await self._execute(job)
+        except asyncio.CancelledError:
+            self._parked.append(job)  # the lane is restarted or stopped: the job is not lost
+            raise
+        except Exception as exc:
+            if self.storage is not None and is_full(exc):
+                self.storage.mark_full(f"job {job.id}: {exc}")
+                self._parked.append(job)
+                return
+            log.exception("job %s: the lane could not finish it", job.id)
+            self.mishaps += 1
+            with contextlib.suppress(Exception):  # best effort: the journal itself may be failing
+                self._failed(job, f"{type(exc).__name__}: {exc}")
+
     async def _next(self) -> Job:
-        """The oldest queued job whose chat has nothing running (waiting for one)."""
+        """A job parked by a full disk, else the oldest queued job whose chat has nothing
+        running (waiting for one)."""
         while True:
             busy = set(self._running.values())
+            for parked in list(self._parked):
+                if parked.chat_id not in busy:
+                    self._parked.remove(parked)
+                    return parked
             for entry in list(self._queue):
                 job_id, chat_id = entry
                 if chat_id in busy:
@@ -149,11 +181,9 @@ class Lane:
         try:
             result = await self.speaker.speak(speech)
         except (WorkerError, SpeechError, OSError) as exc:
+            if is_full(exc):
+                raise
             self._failed(job, str(exc))
-            return
-        except Exception as exc:  # the lane must outlive any one job
-            log.exception("job %s failed unexpectedly", job.id)
-            self._failed(job, f"{type(exc).__name__}: {exc}")
             return
         delivered = self.journal.finish(
             job,

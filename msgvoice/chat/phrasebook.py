@@ -42,6 +42,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "failed": "语音生成失败：{reason}",
         "text_only": "目前只支持文字消息，发送 /help 查看可用命令",
         "engine_fallback": "{engine}（{main} 不可用，已回退）",
+        "storage_full": "存储空间已满，暂时无法生成语音，请稍后再试",
         "console_banner": "msgvoice console: 输入 /tts 你好 或 /help；Ctrl-D 退出",
         "console_text": "机器人: {text}",
         "console_voice": "机器人: [语音] {path}{seconds}",
@@ -78,6 +79,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "failed": "Could not make the voice note: {reason}",
         "text_only": "Only text messages are understood; send /help for the commands",
         "engine_fallback": "{engine} ({main} unavailable, falling back)",
+        "storage_full": "The bot's storage is full, so it cannot make voice notes right now; "
+        "please try again later",
         "console_banner": "msgvoice console: type /tts hello or /help; Ctrl-D quits",
         "console_text": "bot: {text}",
         "console_voice": "bot: [voice] {path}{seconds}",

@@ -102,6 +102,26 @@ class Bell:
             queue.put_nowait(chat_id)
 
 
+ID_MAX = 256
+"""Longest chat id or sender accepted."""
+
+
+def bad_id(value: str) -> str | None:
+    """Why `value` cannot be a chat id or sender (too long, empty, control characters, not
+    valid Unicode), or None when it can."""
+    if not value.strip():
+        return "is empty"
+    if len(value) > ID_MAX:
+        return f"is longer than {ID_MAX} characters"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "has control characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    return None
+
+
 def allowed(allow: Sequence[str], chat_id: str, sender: str | None) -> bool:
     """An empty allow-list lets everyone in; otherwise the chat (or, for a sub-conversation
     `<chat>#<thread>` such as a forum topic, its chat) or the sender must be on it."""
@@ -162,6 +182,14 @@ class ChatPort(Protocol):
 
     def cursor(self, name: str) -> str | None:
         """A channel's saved position (Telegram offset, iMessage rowid)."""
+        ...
+
+    def storage_full(self) -> str | None:
+        """Why no new work is taken (the state dir is full), or None."""
+        ...
+
+    def storage_trouble(self, exc: BaseException) -> bool:
+        """Whether `exc` means the state dir is full (then it is marked so)."""
         ...
 
     def set_cursor(self, name: str, value: str) -> None:

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable, Collection
 from msgvoice.chat import commands, phrasebook
 from msgvoice.chat.journal import Chat, Journal
 from msgvoice.chat.lane import Lane
-from msgvoice.chat.port import Bell, Incoming, Job, OutboxItem, Outcome, allowed
+from msgvoice.chat.port import Bell, Incoming, Job, OutboxItem, Outcome, allowed, bad_id
+from msgvoice.chat.storage import Storage, is_full
 from msgvoice.config import Config
 from msgvoice.speech.text import truncate
 
@@ -40,6 +41,7 @@ class Router:
         lane: Lane,
         *,
         engine: ActiveEngine,
+        storage: Storage | None = None,
         voices: Callable[[], list[str]] = list,
         has_voice: Callable[[str], bool] = lambda _name: True,
         answer: Answer | None = None,
@@ -49,6 +51,7 @@ class Router:
         self.lane = lane
         self.bell: Bell = journal.bell
         self.engine = engine
+        self.storage = storage
         self.voices, self.has_voice = voices, has_voice
         """The engine's voice names, and whether it has one."""
         self.answer = answer
@@ -56,15 +59,25 @@ class Router:
         self.refused = 0
         """Outbox items the chat apps refused for good (blocked, kicked, unknown chat)."""
 
+    def _admitted(self, incoming: Incoming) -> bool:
+        """Ids that are fit to journal, and a chat or sender on the allow-list."""
+        for field, value in (("chat_id", incoming.chat_id), ("sender", incoming.sender or "-")):
+            if (why := bad_id(value)) is not None:
+                log.warning("message rejected: its %s %s (%r)", field, why, value[:80])
+                return False
+        if not allowed(incoming.allow, incoming.chat_id, incoming.sender):
+            log.warning(
+                "ignored message from chat=%s sender=%s: not on the allow-list",
+                incoming.chat_id,
+                incoming.sender,
+            )
+            return False
+        return True
+
     async def message(self, incoming: Incoming) -> Outcome:
         """Handle one chat message."""
         chat_id, line = incoming.chat_id, incoming.text
-        if not allowed(incoming.allow, chat_id, incoming.sender):
-            log.warning(
-                "ignored message from chat=%s sender=%s: not on the allow-list",
-                chat_id,
-                incoming.sender,
-            )
+        if not self._admitted(incoming):
             return Outcome(ignored=True)
         if line is None:
             return Outcome(replies=[self._say(chat_id, self.phrase(chat_id, "text_only"))])
@@ -72,6 +85,8 @@ class Router:
         log.info(
             "message chat=%s command=%s %s", chat_id, type(command).__name__, fingerprint(line)
         )
+        if self.storage is not None and self.storage.full:
+            return Outcome(replies=[self._say(chat_id, self.phrase(chat_id, "storage_full"))])
         self._follow_language(chat_id, command)
         if isinstance(command, commands.Speak):
             chat = self.journal.chat(chat_id)
@@ -219,6 +234,17 @@ class Router:
     def cursor(self, name: str) -> str | None:
         """A channel's saved position."""
         return self.journal.cursor(name)
+
+    def storage_full(self) -> str | None:
+        """Why no new work is taken, or None."""
+        return self.storage.full_reason if self.storage is not None else None
+
+    def storage_trouble(self, exc: BaseException) -> bool:
+        """Whether `exc` means the state dir is full (then it is marked so)."""
+        if self.storage is None or not is_full(exc):
+            return False
+        self.storage.mark_full(str(exc))
+        return True
 
     def set_cursor(self, name: str, value: str) -> None:
         """Save a channel's position."""

@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 """
 
+INCREMENTAL = 2
+"""sqlite's auto_vacuum = INCREMENTAL."""
+
 MIGRATIONS = (
     ("jobs", "engine", "TEXT"),
     ("jobs", "fallback_from", "TEXT"),
@@ -78,9 +81,13 @@ def now_ms() -> int:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (or create) the journal: WAL, NORMAL sync, the schema and its migrations."""
+    """Open (or create) the journal: WAL, NORMAL sync, incremental vacuum (so retention can
+    give space back), the schema and its migrations."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+        db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
+        db.execute("VACUUM")  # takes effect on an existing journal only after a vacuum
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")

@@ -26,6 +26,8 @@ class Live:
     """Automatic replies replaced while queued."""
     refused: Callable[[], int]
     """Outbox items the chat apps refused for good."""
+    task_restarts: Callable[[], dict[str, int]]
+    """Daemon tasks restarted after a failure, by name."""
 
 
 class _Live(Collector):
@@ -61,6 +63,14 @@ class _Live(Collector):
             "Automatic replies replaced while queued",
             value=self.live.superseded(),
         )
+        tasks = CounterMetricFamily(
+            "msgvoice_task_restarts",
+            "Daemon tasks restarted after a failure (each logged with its traceback)",
+            labels=["task"],
+        )
+        for task, count in self.live.task_restarts().items():
+            tasks.add_metric([task], count)
+        yield tasks
         llm = CounterMetricFamily(
             "msgvoice_llm_calls", "Emotion LLM calls by outcome", labels=["outcome"]
         )

@@ -1,0 +1,94 @@
+"""Whether the state dir takes writes: a full disk is a state of the daemon, not a crash.
+
+When a write fails for lack of space (ENOSPC or EDQUOT from the file system, "database or disk
+is full" from sqlite) the storage is marked full: new work is refused with a clear answer,
+journalled work waits, and the daemon stays up. `watch()` then frees what retention may free
+and, once there is room again (free space over `min_free_mb` and a real test write that
+succeeds), marks it usable: waiting work proceeds by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 10.0
+RECHECK_FULL_S = 1.0
+PROBE_BYTES = 64 * 1024
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether an error means there is no room to write."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
+
+
+class Storage:
+    """The state dir's room for writes, watched."""
+
+    def __init__(self, root: Path, min_free_mb: float) -> None:
+        self.root, self.min_free_mb = root, min_free_mb
+        self.full_reason: str | None = None
+        self.room = asyncio.Event()
+        self.room.set()
+        self.times_full = 0
+
+    @property
+    def full(self) -> bool:
+        """No room for writes right now."""
+        return self.full_reason is not None
+
+    def mark_full(self, reason: str) -> None:
+        """Record that a write failed for lack of space (logged once per episode)."""
+        if self.full_reason is None:
+            self.times_full += 1
+            log.error(
+                "state dir %s is full, refusing new work until there is room: %s", self.root, reason
+            )
+        self.full_reason = reason
+        self.room.clear()
+
+    def free_mb(self) -> float:
+        """Free space where the state dir lives."""
+        return shutil.disk_usage(self.root).free / 2**20
+
+    def _writable(self) -> bool:
+        probe = self.root / ".msgvoice-space-probe"
+        try:
+            with probe.open("wb") as out:
+                out.write(b"\0" * PROBE_BYTES)
+                out.flush()
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+
+    async def watch(self, make_room: Callable[[], object]) -> None:
+        """Until cancelled: mark full when free space runs under `min_free_mb`; while full,
+        make room (retention) and clear the state once writes work again."""
+        while True:
+            free = await asyncio.to_thread(self.free_mb)
+            if not self.full and free < self.min_free_mb:
+                self.mark_full(f"{free:.1f} MB free, under the {self.min_free_mb:.0f} MB floor")
+            if self.full:
+                with contextlib.suppress(Exception):  # retention on a full disk may fail too
+                    make_room()  # on the loop: it uses the journal's connection
+                free = await asyncio.to_thread(self.free_mb)
+                if free >= self.min_free_mb and await asyncio.to_thread(self._writable):
+                    log.info(
+                        "state dir %s has room again (%.0f MB free): resuming", self.root, free
+                    )
+                    self.full_reason = None
+                    self.room.set()
+            await asyncio.sleep(RECHECK_FULL_S if self.full else CHECK_EVERY_S)
