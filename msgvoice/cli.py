@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML config file")
     run.add_argument("--console", action="store_true", help="also chat on stdin/stdout")
     run.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    run.add_argument(
+        "--log-file", type=Path, help="log to this file, rotated (retention.log_max_mb)"
+    )
     doc = sub.add_parser("doctor", help="check the set-up; exit 0 pass, 2 warning, 1 error")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--config", type=Path, help="TOML config file")
@@ -177,10 +181,20 @@ class _JsonLines(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def _logging(args: argparse.Namespace, fmt: str = "text") -> None:
-    """Log to stderr, text or JSON lines: INFO for the daemon, WARNING otherwise; -v lowers it."""
+def _logging(args: argparse.Namespace, fmt: str = "text", config: Config | None = None) -> None:
+    """Log to stderr (or, for the daemon with --log-file, a size-rotated file), text or JSON
+    lines: INFO for the daemon, WARNING otherwise; -v lowers it."""
     base = logging.INFO if args.command == "run" else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None and config is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            log_file,
+            maxBytes=int(config.retention.log_max_mb * 2**20),
+            backupCount=config.retention.log_files,
+            encoding="utf-8",
+        )
     if fmt == "json":
         handler.setFormatter(_JsonLines())
     else:
@@ -216,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "say":
             return _run_main(lambda: _say(config, args))
         if args.command == "run":
-            _logging(args, args.log_format or config.daemon.log_format)
+            _logging(args, args.log_format or config.daemon.log_format, config)
             from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
 
             return asyncio.run(daemon.serve(config, console=args.console))

@@ -195,7 +195,7 @@ class RetentionConfig:
     """How often retention runs (and always while the disk is full)."""
     min_free_mb: float = _key(50.0, lo=0)
     """Under this much free space the daemon takes no new work until there is room."""
-    log_max_mb: float = _key(10.0, lo=0.1)
+    log_max_mb: float = _key(10.0, lo=0.001)
     """A log file written by the service rotates at this size."""
     log_files: int = _key(3, lo=1, hi=100)
     """Rotated log files kept."""

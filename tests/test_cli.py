@@ -171,3 +171,23 @@ def test_killing_say_leaves_no_worker(tmp_path: Path, sig: signal.Signals) -> No
     _gone, alive = psutil.wait_procs([worker], timeout=10)
     assert not alive, f"worker {worker.pid} outlived `say`"
     assert not (tmp_path / "x.ogg").exists()
+
+
+def test_the_daemon_log_file_rotates(tmp_path: Path) -> None:
+    """`run --log-file` writes the log there, rotated at retention.log_max_mb, keeping
+    retention.log_files old files (launchd does not rotate what it captures)."""
+    from tests.daemon_util import free_port  # noqa: PLC0415
+
+    log_file = tmp_path / "logs" / "msgvoice.log"
+    env = {
+        "MSGVOICE_HTTP_PORT": str(free_port()),
+        "MSGVOICE_RETENTION_LOG_MAX_MB": "0.002",
+        "MSGVOICE_RETENTION_LOG_FILES": "2",
+    }
+    lines = "".join(f"/mode style 第{i}种风格\n" for i in range(60))
+    done = run_msgvoice("run", "--console", "--log-file", str(log_file), env=env, input=lines)
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in log_file.parent.iterdir())
+    assert files == ["msgvoice.log", "msgvoice.log.1", "msgvoice.log.2"]
+    assert all(p.stat().st_size <= 2100 + 400 for p in log_file.parent.iterdir())
+    assert "msgvoice running" not in done.stderr  # the log went to the file

@@ -40,7 +40,8 @@ def test_printed_plist_parses_with_every_key(tmp_path: Path) -> None:
     plist = plistlib.loads(done.stdout.encode())
     args = plist["ProgramArguments"]
     assert Path(args[0]).is_absolute() and args[1:4] == ["-m", "msgvoice", "run"]
-    assert args[4:] == ["--config", str(config_file.resolve())]
+    assert args[4:6] == ["--config", str(config_file.resolve())]
+    assert args[6] == "--log-file" and args[7].endswith("logs/msgvoice.log")  # rotated by msgvoice
     assert plist["Label"] == "com.msgvoice.daemon"
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}

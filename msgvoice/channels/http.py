@@ -229,9 +229,9 @@ class HttpChannel:
 
     async def _message(self, request: web.Request) -> web.Response:
         body = await self._body(request, "chat_id", "text")
-        chat_id = self._id(self._string(body, "chat_id", ID_MAX))
+        chat_id = self._id(self._string(body, "chat_id", ID_MAX * 4))  # an id's limit is a 400
         text = self._string(body, "text", self.config.text.max_chars)
-        sender = self._string(body, "sender", ID_MAX, required=False) or None
+        sender = self._string(body, "sender", ID_MAX * 4, required=False) or None
         if sender is not None:
             self._id(sender, "sender")
         outcome = await self.chat.message(Incoming(chat_id, text, sender, self.config.http.allow))

@@ -6,6 +6,7 @@ stopped before doctor returns. Status: error if any check errs, else warning if 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -115,6 +116,25 @@ def check_service(config: Config) -> Check:
     return Check("service", "pass", f"{target} installed")
 
 
+def check_disk(config: Config) -> Check:
+    """What msgvoice takes on disk and what is free (new work stops under the floor)."""
+    root = config.state_dir
+    if not root.exists():
+        return Check("disk", "pass", f"{root} does not exist yet")
+    used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
+    free = shutil.disk_usage(root).free / 2**20
+    floor = config.retention.min_free_mb
+    message = f"msgvoice uses {used:.1f} MB in {root}; {free:.0f} MB free"
+    if free < floor:
+        return Check(
+            "disk",
+            "error",
+            f"{message}, under the {floor:.0f} MB floor: no new voice notes are made",
+            "free space on that disk, or lower retention.audio_max_mb / audio_days",
+        )
+    return Check("disk", "pass", message)
+
+
 def check_programs(config: Config) -> Check:
     """The external programs the daemon runs can be found on the service's PATH (launchd
     gives agents a bare one)."""
@@ -152,7 +172,8 @@ async def report(
             ),
         )
     ]
-    checks += [check_state_dir(config), check_encoders(config), check_programs(config)]
+    checks += [check_state_dir(config), check_disk(config), check_encoders(config)]
+    checks.append(check_programs(config))
     async with httpx.AsyncClient() as client:
         if live_worker is None:
             checks.append(await (probe() if probe else check_engine(config, engine_options)))

@@ -1,5 +1,8 @@
 """Run msgvoice as a user service: a launchd agent on macOS, a systemd user unit on Linux.
 
+launchd does not rotate logs, so the daemon writes its own, size-rotated (`--log-file`,
+`retention.log_max_mb` × `retention.log_files`); launchd's stdout/stderr files catch only what
+happens before logging starts. systemd's journal rotates by itself.
 launchd: KeepAlive restarts the daemon when it crashes but not after a clean exit; launchd kills
 the job's whole process group on stop (AbandonProcessGroup stays false), and ExitTimeOut covers
 the daemon's drain plus the workers' grace. `LimitLoadToSessionType = Aqua`: Messages and its
@@ -54,9 +57,10 @@ def _stop_timeout_s(config: Config) -> int:
     return int(config.daemon.drain_timeout_s + config.worker.term_grace_s + 10)
 
 
-def _program(config_path: Path | None) -> list[str]:
+def _program(config_path: Path | None, log_file: Path | None = None) -> list[str]:
     args = [sys.executable, "-m", "msgvoice", "run"]
-    return args + (["--config", str(config_path.resolve())] if config_path else [])
+    args += ["--config", str(config_path.resolve())] if config_path else []
+    return args + (["--log-file", str(log_file)] if log_file else [])
 
 
 def service_path(environ: dict[str, str] | None = None) -> str:
@@ -99,7 +103,7 @@ def plist(config: Config, config_path: Path | None = None) -> bytes:
     logs = config.paths.logs
     body: dict[str, object] = {
         "Label": config.service.label,
-        "ProgramArguments": _program(config_path),
+        "ProgramArguments": _program(config_path, logs / "msgvoice.log"),
         "EnvironmentVariables": _environment(config),
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
