@@ -9,6 +9,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -219,27 +220,35 @@ def _run_main(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return 128 + signal.SIGTERM
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run `say`, `run` or `service` with the loaded config."""
+    config = load(args.config, os.environ)
+    if args.command == "say":
+        return _run_main(lambda: _say(config, args))
+    if args.command == "run":
+        _logging(args, args.log_format or config.daemon.log_format, config)
+        from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
+
+        return asyncio.run(daemon.serve(config, console=args.console))
+    if args.command == "service":
+        return _service(config, args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `msgvoice`."""
+    """Entry point of `msgvoice`: one clear line and an exit code for every known failure."""
     args = _parser().parse_args(argv)
     _logging(args)
     if args.command == "doctor":
         return asyncio.run(_doctor(args))
     try:
-        config = load(args.config, os.environ)
-        if args.command == "say":
-            return _run_main(lambda: _say(config, args))
-        if args.command == "run":
-            _logging(args, args.log_format or config.daemon.log_format, config)
-            from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
-
-            return asyncio.run(daemon.serve(config, console=args.console))
-        if args.command == "service":
-            return _service(config, args)
+        return _dispatch(args)
     except (ConfigError, UsageError, SpeechError) as exc:
         print(f"msgvoice: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except WorkerError as exc:
         print(f"msgvoice: synthesis failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    raise AssertionError(f"unhandled command {args.command}")
+    except (OSError, sqlite3.Error) as exc:  # the state dir or journal cannot be opened
+        print(f"msgvoice: cannot start: {exc}", file=sys.stderr)
+        return EXIT_ERROR

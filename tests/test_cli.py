@@ -191,3 +191,13 @@ def test_the_daemon_log_file_rotates(tmp_path: Path) -> None:
     assert files == ["msgvoice.log", "msgvoice.log.1", "msgvoice.log.2"]
     assert all(p.stat().st_size <= 2100 + 400 for p in log_file.parent.iterdir())
     assert "msgvoice running" not in done.stderr  # the log went to the file
+
+
+def test_an_unusable_state_dir_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A state dir the daemon cannot use stops it at start with one clear line, exit 1."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = run_msgvoice("run", env={"MSGVOICE_STATE_DIR": str(blocker / "state")}, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("msgvoice: cannot start:")
+    assert len(done.stderr.strip().splitlines()) == 1
