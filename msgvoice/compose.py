@@ -94,6 +94,8 @@ async def speech_kit(config: Config, workers: int = 1) -> AsyncIterator[SpeechKi
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(httpx.AsyncClient())
         analyser = Analyser(config.emotion, client) if config.emotion.llm_base_url else None
+        if analyser is not None:
+            stack.push_async_callback(analyser.close)
         emotions = Emotions(config.emotion, analyser.analyse if analyser else None)
         scratch = config.paths.tmp
 
@@ -146,6 +148,8 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         stack.callback(journal.close)
         workers = worker_count(config)
         kit = await stack.enter_async_context(speech_kit(config, workers))
+        if kit.analyser is not None:
+            kit.analyser.start_warming()  # LM Studio loads the model now, not at the first reply
         storage = Storage(config.state_dir, config.retention.min_free_mb)
         lane, router = _chat(config, journal, kit, storage, workers)
         task_restarts: dict[str, int] = {}

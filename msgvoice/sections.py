@@ -114,7 +114,13 @@ class EmotionConfig:
     llm_api_key: str = ""
     """Bearer key for the LLM server, if it wants one."""
     llm_timeout_s: float = _key(5.0, lo=0.1, hi=600)
-    """Bound on one LLM call."""
+    """Bound on one LLM call while the model is loaded."""
+    llm_first_call_timeout_s: float = _key(30.0, lo=0.1, hi=600)
+    """Bound on a call while the model may still be loading (after start or an idle gap)."""
+    llm_ttl_s: int = _key(86_400, lo=1)
+    """Idle TTL sent with each request: LM Studio unloads a JIT-loaded model after this."""
+    llm_autoload: bool = False
+    """When LM Studio has no model loaded (JIT off), load llm_model through its REST API."""
     llm_retries: int = _key(1, lo=0, hi=5)
     """Extra attempts for transient LLM failures."""
     cache_size: int = _key(256, lo=0)

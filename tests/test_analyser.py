@@ -5,6 +5,7 @@ Every case ends with audio from the real worker and a recorded source; none rais
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -33,7 +34,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def speak_with_llm(url: str, tmp_path: Path, timeout_s: float = 2.0) -> tuple[dict, float]:
+async def speak_with_llm(
+    url: str, tmp_path: Path, timeout_s: float = 2.0, first_call_s: float | None = None
+) -> tuple[dict, float]:
     """Speak TEXT with style 开心 through the whole pipeline; return (say JSON, seconds)."""
     config = load(
         None,
@@ -41,6 +44,7 @@ async def speak_with_llm(url: str, tmp_path: Path, timeout_s: float = 2.0) -> tu
             "LMSTUDIO_BASE_URL": url,
             "LMSTUDIO_EMO_MODEL": "emo-model",
             "MSGVOICE_EMOTION_LLM_TIMEOUT_S": str(timeout_s),
+            "MSGVOICE_EMOTION_LLM_FIRST_CALL_TIMEOUT_S": str(first_call_s or timeout_s),
             "MSGVOICE_STATE_DIR": str(tmp_path / "state"),
         },
     )
@@ -74,13 +78,13 @@ async def speak_with_llm(url: str, tmp_path: Path, timeout_s: float = 2.0) -> tu
         ([Reply(vectors_json([0.1, 0.2, 0.3]))], "lexicon", "happy"),  # wrong length
         ([Reply("I cannot help with that.")], "lexicon", "happy"),
         ([Reply(status=500, body="oops"), Reply(vectors_json(ANGRY, SAD))], "llm", "angry"),
-        (
+        (  # LM Studio with JIT off and nothing loaded: the lexicon, at once
             [
-                Reply(status=400, body='{"error": "No models loaded"}'),
+                Reply(status=404, body='{"error": {"message": "No models loaded. Please ..."}}'),
                 Reply(vectors_json(ANGRY, SAD)),
             ],
-            "llm",
-            "angry",
+            "lexicon",
+            "happy",
         ),
         ([Reply(status=401, body='{"error": "bad key"}')], "lexicon", "happy"),
         ([Reply(status=500), Reply(status=500)], "lexicon", "happy"),
@@ -95,7 +99,7 @@ async def speak_with_llm(url: str, tmp_path: Path, timeout_s: float = 2.0) -> tu
         "wrong-length",
         "no-json",
         "500-then-ok",
-        "not-loaded-then-ok",
+        "not-loaded-no-jit",
         "401",
         "500-twice",
     ],
@@ -157,3 +161,94 @@ def test_parse_rejects_answers_without_vectors() -> None:
     """Prose with no vector in it is an error for the caller to fall back on."""
     with pytest.raises(ValueError, match="no emotion vectors"):
         parse_vectors("happy!", 1)
+
+
+# -- LM Studio as it behaves -------------------------------------------------------------------
+
+
+def lm_config(url: str, **extra: str) -> EmotionConfig:
+    env = {"LMSTUDIO_BASE_URL": url, "LMSTUDIO_EMO_MODEL": "emo-model", **extra}
+    return load(None, env).emotion
+
+
+async def test_a_cold_model_gets_the_first_call_allowance_then_is_fast() -> None:
+    """JIT loading takes 8 s, far over llm_timeout_s: the first call (cold) waits within the
+    first-call allowance and keeps the LLM's emotion; the next one is fast and bounded by
+    llm_timeout_s. Every request carries LM Studio's `ttl` and a JSON schema."""
+    bounds = {
+        "MSGVOICE_EMOTION_LLM_TIMEOUT_S": "1",
+        "MSGVOICE_EMOTION_LLM_FIRST_CALL_TIMEOUT_S": "15",
+    }
+    async with FakeLLM([Reply(vectors_json(ANGRY, SAD))] * 2, loaded=False, load_s=8) as llm:
+        config = lm_config(llm.url, **bounds)
+        async with httpx.AsyncClient() as client:
+            analyser = Analyser(config, client)
+            assert analyser.bound_s() == 15
+            started = time.monotonic()
+            first = await analyser.analyse("生气", ["一", "二"])
+            cold = time.monotonic() - started
+            assert analyser.bound_s() == 1
+            started = time.monotonic()
+            second = await analyser.analyse("难过", ["一", "二"])
+            warm = time.monotonic() - started
+    assert first is not None and dominant(first[0])[0] == "angry" and 8 <= cold < 15
+    assert second is not None and warm < 1
+    assert all(r["ttl"] == 86_400 for r in llm.requests)
+    assert all(r["response_format"]["type"] == "json_schema" for r in llm.requests)
+    schema = llm.requests[0]["response_format"]["json_schema"]["schema"]["properties"]["vectors"]
+    assert schema["minItems"] == schema["maxItems"] == 2
+
+
+async def test_the_daemon_warms_the_model_at_start(clean_env: Path) -> None:
+    """At start the daemon sends a one-token request (with the ttl) in the background, so
+    LM Studio loads the model before the first styled reply."""
+    from tests.daemon_util import running  # noqa: PLC0415
+
+    async with FakeLLM(loaded=False, load_s=2) as llm:
+        env = {"LMSTUDIO_BASE_URL": llm.url, "LMSTUDIO_EMO_MODEL": "emo-model"}
+        async with running(clean_env, **env) as (daemon, _):
+            analyser = daemon.kit.analyser
+            assert analyser is not None
+            deadline = time.monotonic() + 10
+            while not analyser.warm:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+    assert llm.requests[0]["max_tokens"] == 1 and llm.requests[0]["ttl"] == 86_400
+
+
+async def test_a_server_without_structured_output_is_asked_without_it_from_then_on() -> None:
+    """A 400 for `response_format` is retried at once without it, and the endpoint is
+    remembered: the next call does not pay for the refused attempt."""
+    llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))] * 2, schema=False)
+    async with llm, httpx.AsyncClient() as client:
+        analyser = Analyser(lm_config(llm.url), client)
+        first = await analyser.analyse("生气", ["一", "二"])
+        second = await analyser.analyse("难过", ["三", "四"])
+    assert first is not None and second is not None
+    assert ["response_format" in r for r in llm.requests] == [True, False, False]
+
+
+async def test_a_reasoning_model_cut_off_is_asked_again_with_more_tokens() -> None:
+    """A thinking model spends max_tokens before its JSON (`finish_reason: "length"`): one
+    more request with a larger budget, in the same bound; <think> blocks are removed."""
+    llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))], think=True, needs_tokens=500)
+    async with llm, httpx.AsyncClient() as client:
+        found = await Analyser(lm_config(llm.url), client).analyse("生气", ["一", "二"])
+    assert found is not None and dominant(found[0])[0] == "angry"
+    budgets = [r["max_tokens"] for r in llm.requests]
+    assert len(budgets) == 2 and budgets[1] >= 500 > budgets[0]
+
+
+async def test_no_model_loaded_with_jit_off(caplog: pytest.LogCaptureFixture) -> None:
+    """LM Studio without JIT and nothing loaded: without llm_autoload the lexicon answers and
+    the log says once what to do; with it the model is loaded through the REST API and the
+    LLM's emotion is kept."""
+    llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))], jit=False, loaded=False)
+    async with llm, httpx.AsyncClient() as client:
+        analyser = Analyser(lm_config(llm.url), client)
+        assert await analyser.analyse("生气", ["一"]) is None
+        assert await analyser.analyse("生气", ["二"]) is None
+        loading = Analyser(lm_config(llm.url, MSGVOICE_EMOTION_LLM_AUTOLOAD="true"), client)
+        found = await loading.analyse("生气", ["一", "二"])
+    assert caplog.text.count("set emotion.llm_autoload") == 1
+    assert llm.loads == ["emo-model"] and found is not None and dominant(found[0])[0] == "angry"

@@ -174,3 +174,18 @@ async def test_doctor_says_what_imsg_needs(tmp_path: Path, monkeypatch: pytest.M
     bubbles = await check_imessage(config)
     assert denied is not None and denied.status == "error" and "Full Disk Access" in denied.fix
     assert bubbles is not None and bubbles.status == "pass" and "voice bubbles" in bubbles.message
+
+
+async def test_doctor_times_a_real_analysis_and_reads_lm_studios_state() -> None:
+    """With LM Studio up, doctor reads its REST model list (loaded or not) and times a real
+    one-segment analysis; a model that cannot answer (JIT off, not loaded) is a warning."""
+    from msgvoice.config import load  # noqa: PLC0415
+    from msgvoice.ops.probes import check_llm  # noqa: PLC0415
+
+    async with FakeLLM() as llm, httpx.AsyncClient() as client:
+        config = load(None, {"LMSTUDIO_BASE_URL": llm.url, "LMSTUDIO_EMO_MODEL": "emo-model"})
+        good = await check_llm(config, client)
+        llm.loaded, llm.jit = False, False
+        cold = await check_llm(config, client)
+    assert good.status == "pass" and ", loaded: analysis in" in good.message
+    assert cold.status == "warning" and "not loaded" in cold.message and "llm_autoload" in cold.fix
