@@ -155,7 +155,11 @@ async def check_llm(config: Config, client: httpx.AsyncClient) -> Check:
         )
     state = await _lm_studio_state(client, base, headers, emotion.llm_model)
     started = time.monotonic()
-    found = await Analyser(emotion, client).analyse("开心", ["你好"])
+    analyser = Analyser(emotion, client)
+    try:
+        found = await analyser.analyse("开心", ["你好"])
+    finally:
+        await analyser.close()
     took = (time.monotonic() - started) * 1000
     if found is None:
         return Check(
