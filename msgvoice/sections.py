@@ -245,8 +245,8 @@ class IndexTtsConfig:
     """Where the model runs."""
     precision: str = _key("auto", choices=("auto", "fp32", "fp16", "bf16"))
     """auto: bf16 on sm_80+, fp16 on sm_70/75, fp32 on CPU and MPS."""
-    emo_alpha: float = _key(1.0, lo=0, hi=2)
-    """Weight of the emotion vector against the speaker's own delivery."""
+    emo_alpha: float = _key(0.65, lo=0, hi=1)
+    """Emotion weight (IndexTTS2 clamps to 0-1; 0.65 is its web UI's default, timbre kept)."""
     use_emo_text: bool = False
     """Let IndexTTS2 read emotion from text itself (slow, unstable; off: vectors are used)."""
     use_accel: bool = False

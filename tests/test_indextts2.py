@@ -90,7 +90,8 @@ def test_constructor_and_infer_get_exactly_the_knobs(setup: dict, monkeypatch) -
     }
     (infer,) = calls(setup["log"], "infer")
     assert infer["text"] == "你好" and infer["output_path"] is None
-    assert infer["emo_vector"] == list(ANGRY) and infer["emo_alpha"] == 0.6
+    assert infer["emo_vector"] == pytest.approx([0, 0.525, 0, 0, 0, 0, 0, 0])  # biased
+    assert infer["emo_alpha"] == 0.6
     assert infer["use_emo_text"] is False and infer["emo_text"] is None
     assert infer["interval_silence"] == 150 and infer["max_text_tokens_per_segment"] == 100
     assert infer["generation_kwargs"] == {
@@ -311,3 +312,90 @@ def test_config_aliases_reach_the_engine_options() -> None:
     assert options["precision"] == "fp16" and options["emo_alpha"] == 0.5
     assert options["num_beams"] == 1 and options["diffusion_steps"] == 15
     assert options["device"] == "mps"
+
+
+STYLE_VECTORS = {  # style → (msgvoice's vector, what reaches IndexTTS2), as in the README
+    "开心": ([0.55, 0, 0, 0, 0, 0, 0, 0], [0.516, 0, 0, 0, 0, 0, 0, 0]),
+    "兴奋": ([0.45, 0, 0, 0, 0, 0, 0.25, 0], [0.422, 0, 0, 0, 0, 0, 0.172, 0]),
+    "撒娇": ([0.4, 0, 0, 0, 0, 0, 0.1, 0.15], [0.375, 0, 0, 0, 0, 0, 0.069, 0.084]),
+    "生气": ([0, 0.55, 0, 0, 0, 0, 0, 0], [0, 0.481, 0, 0, 0, 0, 0, 0]),
+    "不耐烦": ([0, 0.35, 0, 0, 0.1, 0, 0, 0], [0, 0.306, 0, 0, 0.094, 0, 0, 0]),
+    "难过": ([0, 0, 0.55, 0, 0, 0, 0, 0], [0, 0, 0.55, 0, 0, 0, 0, 0]),
+    "委屈": ([0, 0, 0.4, 0, 0, 0.2, 0, 0], [0, 0, 0.4, 0, 0, 0.188, 0, 0]),
+    "害怕": ([0, 0, 0, 0.55, 0, 0, 0, 0], [0, 0, 0, 0.55, 0, 0, 0, 0]),
+    "紧张": ([0, 0, 0.1, 0.35, 0, 0, 0, 0], [0, 0, 0.1, 0.35, 0, 0, 0, 0]),
+    "厌恶": ([0, 0, 0, 0, 0.55, 0, 0, 0], [0, 0, 0, 0, 0.516, 0, 0, 0]),
+    "低落": ([0, 0, 0, 0, 0, 0.55, 0, 0], [0, 0, 0, 0, 0, 0.516, 0, 0]),
+    "疲惫": ([0, 0, 0, 0, 0, 0.35, 0, 0.25], [0, 0, 0, 0, 0, 0.328, 0, 0.141]),
+    "惊讶": ([0, 0, 0, 0, 0, 0, 0.55, 0], [0, 0, 0, 0, 0, 0, 0.378, 0]),
+    "惊喜": ([0.35, 0, 0, 0, 0, 0, 0.35, 0], [0.328, 0, 0, 0, 0, 0, 0.241, 0]),
+    "温柔": ([0.15, 0, 0, 0, 0, 0, 0, 0.55], [0.141, 0, 0, 0, 0, 0, 0, 0.309]),
+    "平静": ([0, 0, 0, 0, 0, 0, 0, 0.65], [0, 0, 0, 0, 0, 0, 0, 0.366]),
+}
+
+
+@pytest.mark.parametrize("style", list(STYLE_VECTORS))
+def test_each_built_in_style_reaches_indextts2_on_its_own_scale(style: str) -> None:
+    """Every built-in style's vector, before and after IndexTTS2's own bias (its web UI's
+    normalize_emo_vec(apply_bias=True)), is the one the README lists."""
+    from msgvoice.speech.emotion import from_lexicon  # noqa: PLC0415
+    from msgvoice.worker.engines.indextts2 import on_indextts_scale  # noqa: PLC0415
+
+    before, after = STYLE_VECTORS[style]
+    vector = from_lexicon(style)
+    assert vector == pytest.approx(before, abs=5e-4)
+    assert on_indextts_scale(vector) == pytest.approx(after, abs=6e-4)
+
+
+def test_the_bias_comes_before_the_sum_cap() -> None:
+    """A strong LLM vector is biased first, then scaled to a sum of 0.8, as upstream does."""
+    from msgvoice.worker.engines.indextts2 import on_indextts_scale  # noqa: PLC0415
+
+    scaled = on_indextts_scale([0.7, 0, 0, 0, 0, 0, 0.7, 0.7])
+    assert sum(scaled) == pytest.approx(0.8)
+    assert scaled[0] / scaled[6] == pytest.approx(0.9375 / 0.6875)
+
+
+def test_emo_alpha_above_one_is_a_config_error() -> None:
+    """IndexTTS2 clamps the emotion weight to [0, 1]: a larger one is refused, naming the key."""
+    from msgvoice.config import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match=r"indextts.emo_alpha = '1.5'"):
+        load(None, {"INDEX_TTS_EMO_ALPHA": "1.5"})
+    assert load(None, {}).indextts.emo_alpha == 0.65
+
+
+def test_qwen_emotion_model_is_not_loaded_unless_the_text_path_is_on(
+    setup: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a newer IndexTTS2 whose constructor takes use_qwen_emo, it is False unless
+    use_emo_text is on (no Qwen model in memory for nothing)."""
+    engine(setup, monkeypatch)  # imports the fake package
+    from indextts import infer_v2  # noqa: PLC0415
+
+    base = infer_v2.IndexTTS2
+
+    class Newer(base):  # type: ignore[misc, valid-type]  # the fake, one argument newer
+        def __init__(self, *args: Any, use_qwen_emo: bool = True, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.use_qwen_emo = use_qwen_emo
+
+    monkeypatch.setattr(infer_v2, "IndexTTS2", Newer)
+    assert engine(setup, monkeypatch).tts.use_qwen_emo is False
+    assert engine(setup, monkeypatch, use_emo_text=True).tts.use_qwen_emo is True
+
+
+def test_hub_downloads_that_fail_say_what_to_fetch(
+    setup: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IndexTTS2 1.0.2 fetches w2v-bert-2.0, MaskGCT and campplus at first start: without a
+    network the engine is unavailable with a message naming them and how to pre-fetch."""
+    engine(setup, monkeypatch)
+    from indextts import infer_v2  # noqa: PLC0415
+
+    def offline(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
+
+    monkeypatch.setattr(infer_v2.IndexTTS2, "__init__", offline)
+    with pytest.raises(EngineUnavailable, match=r"w2v-bert-2\.0.*HF_HUB_OFFLINE"):
+        engine(setup, monkeypatch)

@@ -27,6 +27,35 @@ import numpy as np
 from msgvoice.worker.protocol import EngineUnavailable, Prosody
 
 REF_RATE = 16_000
+EMO_ALPHA_DEFAULT = 0.65
+"""IndexTTS2's web UI default emotion weight."""
+EMO_BIAS = (0.9375, 0.875, 1.0, 1.0, 0.9375, 0.9375, 0.6875, 0.5625)
+"""IndexTTS2's own de-emphasis of emotions that can sound strange (its web UI applies it,
+`normalize_emo_vec(apply_bias=True)`), in the order happy, angry, sad, afraid, disgusted,
+melancholic, surprised, calm."""
+EMO_SUM_MAX = 0.8
+HUB_DOWNLOADS = (
+    "facebook/w2v-bert-2.0",
+    "amphion/MaskGCT (semantic_codec/model.safetensors)",
+    "funasr/campplus (campplus_cn_common.bin)",
+    "nvidia/bigvgan_v2_22khz_80band_256x",
+)
+"""What IndexTTS2 fetches from the Hugging Face hub at its first start, besides checkpoints."""
+HUB_HINT = (
+    "IndexTTS2 fetches {files} from the Hugging Face hub at its first start and could not ({exc}). "
+    "Fetch them once on a machine with internet into the same HF_HOME the worker uses, e.g. "
+    "`huggingface-cli download facebook/w2v-bert-2.0`, then set HF_HUB_OFFLINE=1"
+)
+
+
+def on_indextts_scale(vector: Sequence[float]) -> list[float]:
+    """A vector as IndexTTS2's own UI would hand it to `infer`: the bias first, then the
+    0.8 sum cap."""
+    biased = [v * b for v, b in zip(vector, EMO_BIAS, strict=True)]
+    total = sum(biased)
+    return [v * EMO_SUM_MAX / total for v in biased] if total > EMO_SUM_MAX else biased
+
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 _STAGE = re.compile(
     r">> (gpt_gen_time|gpt_forward_time|s2mel_time|bigvgan_time|"
@@ -160,7 +189,12 @@ class IndexTts2Engine:
         self.ignored: list[str] = []
         self._tune_torch()
         cls = infer_v2.IndexTTS2
-        self.tts = cls(**self._constructor_kwargs(cls, str(cfg), str(root)))
+        try:
+            self.tts = cls(**self._constructor_kwargs(cls, str(cfg), str(root)))
+        except OSError as exc:  # the hub's downloads fail as OSError subclasses
+            raise EngineUnavailable(
+                HUB_HINT.format(files=", ".join(HUB_DOWNLOADS), exc=exc)
+            ) from exc
         self._apply_cache_length()
         self._generation_knobs = self._generation_kwargs(cls)
         self.last_stats: dict[str, float] = {}
@@ -190,6 +224,9 @@ class IndexTts2Engine:
             "use_deepspeed": bool(self.knobs.get("use_deepspeed", False)),
             "use_accel": bool(self.knobs.get("use_accel", False)),
             "use_torch_compile": bool(self.knobs.get("use_torch_compile", False)),
+            # Newer versions load a Qwen emotion-from-text model unless told not to: only the
+            # text path needs it (memory and start-up time otherwise).
+            "use_qwen_emo": bool(self.knobs.get("use_emo_text", False)),
         }
         accepted = inspect.signature(cls.__init__).parameters
         if self.precision == "bf16" and "use_bf16" not in accepted:
@@ -254,8 +291,10 @@ class IndexTts2Engine:
             "spk_audio_prompt": self.voices.prepared(voice),
             "text": text,
             "output_path": None,
-            "emo_vector": list(emotion) if emotion is not None and not use_emo_text else None,
-            "emo_alpha": float(self.knobs.get("emo_alpha", 1.0)),
+            "emo_vector": (
+                on_indextts_scale(emotion) if emotion is not None and not use_emo_text else None
+            ),
+            "emo_alpha": min(1.0, float(self.knobs.get("emo_alpha", EMO_ALPHA_DEFAULT))),
             "use_emo_text": use_emo_text,
             "interval_silence": int(self.knobs.get("interval_silence_ms", 200)),
             "max_text_tokens_per_segment": int(self.knobs.get("max_text_tokens_per_segment", 120)),
