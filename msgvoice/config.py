@@ -26,6 +26,7 @@ from msgvoice.sections import (
     HttpConfig,
     ImessageConfig,
     IndexTtsConfig,
+    RemoteConfig,
     ResponderConfig,
     RetentionConfig,
     ServiceConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "HttpConfig",
     "ImessageConfig",
     "IndexTtsConfig",
+    "RemoteConfig",
     "ResponderConfig",
     "RetentionConfig",
     "ServiceConfig",
@@ -115,6 +117,7 @@ class Config:
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     imessage: ImessageConfig = field(default_factory=ImessageConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each non-default value came from: file, env NAME or alias NAME."""
 

@@ -232,6 +232,22 @@ class ResponderConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    base_url: tuple[str, ...] = ()
+    """OpenAI-compatible speech servers for tts.engine = "remote" (requests spread over them)."""
+    model: str = "tts-1"
+    """The model asked for."""
+    api_key_env: str = "MSGVOICE_REMOTE_KEY"
+    """Environment variable holding the servers' API key (read by the worker)."""
+    msgvoice: bool = True
+    """The servers are msgvoice: send emotion vectors and seeds (else only speed)."""
+    timeout_s: float = _key(60.0, lo=1, hi=3600)
+    """Longest wait for one server's answer before the next is asked."""
+    down_max_s: float = _key(60.0, lo=1, hi=3600)
+    """Longest a failed server is skipped before it is tried again."""
+
+
+@dataclass(frozen=True)
 class IndexTtsConfig:
     model_dir: str = "checkpoints"
     """IndexTTS2 checkpoints folder (config.yaml, gpt.pth, s2mel.pth, bpe.model, ...)."""

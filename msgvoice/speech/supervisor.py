@@ -31,6 +31,7 @@ from msgvoice.speech.worker_process import (
     WorkerError,
     WorkerLost,
     WorkerProcess,
+    WorkerUnavailable,
     worker_command,
 )
 from msgvoice.worker.protocol import Samples, SynthesisParams, read_raw
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 
 REASONS = ("rss", "hard_rss", "timeout", "crash", "jobs")
 __all__ = ["REASONS", "Supervisor", "SynthRequest", "Synthesis", "WorkerError", "WorkerUnavailable"]
-
-
-class WorkerUnavailable(WorkerError):
-    """The worker cannot be started right now (failed starts, backing off)."""
 
 
 class Supervisor:

