@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from msgvoice.config import Config, WorkerConfig
+from msgvoice.config import Config, TtsConfig, WorkerConfig
 from msgvoice.speech.chain import EngineChain, WorkerPool
 from msgvoice.speech.emotion import Emotions
 from msgvoice.speech.emotion_llm import Analyser
@@ -71,6 +71,14 @@ def worker_count(config: Config) -> int:
     return min(2, os.cpu_count() or 1) if spec is not None and spec.light else 1
 
 
+def main_voice(config: Config) -> str:
+    """The main engine's voice: tts.voice once it is set, until then the engine's own."""
+    spec = ENGINES.get(config.tts.engine)
+    if spec is None or "tts.voice" in config.sources or config.tts.voice != TtsConfig().voice:
+        return config.tts.voice
+    return spec.default_voice or config.tts.voice
+
+
 def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
     """The options an engine's worker constructs it with (the main engine by default)."""
     engine = engine or config.tts.engine
@@ -81,7 +89,7 @@ def engine_options(config: Config, engine: str | None = None) -> dict[str, Any]:
     if spec.section:
         options |= dataclasses.asdict(getattr(config, spec.section))
     if spec.default_voice:
-        options["voice"] = config.tts.voice if engine == config.tts.engine else spec.default_voice
+        options["voice"] = main_voice(config) if engine == config.tts.engine else spec.default_voice
     if spec.cache:
         options["cache_dir"] = str(config.paths.refs)
     return options
@@ -110,7 +118,7 @@ async def speech_kit(config: Config, workers: int = 1) -> AsyncIterator[SpeechKi
             for name in config.tts.fallback
             if name != config.tts.engine
         ]
-        chain = EngineChain([WorkerPool(main), *fallbacks], config.tts.voice)
+        chain = EngineChain([WorkerPool(main), *fallbacks], main_voice(config))
         yield SpeechKit(config, Speaker(config, chain, emotions), analyser, client)
 
 

@@ -26,6 +26,7 @@ from msgvoice.sections import (
     HttpConfig,
     ImessageConfig,
     IndexTtsConfig,
+    KokoroConfig,
     RemoteConfig,
     ResponderConfig,
     RetentionConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "HttpConfig",
     "ImessageConfig",
     "IndexTtsConfig",
+    "KokoroConfig",
     "RemoteConfig",
     "ResponderConfig",
     "RetentionConfig",
@@ -116,6 +118,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     imessage: ImessageConfig = field(default_factory=ImessageConfig)
+    kokoro: KokoroConfig = field(default_factory=KokoroConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

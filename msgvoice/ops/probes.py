@@ -54,6 +54,7 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
         ):
             result = await sup.synthesize(SynthRequest("doctor", "你好"))
             ignored = sup.engine_facts.get("ignored") or []
+            weights = sup.engine_facts.get("weights")
     except TimeoutError:
         return Check(
             "engine",
@@ -71,7 +72,7 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
     seconds = result.samples.size / result.sample_rate
     spoke = (
         f"{config.tts.engine}: spoke 你好 ({seconds:.2f}s at {result.sample_rate} Hz) "
-        f"in {result.wall_s * 1000:.0f} ms"
+        f"in {result.wall_s * 1000:.0f} ms" + (f"; weights: {weights}" if weights else "")
     )
     if ignored:
         return Check(

@@ -246,7 +246,7 @@ class Speaker:
         report.timings.update(
             emotion_ms=(time.perf_counter() - started) * 1000, synth_ms=0.0, worker_ms=0.0
         )
-        voice = job.voice or self.config.tts.voice
+        voice = job.voice or self.chain.default_voice
         for piece, vector in zip(pieces, emotion.vectors, strict=True):
             prosody = to_prosody(vector)
             prosody = replace(prosody, rate=prosody.rate * job.speed)

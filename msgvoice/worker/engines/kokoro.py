@@ -1,0 +1,201 @@
+"""Kokoro-82M: natural English and Mandarin on a CPU, through the `kokoro` package.
+
+Weights are Kokoro's own layout: `config.json`, one `.pth` (a dict of the bert, bert_encoder,
+predictor, text_encoder and decoder state dicts) and `voices/<name>.pt` style packs of shape
+(510, 1, 256), one row per phoneme count. They come from `kokoro.model_dir`, or from the
+Hugging Face cache of `kokoro.repo_id`; nothing is downloaded here, so no chat reply ever
+waits on the network (`hf download hexgrad/Kokoro-82M` fills the cache once).
+
+Text is split into Chinese runs (misaki's Chinese G2P: jieba + pypinyin) and everything else
+(misaki's eSpeak English through the espeakng-loader library, so no spaCy model is needed).
+Kokoro reads at most 510 phonemes at a time, so longer phoneme strings are cut at spaces.
+Emotion reaches it as speed (the model's own duration divisor), pitch (the predicted F0 curve
+the decoder's source is driven by, scaled) and loudness.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from msgvoice.worker.engines.indextts2 import resolve_device
+from msgvoice.worker.protocol import EngineUnavailable, Prosody
+
+RATE = 24_000
+MAX_PHONEMES = 510
+"""The model's context (512 positions) less its two boundary tokens."""
+SOFT_PHONEMES = 250
+"""Sentences are joined into one model call up to this many phonemes."""
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+_RUNS = re.compile(r"([\u3400-\u9fff][^A-Za-z]*)|([^\u3400-\u9fff]+)")
+_SPEAKABLE = re.compile(r"[A-Za-z0-9]")
+HUB_HINT = (
+    "put config.json, the .pth and voices/*.pt in kokoro.model_dir, or fetch them once with "
+    "`hf download {repo}`"
+)
+
+
+def text_runs(text: str) -> list[tuple[str, str]]:
+    """[("zh" | "en", run)] in order: a Chinese run starts at a Han character and keeps the
+    digits and punctuation after it; runs with nothing to say are dropped."""
+    runs = []
+    for zh, other in _RUNS.findall(text):
+        if zh.strip():
+            runs.append(("zh", zh.strip()))
+        elif _SPEAKABLE.search(other):
+            runs.append(("en", other.strip()))
+    return runs
+
+
+def phoneme_chunks(
+    phonemes: str, soft: int = SOFT_PHONEMES, limit: int = MAX_PHONEMES
+) -> list[str]:
+    """The phoneme string in pieces for the model: whole sentences joined up to `soft`
+    phonemes (memory grows with a piece's audio), a sentence over `limit` cut at spaces."""
+    pieces: list[str] = []
+    for sentence in _SENTENCE_END.split(phonemes.strip()):
+        rest = sentence.strip()
+        while len(rest) > limit:
+            cut = rest.rfind(" ", 0, limit + 1)
+            cut = cut if cut > 0 else limit
+            pieces.append(rest[:cut].strip())
+            rest = rest[cut:].strip()
+        pieces.append(rest)
+    chunks: list[str] = []
+    for piece in filter(None, pieces):
+        if chunks and len(chunks[-1]) + 1 + len(piece) <= soft:
+            chunks[-1] += " " + piece
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def weights_dir(model_dir: str, repo_id: str) -> tuple[Path, str]:
+    """The folder holding the weights and how it was found; never downloads."""
+    if model_dir:
+        path = Path(model_dir).expanduser()
+        if not (path / "config.json").is_file():
+            raise EngineUnavailable(
+                f"kokoro.model_dir {path} has no config.json; " + HUB_HINT.format(repo=repo_id)
+            )
+        return path, f"model_dir {path}"
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (the engine's extra)
+    from huggingface_hub.errors import LocalEntryNotFoundError  # noqa: PLC0415
+
+    try:
+        cached = snapshot_download(repo_id, local_files_only=True)
+    except LocalEntryNotFoundError as exc:
+        raise EngineUnavailable(
+            f"{repo_id} is not in the Hugging Face cache; " + HUB_HINT.format(repo=repo_id)
+        ) from exc
+    return Path(cached), f"hub cache {repo_id} ({cached})"
+
+
+class KokoroEngine:
+    """Kokoro-82M with a voice by name (or a blend `a,b`), Chinese and English in one text."""
+
+    name = "kokoro"
+
+    def __init__(
+        self,
+        model_dir: str = "",
+        repo_id: str = "hexgrad/Kokoro-82M",
+        voice: str = "zf_xiaobei",
+        device: str = "auto",
+    ) -> None:
+        try:
+            import torch  # noqa: PLC0415 (heavy)
+            from kokoro import KModel  # noqa: PLC0415
+            from misaki import espeak, zh  # noqa: PLC0415
+        except ImportError as exc:
+            raise EngineUnavailable(
+                f"kokoro cannot be imported here ({exc}); install the `kokoro` extra "
+                "or point worker.python at its venv"
+            ) from exc
+        self.torch = torch
+        self.folder, self.source = weights_dir(model_dir, repo_id)
+        pth = sorted(self.folder.glob("*.pth"))
+        if not pth:
+            raise EngineUnavailable(f"no .pth in {self.folder}; " + HUB_HINT.format(repo=repo_id))
+        config = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+        self.device = resolve_device(torch, device)
+        self.model = KModel(repo_id=repo_id, config=config, model=str(pth[0]))
+        self.model = self.model.to(self.device).eval()
+        self._steer_f0(self.model)
+        self.voices = {p.stem: p for p in sorted((self.folder / "voices").glob("*.pt"))}
+        self.default_voice = voice
+        self._packs: dict[str, Any] = {}
+        try:
+            self.pack(voice)  # a missing default voice is a start-up error, not a reply's
+        except ValueError as exc:
+            raise EngineUnavailable(f"{exc}; it has {', '.join(self.voices) or 'none'}") from exc
+        self.zh_version = None if repo_id.endswith("/Kokoro-82M") else "1.1"
+        english = espeak.EspeakFallback(british=False)
+        self.english: Callable[[str], str] = lambda run: english(SimpleNamespace(text=run))[0] or ""
+        self.chinese = zh.ZHG2P(version=self.zh_version, en_callable=self.english)
+        self.pitch = 1.0
+
+    def _steer_f0(self, model: Any) -> None:
+        """Scale the predicted F0 curve by the prosody's pitch before the decoder sees it."""
+        predict = model.predictor.F0Ntrain
+
+        def steered(*args: Any) -> Any:
+            f0, noise = predict(*args)
+            return f0 * self.pitch, noise
+
+        model.predictor.F0Ntrain = steered
+
+    def pack(self, voice: str) -> Any:
+        """The style pack of a voice name or a blend of names joined by commas (their mean)."""
+        if voice not in self._packs:
+            names = [n.strip() for n in voice.split(",")]
+            missing = [n for n in names if n not in self.voices]
+            if missing or not names:
+                raise ValueError(f"Kokoro has no voice {missing[0] if missing else voice!r}")
+            packs = [self.torch.load(self.voices[n], weights_only=True) for n in names]
+            self._packs[voice] = self.torch.mean(self.torch.stack(packs), dim=0)
+        return self._packs[voice]
+
+    def phonemes(self, text: str) -> str:
+        """Kokoro's phoneme string for mixed Chinese and English text."""
+        spoken = [
+            self.chinese(run)[0] if kind == "zh" else self.english(run)
+            for kind, run in text_runs(text)
+        ]
+        return " ".join(p.strip() for p in spoken if p.strip())
+
+    def synthesize(
+        self,
+        text: str,
+        voice: str | None,
+        prosody: Prosody,
+        emotion: Sequence[float] | None,
+        seed: int | None = None,
+    ) -> tuple[Any, int]:
+        """Speak the text; Kokoro's inference has no sampling, so the seed changes nothing."""
+        del emotion, seed
+        pack = self.pack(voice or self.default_voice)
+        self.pitch = prosody.pitch
+        pieces = []
+        with self.torch.inference_mode():
+            for chunk in phoneme_chunks(self.phonemes(text)):
+                audio = self.model(chunk, pack[len(chunk) - 1], speed=max(prosody.rate, 0.25))
+                pieces.append(audio.numpy().astype(np.float32) * prosody.volume)
+        if not pieces:
+            return np.zeros(0, np.float32), RATE
+        return np.concatenate(pieces), RATE  # the worker scales a hot peak down, never clips
+
+    def facts(self) -> dict[str, Any]:
+        """Weights, device and voices."""
+        return {
+            "sample_rate": RATE,
+            "device": self.device,
+            "weights": self.source,
+            "voices": sorted(self.voices),
+        }

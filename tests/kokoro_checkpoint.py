@@ -1,0 +1,92 @@
+"""Write a Kokoro-82M checkpoint with the real architecture and random weights, in Kokoro's
+own file layout, so the engine loads it through the real `kokoro` code path.
+
+The shape is the public hexgrad/Kokoro-82M config.json (hidden_dim 512, style_dim 128,
+n_token 178, n_layer 3, dim_in 64, n_mels 80, max_dur 50, iSTFTNet 10x6 upsampling with a
+20-point iSTFT at hop 5, PL-BERT 768 hidden / 12 heads / 2048 intermediate / 12 layers / 512
+positions); the parameter count comes out at 81.8 M like the real model's, so compute, memory
+and timings are real. Voice packs are (510, 1, 256) as the published ones are. Two things are
+chosen rather than random: the vocabulary maps the phoneme symbols misaki emits (the real one
+holds the same kinds of symbols in 178 ids), and the duration head is set to about two frames
+per phoneme, about as long as real speech, so a random model does not speak for minutes.
+Only the sound is noise.
+
+Run: python tests/kokoro_checkpoint.py DIR   (under an interpreter that has `kokoro`)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+CONFIG = {
+    "hidden_dim": 512,
+    "style_dim": 128,
+    "n_token": 178,
+    "n_layer": 3,
+    "dim_in": 64,
+    "n_mels": 80,
+    "max_dur": 50,
+    "dropout": 0.2,
+    "text_encoder_kernel_size": 5,
+    "max_conv_dim": 512,
+    "multispeaker": True,
+    "istftnet": {
+        "upsample_kernel_sizes": [20, 12],
+        "upsample_rates": [10, 6],
+        "gen_istft_hop_size": 5,
+        "gen_istft_n_fft": 20,
+        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        "resblock_kernel_sizes": [3, 7, 11],
+        "upsample_initial_channel": 512,
+    },
+    "plbert": {
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "intermediate_size": 2048,
+        "max_position_embeddings": 512,
+        "num_hidden_layers": 12,
+        "dropout": 0.1,
+    },
+}
+SYMBOLS = (
+    ';:,.!?¡¿—…"«»“” ()'
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    "ɑɐɒæβɔɕçɗɖðʤəɚɛɜɟɡɥɨɪʝɯɰŋɳɲɴøɸθœɹɾɻʁɽʂʃʈʧʊʋʌɣɤχʎʒʔˈˌːʰʲ↓↑→↗↘ᵊᵻʦʨꭧ"
+)
+VOICES = ("zf_xiaobei", "zf_xiaoni", "zm_yunjian", "af_heart", "am_adam")
+COMPONENTS = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
+FRAMES_PER_PHONEME = 2.0
+
+
+def write_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Write config.json, kokoro-v1_0.pth and voices/*.pt into `folder`; returns it."""
+    import torch  # noqa: PLC0415 (only under the kokoro interpreter)
+    from kokoro import KModel  # noqa: PLC0415
+
+    (folder / "voices").mkdir(parents=True, exist_ok=True)
+    vocab = {s: i + 1 for i, s in enumerate(dict.fromkeys(SYMBOLS))}  # 0 is padding
+    assert len(vocab) < CONFIG["n_token"], len(vocab)  # type: ignore[operator]  # an int
+    config = {**CONFIG, "vocab": vocab}
+    (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False), "utf-8")
+    torch.manual_seed(seed)
+    empty = folder / "empty.pth"
+    torch.save({}, empty)  # KModel loads each component found here: none, so all stay random
+    try:
+        model = KModel(repo_id="hexgrad/Kokoro-82M", config=config, model=str(empty))
+    finally:
+        empty.unlink()
+    with torch.no_grad():
+        duration = model.predictor.duration_proj.linear_layer
+        duration.weight.mul_(0.01)
+        duration.bias.fill_(float(torch.logit(torch.tensor(FRAMES_PER_PHONEME / 50))))
+    parts = {name: getattr(model, name).state_dict() for name in COMPONENTS}
+    torch.save(parts, folder / "kokoro-v1_0.pth")
+    for voice in VOICES:
+        torch.save(torch.randn(510, 1, 256) * 0.15, folder / "voices" / f"{voice}.pt")
+    return folder
+
+
+if __name__ == "__main__":
+    print(write_checkpoint(Path(sys.argv[1])))

@@ -1,0 +1,154 @@
+"""The Kokoro-82M engine, run as users run it: in its own venv via worker.python, on a
+checkpoint of the real architecture with random weights (tests/kokoro_checkpoint.py) loaded
+through the real `kokoro` code, with misaki's real G2P. The sound is noise; its length,
+loudness, the 24 kHz rate, the voices and every error path are real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msgvoice.worker.engines.kokoro import phoneme_chunks, text_runs
+from tests.conftest import REPO, read_audio, rms, run_msgvoice
+from tests.daemon_util import free_port
+
+KOKORO_PYTHON = REPO / ".venv-kokoro" / "bin" / "python"
+TEXT = "今天天气很好，我们下午一起去公园散步吧。"
+
+needs_kokoro = pytest.mark.skipif(
+    not KOKORO_PYTHON.exists(), reason="scripts/test builds .venv-kokoro; run it first"
+)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("kokoro")
+    done = subprocess.run(
+        [str(KOKORO_PYTHON), str(REPO / "tests" / "kokoro_checkpoint.py"), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder
+
+
+def kokoro_env(weights: Path | None, tmp_path: Path, **more: str) -> dict[str, str]:
+    return {
+        "MSGVOICE_TTS_ENGINE": "kokoro",
+        "MSGVOICE_WORKER_PYTHON": str(KOKORO_PYTHON),
+        "MSGVOICE_KOKORO_MODEL_DIR": str(weights or ""),
+        "MSGVOICE_STATE_DIR": str(tmp_path / "state"),
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        **more,
+    }
+
+
+def say(
+    weights: Path, tmp_path: Path, line: str, name: str, **env: str
+) -> tuple[dict, np.ndarray, int]:
+    out = tmp_path / name
+    done = run_msgvoice(
+        "say", line, "--json", "-o", str(out), env=kokoro_env(weights, tmp_path, **env), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    samples, rate = read_audio(out)
+    return json.loads(done.stdout), samples, rate
+
+
+def test_text_splits_into_chinese_and_english_runs() -> None:
+    """Latin words get their own runs; a Chinese run keeps its digits and punctuation."""
+    assert text_runs("我用 Python 写了3个程序，OK吗？") == [
+        ("zh", "我用"),
+        ("en", "Python"),
+        ("zh", "写了3个程序，"),
+        ("en", "OK"),
+        ("zh", "吗？"),
+    ]
+    assert text_runs("Hello, world 42!") == [("en", "Hello, world 42!")]
+    assert text_runs("，。…") == []
+
+
+def test_long_phoneme_strings_are_cut_at_sentences_then_spaces() -> None:
+    words = " ".join(["ni→xau↓"] * 200)
+    chunks = phoneme_chunks(words)
+    assert all(len(c) <= 510 for c in chunks) and len(chunks) == 4
+    assert " ".join(chunks) == words
+    assert phoneme_chunks("x" * 1200) == ["x" * 510, "x" * 510, "x" * 180]
+    sentences = " ".join([f"ni→xau↓ {'a' * 90}."] * 6)
+    chunks = phoneme_chunks(sentences)
+    assert [len(c) for c in chunks] == [199, 199, 199]  # two whole sentences a piece
+    assert " ".join(chunks) == sentences
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_kokoro_speaks_chinese_and_english_at_24k(weights: Path, tmp_path: Path) -> None:
+    """`msgvoice say` end to end on the engine; English inside Chinese is spoken, not dropped."""
+    report, samples, rate = say(weights, tmp_path, f"/tts {TEXT}", "zh.wav")
+    assert report["engine"] == "kokoro" and rate == 24_000
+    assert 1.5 < len(samples) / rate < 12 and rms(samples) > 0.001
+    _, mixed, _ = say(weights, tmp_path, "/tts 我用 Python 写代码", "m.wav")
+    _, plain, _ = say(weights, tmp_path, "/tts 我用写代码", "p.wav")
+    assert len(mixed) > len(plain) + 0.2 * rate
+    _, ogg, _ = say(weights, tmp_path, "/tts Good night, 晚安", "n.ogg")
+    assert len(ogg) > 0
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_emotion_reaches_kokoro_speed_and_loudness(weights: Path, tmp_path: Path) -> None:
+    """Angry is faster and louder than sad: Kokoro's duration divisor and the gain."""
+    _, angry, _ = say(weights, tmp_path, f"/tts 生气：{TEXT}", "a.wav")
+    _, sad, _ = say(weights, tmp_path, f"/tts 难过：{TEXT}", "s.wav")
+    assert len(angry) < 0.8 * len(sad)
+    assert rms(angry) > 1.1 * rms(sad)
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_voices_by_name_blend_and_a_missing_one(weights: Path, tmp_path: Path) -> None:
+    """Another voice, a blend of two, and a voice that is not there (one line, exit 1)."""
+    _, heart, _ = say(weights, tmp_path, "/tts 你好", "h.wav", MSGVOICE_TTS_VOICE="af_heart")
+    _, blend, _ = say(
+        weights, tmp_path, "/tts 你好", "b.wav", MSGVOICE_TTS_VOICE="af_heart,zf_xiaobei"
+    )
+    _, default, _ = say(weights, tmp_path, "/tts 你好", "d.wav")
+    assert not np.array_equal(heart, default) and not np.array_equal(blend, default)
+    env = kokoro_env(weights, tmp_path, MSGVOICE_TTS_VOICE="zf_nobody")
+    done = run_msgvoice("say", "/tts 你好", "-o", str(tmp_path / "x.wav"), env=env, timeout=300)
+    assert done.returncode == 1
+    assert "zf_nobody" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_doctor_names_the_weights_and_how_to_fetch_them(weights: Path, tmp_path: Path) -> None:
+    """model_dir, the hub cache (Hugging Face's own layout, offline), or neither: doctor says
+    which, and how to pre-fetch when there is nothing."""
+
+    def doctor(env: dict[str, str]) -> dict:
+        env["MSGVOICE_HTTP_PORT"] = str(free_port())
+        done = run_msgvoice("doctor", "--json", env=env, timeout=300)
+        return {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+
+    local = doctor(kokoro_env(weights, tmp_path))["engine"]
+    assert local["status"] == "pass" and f"model_dir {weights}" in local["message"]
+
+    repo, commit = tmp_path / "hub" / "models--hexgrad--Kokoro-82M", "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(weights, repo / "snapshots" / commit)
+    cached = doctor(kokoro_env(None, tmp_path))["engine"]
+    assert cached["status"] == "pass" and "hub cache hexgrad/Kokoro-82M" in cached["message"]
+
+    shutil.rmtree(tmp_path / "hub")
+    missing = doctor(kokoro_env(None, tmp_path))["engine"]
+    assert missing["status"] == "error" and "hf download hexgrad/Kokoro-82M" in missing["message"]
