@@ -119,26 +119,26 @@ class KokoroEngine:
                 "or point worker.python at its venv"
             ) from exc
         self.torch = torch
-        self.folder, self.source = weights_dir(model_dir, repo_id)
-        pth = sorted(self.folder.glob("*.pth"))
+        folder, self.source = weights_dir(model_dir, repo_id)
+        pth = sorted(folder.glob("*.pth"))
         if not pth:
-            raise EngineUnavailable(f"no .pth in {self.folder}; " + HUB_HINT.format(repo=repo_id))
-        config = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+            raise EngineUnavailable(f"no .pth in {folder}; " + HUB_HINT.format(repo=repo_id))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         self.device = resolve_device(torch, device)
         self.model = KModel(repo_id=repo_id, config=config, model=str(pth[0]))
         self.model = self.model.to(self.device).eval()
         self._steer_f0(self.model)
-        self.voices = {p.stem: p for p in sorted((self.folder / "voices").glob("*.pt"))}
+        self.voices = {p.stem: p for p in sorted((folder / "voices").glob("*.pt"))}
         self.default_voice = voice
         self._packs: dict[str, Any] = {}
         try:
             self.pack(voice)  # a missing default voice is a start-up error, not a reply's
         except ValueError as exc:
             raise EngineUnavailable(f"{exc}; it has {', '.join(self.voices) or 'none'}") from exc
-        self.zh_version = None if repo_id.endswith("/Kokoro-82M") else "1.1"
         english = espeak.EspeakFallback(british=False)
         self.english: Callable[[str], str] = lambda run: english(SimpleNamespace(text=run))[0] or ""
-        self.chinese = zh.ZHG2P(version=self.zh_version, en_callable=self.english)
+        zh_version = None if repo_id.endswith("/Kokoro-82M") else "1.1"  # the v1.1-zh frontend
+        self.chinese = zh.ZHG2P(version=zh_version, en_callable=self.english)
         self.pitch = 1.0
 
     def _steer_f0(self, model: Any) -> None:
@@ -156,8 +156,8 @@ class KokoroEngine:
         if voice not in self._packs:
             names = [n.strip() for n in voice.split(",")]
             missing = [n for n in names if n not in self.voices]
-            if missing or not names:
-                raise ValueError(f"Kokoro has no voice {missing[0] if missing else voice!r}")
+            if missing:
+                raise ValueError(f"Kokoro has no voice {missing[0]!r}")
             packs = [self.torch.load(self.voices[n], weights_only=True) for n in names]
             self._packs[voice] = self.torch.mean(self.torch.stack(packs), dim=0)
         return self._packs[voice]
@@ -197,5 +197,5 @@ class KokoroEngine:
             "sample_rate": RATE,
             "device": self.device,
             "weights": self.source,
-            "voices": sorted(self.voices),
+            "voices": list(self.voices),  # sorted when found
         }
