@@ -17,6 +17,7 @@ Run: python tests/kokoro_checkpoint.py DIR   (under an interpreter that has `kok
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -58,6 +59,9 @@ SYMBOLS = (
 VOICES = ("zf_xiaobei", "zf_xiaoni", "zm_yunjian", "af_heart", "am_adam")
 COMPONENTS = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
 FRAMES_PER_PHONEME = 2.0
+QUIETER = 4.0
+"""Random weights come out at ~0.18 RMS with peaks near full scale; a real voice sits lower, and
+a peak over 1 is scaled down by the worker, which would hide the emotion's gain."""
 
 
 def write_checkpoint(folder: Path, seed: int = 0) -> Path:
@@ -81,6 +85,9 @@ def write_checkpoint(folder: Path, seed: int = 0) -> Path:
         duration = model.predictor.duration_proj.linear_layer
         duration.weight.mul_(0.01)
         duration.bias.fill_(float(torch.logit(torch.tensor(FRAMES_PER_PHONEME / 50))))
+        generator = model.decoder.generator  # iSTFTNet: magnitude = exp(conv_post[:n_fft/2+1])
+        magnitude = generator.conv_post.bias[: generator.post_n_fft // 2 + 1]
+        magnitude.sub_(math.log(QUIETER))
     parts = {name: getattr(model, name).state_dict() for name in COMPONENTS}
     torch.save(parts, folder / "kokoro-v1_0.pth")
     for voice in VOICES:

@@ -105,11 +105,12 @@ def test_kokoro_speaks_chinese_and_english_at_24k(weights: Path, tmp_path: Path)
 @needs_kokoro
 @pytest.mark.slow
 def test_emotion_reaches_kokoro_speed_and_loudness(weights: Path, tmp_path: Path) -> None:
-    """Angry is faster and louder than sad: Kokoro's duration divisor and the gain."""
+    """Angry is faster and louder than sad: Kokoro's duration divisor and the gain (the
+    checkpoint speaks at a real level, so the worker never scales a hot peak down)."""
     _, angry, _ = say(weights, tmp_path, f"/tts 生气：{TEXT}", "a.wav")
     _, sad, _ = say(weights, tmp_path, f"/tts 难过：{TEXT}", "s.wav")
     assert len(angry) < 0.8 * len(sad)
-    assert rms(angry) > 1.1 * rms(sad)
+    assert rms(angry) > 1.3 * rms(sad)  # gains 1.33 and 0.87; no peak reaches full scale
 
 
 @needs_kokoro
