@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,36 @@ async def test_chat_app_ids_with_control_characters_are_not_journalled(clean_env
         outcome = await daemon.router.message(Incoming("im:1", "/tts hi", "evil\nsender"))
         assert outcome.ignored and daemon.journal.counts() == {}
         assert not daemon.journal.known_chat("im:1")
+
+
+HEAP_BURST = """
+import threading
+import psutil
+from msgvoice.speech.process_memory import give_back_heap
+
+def burst(kept):
+    held = [bytes(2000) for _ in range(40_000)]  # ~80 MB in this thread's arena
+    kept.append(held[::50])  # a few survivors pin the arena's top, as a burst's leftovers do
+
+kept = []
+threads = [threading.Thread(target=burst, args=(kept,)) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+me = psutil.Process()
+before = me.memory_info().rss
+give_back_heap()
+print(before >> 20, me.memory_info().rss >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas are Linux's")
+def test_a_burst_s_freed_heap_goes_back_to_the_kernel() -> None:
+    """Freed memory stays in glibc's per-thread arenas until the daemon hands it back (it does
+    when it goes idle; the bench shows the daemon's RSS after bursts)."""
+    done = subprocess.run(
+        [sys.executable, "-c", HEAP_BURST], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, after = map(int, done.stdout.split())
+    assert after < before - 60, (before, after)

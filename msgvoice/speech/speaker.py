@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 
 from msgvoice.config import Config
-from msgvoice.speech import audio, text
+from msgvoice.speech import audio, process_memory, text
 from msgvoice.speech.chain import EngineChain
 from msgvoice.speech.emotion import Emotions, to_prosody
 from msgvoice.speech.encoder import AudioWriter, Encoder, EncodeSettings
@@ -59,6 +59,7 @@ class Speaker:
             config.audio.fade_ms, config.audio.gap_ms, config.audio.silence_db
         )
         self.encoding = EncodeSettings(config.audio.opus_complexity, config.audio.opus_bitrate_kbps)
+        self._at_work = 0
 
     def engines(self) -> list[str]:
         """The engines this speaker can use: the main one, then the fallbacks."""
@@ -102,9 +103,10 @@ class Speaker:
             if progress is not None:
                 progress(len(report.engines), report.segments)
 
-        writer = await self._encode_loop(job, report, open_file, tick)
-        assert isinstance(writer, AudioWriter) and report.emotion is not None
-        await asyncio.to_thread(writer.commit)
+        with self._working():
+            writer = await self._encode_loop(job, report, open_file, tick)
+            assert isinstance(writer, AudioWriter) and report.emotion is not None
+            await asyncio.to_thread(writer.commit)
         timings = report.timings
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         if writer.duration_s:
@@ -167,14 +169,26 @@ class Speaker:
             return Encoder(fmt, rate, streaming, self.encoding)
 
         try:
-            encoder = await self._encode_loop(job, Report(), open_encoder, emit)
-            assert isinstance(encoder, Encoder)
-            emit(await asyncio.to_thread(encoder.finish))
+            with self._working():
+                encoder = await self._encode_loop(job, Report(), open_encoder, emit)
+                assert isinstance(encoder, Encoder)
+                emit(await asyncio.to_thread(encoder.finish))
             if not streaming:
                 chunks.put_nowait(encoder.header() + b"".join(pending))
             chunks.put_nowait(None)
         except (WorkerError, SpeechError, OSError, ValueError) as exc:
             chunks.put_nowait(exc)
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Count a job in and out; the last one out hands the burst's freed heap back."""
+        self._at_work += 1
+        try:
+            yield
+        finally:
+            self._at_work -= 1
+            if not self._at_work:
+                asyncio.get_running_loop().run_in_executor(None, process_memory.give_back_heap)
 
     # -- the one encode loop -----------------------------------------------------------------
 
