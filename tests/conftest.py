@@ -1,11 +1,15 @@
-"""Shared fixtures: an isolated state dir and environment, and audio measurements."""
+"""Shared fixtures: an isolated state dir and environment, audio measurements, and a bounded wait
+on something observable."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,20 @@ import soundfile as sf
 from msgvoice.config import ALIASES
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+async def until(predicate: Callable[[], object], within: float = 30.0) -> None:
+    """Return once `predicate()` (awaited, when it is a coroutine) is true; fail after `within`
+    seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)

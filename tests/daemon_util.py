@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -56,14 +55,15 @@ async def running(state: Path, **env: str) -> AsyncIterator[tuple[DaemonParts, h
 
 
 async def wait_job(client: httpx.AsyncClient, job_id: str, within: float = 60) -> dict[str, Any]:
-    """Poll a job until it reaches a final state."""
+    """The job once it reaches a final state (the daemon holds each request until then, or
+    for at most 20 s: `?wait=`)."""
     deadline = time.monotonic() + within
     while True:
-        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}")).json()
+        wait = min(max(deadline - time.monotonic(), 0.0), 20.0)
+        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}?wait={wait:.2f}")).json()
         if job["state"] in FINAL:
             return job
         assert time.monotonic() < deadline, f"job {job_id} stuck in {job['state']}"
-        await asyncio.sleep(0.05)
 
 
 async def outbox(client: httpx.AsyncClient, chat_id: str) -> list[dict[str, Any]]:

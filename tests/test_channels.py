@@ -3,12 +3,10 @@ and an `imsg rpc` program over stdio."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +15,11 @@ import soundfile as sf
 
 from msgvoice.compose import DaemonParts
 from msgvoice.speech.convert import decode, describe
+from tests.conftest import until
 from tests.daemon_util import FAULT_ENGINE, running
 from tests.fake_telegram import TOKEN, FakeTelegram
 
 FAKE_IMSG = Path(__file__).resolve().parent / "fake_imsg.py"
-
-
-async def until(predicate: Any, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def settled(daemon: DaemonParts, prefix: str, cursor: str, last: int) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +18,7 @@ from msgvoice.chat.router import Router
 from msgvoice.config import Config
 from msgvoice.speech.emotion import NEUTRAL, EmotionResult
 from msgvoice.speech.speaker import SpeechJob, SpeechResult, WorkerError
+from tests.conftest import until
 
 
 class FakeSpeaker:
@@ -63,13 +62,6 @@ async def chat_wing(
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         journal.close()
-
-
-async def until(predicate: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.001)
 
 
 def settled(router: Router, jobs: list[str]) -> bool:

@@ -3,12 +3,15 @@ serving afterwards; tokens and the loopback rule guard exposure."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from msgvoice.config import ConfigError
+from tests.conftest import until
 from tests.daemon_util import running, wait_job
 
 BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
@@ -40,6 +43,12 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", "/v1/jobs/nope", {}, 404, "no such job"),
     ("GET", "/v1/chats/never-seen/outbox", {}, 404, "no such chat"),
     ("GET", "/v1/chats/c/outbox?after=x", {}, 400, "after must be an integer"),
+    ("GET", "/v1/chats/c/outbox?wait=soon", {}, 400, "wait must be seconds from 0 to 60"),
+    ("GET", "/v1/chats/c/outbox?wait=-1", {}, 400, "wait must be seconds"),
+    ("GET", "/v1/chats/c/outbox?wait=61", {}, 400, "wait must be seconds"),
+    ("GET", "/v1/chats/c/outbox?wait=nan", {}, 400, "wait must be seconds"),
+    ("GET", "/v1/chats/c/outbox?wait=inf", {}, 400, "wait must be seconds"),
+    ("GET", "/v1/jobs/nope?wait=1e309", {}, 400, "wait must be seconds"),
     ("GET", "/v1/audio/..%2F..%2Fmsgvoice.sqlite3", {}, 404, "no such audio"),
     ("GET", "/v1/audio/msgvoice.sqlite3", {}, 404, "no such audio"),
     ("GET", "/v1/audio/0123456789abcdef.ogg", {}, 404, "no such audio"),
@@ -74,6 +83,36 @@ async def test_outbox_after_returns_only_newer_items(clean_env: Path) -> None:
         assert all(i["created_at"].endswith("Z") for i in items)
         later = (await client.get("/v1/chats/o/outbox?after=2")).json()["items"]
         assert [i["text"] for i in later] == ["已设置语音模式：文字+语音"]
+
+
+async def test_a_waiting_request_answers_when_the_voice_note_is_ready(clean_env: Path) -> None:
+    """`?wait=S` holds the outbox or job request until there is something new (a bot needs no
+    busy polling); with nothing new it answers empty after S seconds."""
+    async with running(clean_env) as (parts, client):
+        await client.post("/v1/messages", json={"chat_id": "w", "text": "/help"})
+        news = asyncio.create_task(client.get("/v1/chats/w/outbox?after=1&wait=30"))
+        await until(lambda: parts.http.waiters == 1)
+        job_id = (
+            await client.post("/v1/messages", json={"chat_id": "w", "text": "/tts 好"})
+        ).json()["jobs"][0]
+        job = asyncio.create_task(client.get(f"/v1/jobs/{job_id}?wait=30"))
+        items = (await news).json()["items"]
+        assert [i["kind"] for i in items] == ["audio"] and items[0]["job_id"] == job_id
+        assert (await job).json()["state"] == "done"
+        started = time.monotonic()
+        quiet = await client.get("/v1/chats/w/outbox?after=2&wait=0.3")
+        assert quiet.json() == {"items": []} and time.monotonic() - started >= 0.3
+        assert parts.http.waiters == 0
+
+
+async def test_waiting_requests_are_answered_when_the_channel_stops(clean_env: Path) -> None:
+    async with running(clean_env) as (parts, client):
+        await client.post("/v1/messages", json={"chat_id": "s", "text": "/help"})
+        held = asyncio.create_task(client.get("/v1/chats/s/outbox?after=1&wait=60"))
+        await until(lambda: parts.http.waiters == 1)
+        await parts.http.stop()
+        answer = await held
+        assert answer.status_code == 200 and answer.json() == {"items": []}
 
 
 async def test_token_is_required_when_configured(clean_env: Path) -> None:

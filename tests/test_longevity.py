@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import until
 from tests.daemon_util import FAULT_ENGINE, outbox, running, wait_job
 
 
@@ -41,15 +42,6 @@ def fill(root: Path, leave_kb: int) -> Path:
     with filler.open("wb") as out:
         out.write(b"\0" * max(0, free - leave_kb * 1024))
     return filler
-
-
-async def until(predicate: Any, within: float = 30.0) -> None:
-    import asyncio  # noqa: PLC0415
-
-    deadline = time.monotonic() + within
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_full_disk_is_a_state_not_a_crash(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import psutil
 import pytest
 
 from msgvoice.config import WorkerConfig
+from msgvoice.speech import process_memory
 from msgvoice.speech.supervisor import Supervisor, SynthRequest, WorkerError, WorkerUnavailable
 
 FAULT_ENGINE = "tests.fault_engine:FaultEngine"
@@ -225,3 +228,22 @@ async def test_cancelled_job_never_hands_its_audio_to_the_next(tmp_path: Path) -
         result = await sup.synthesize(req("ab"))
         assert result.samples.size == 16_000 * 0.05 * 2
         assert result.attempts == 1 and sup.restarts["crash"] == 0  # no mix-up to recover from
+
+
+def test_a_worker_s_tree_is_found_as_psutil_finds_it() -> None:
+    """The quick path through /proc's child lists finds the same descendants (a worker's
+    pristine eSpeak child, a torch engine's helpers) as psutil's scan of every process."""
+    code = "import os, time\nif os.fork() == 0:\n    os.fork()\ntime.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    root = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 10
+        while len(root.children(recursive=True)) < 2:
+            assert time.monotonic() < deadline, "the grandchild never came"
+        found = {p.pid for p in process_memory._tree(root)}
+        assert found == {proc.pid, *(p.pid for p in root.children(recursive=True))}
+        assert process_memory.process_tree_mb(proc.pid) > 0
+    finally:
+        for each in [*root.children(recursive=True), root]:
+            each.kill()
+        proc.wait()

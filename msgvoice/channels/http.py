@@ -6,11 +6,12 @@ binds only to loopback; with one, every route but /healthz needs `Authorization:
 
 from __future__ import annotations
 
-import datetime
+import asyncio
 import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,12 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
+from msgvoice.channels.views import item_json, job_json
 from msgvoice.chat.port import (
+    FINAL_STATES,
     ID_MAX,
     ChatPort,
     Incoming,
-    Job,
-    OutboxItem,
     Outcome,
     allowed,
     bad_id,
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AUDIO_NAME = re.compile(rf"^[0-9a-f]{{16}}\.({'|'.join(FILE_FORMATS)})$")
 OPEN_ROUTES = ("/healthz",)
+WAIT_MAX_S = 60.0
+"""Longest `?wait=` a client may hold a request open for."""
 
 
 class BadRequest(Exception):
@@ -46,11 +49,6 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _iso(ms: int) -> str:
-    stamp = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def is_loopback(host: str) -> bool:
     """Whether binding to `host` keeps the channel on this machine."""
     if host == "localhost":
@@ -59,32 +57,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def job_json(job: Job, delivery: OutboxItem | None = None) -> dict[str, Any]:
-    """A job as `GET /v1/jobs/{id}` shows it (with how its outbox item fared, if it has one)."""
-    audio = None
-    if job.audio_name and job.state == "done":
-        audio = {
-            "url": f"/v1/audio/{job.audio_name}",
-            "format": job.audio_format,
-            "duration_s": job.duration_s,
-        }
-    return {
-        "id": job.id,
-        "chat_id": job.chat_id,
-        "kind": job.kind,
-        "state": job.state,
-        "text": job.text,
-        "style": job.style,
-        "emotion": job.emotion,
-        "audio": audio,
-        "error": job.error,
-        "timings": job.timings,
-        "engine": job.engine,
-        "fallback_from": job.fallback_from,
-        "delivery": {"state": delivery.state, "error": delivery.error} if delivery else None,
-    }
 
 
 class HttpChannel:
@@ -109,6 +81,7 @@ class HttpChannel:
         self.config, self.chat = config, chat
         self.doctor, self.health, self.metrics = doctor, health, metrics
         self.accepting = True
+        self._waiting: set[asyncio.Queue[str]] = set()
         self.app = web.Application(
             client_max_size=http.max_body_bytes, middlewares=[self._errors, self._auth]
         )
@@ -144,8 +117,15 @@ class HttpChannel:
         self.port = int(self._runner.addresses[0][1])
         log.info("http channel on %s:%d", self.config.http.host, self.port)
 
+    @property
+    def waiters(self) -> int:
+        """Requests holding a `?wait=` open right now."""
+        return len(self._waiting)
+
     async def stop(self) -> None:
-        """Close the listener and open connections."""
+        """Answer the requests that are waiting, close the listener and open connections."""
+        for bell in self._waiting:
+            bell.put_nowait("")  # no chat has an empty id: it means "stop waiting"
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -225,6 +205,40 @@ class HttpChannel:
             {**extra, "jobs": outcome.jobs, "replies": outcome.replies}, status=202
         )
 
+    @staticmethod
+    def _wait_s(request: web.Request) -> float:
+        raw = request.query.get("wait", "0")
+        try:
+            wait_s = float(raw)
+        except ValueError:
+            wait_s = math.nan
+        if not 0 <= wait_s <= WAIT_MAX_S:  # NaN fails too
+            raise BadRequest(
+                400, f"wait must be seconds from 0 to {WAIT_MAX_S:.0f}, not {raw[:20]!r}"
+            )
+        return wait_s
+
+    def _final(self, job_id: str) -> bool:
+        job = self.chat.job(job_id)
+        return job is None or job.state in FINAL_STATES
+
+    async def _until(self, chat_id: str, ready: Callable[[], bool], wait_s: float) -> None:
+        """Return when `ready()` (asked again whenever the chat's jobs or outbox change), after
+        `wait_s`, or when the channel stops, whichever comes first."""
+        if wait_s <= 0 or ready():
+            return
+        bell = self.chat.bell.subscribe()  # no await since ready(): no change can slip by
+        self._waiting.add(bell)
+        try:
+            async with asyncio.timeout(wait_s):
+                while (rung := await bell.get()) != "" and (rung != chat_id or not ready()):
+                    pass
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting.discard(bell)
+            self.chat.bell.unsubscribe(bell)
+
     # -- routes ------------------------------------------------------------------------------
 
     async def _message(self, request: web.Request) -> web.Response:
@@ -248,13 +262,18 @@ class HttpChannel:
         return self._outcome(self.chat.bot_reply(chat_id, text))
 
     async def _job(self, request: web.Request) -> web.Response:
-        job = self.chat.job(request.match_info["job_id"])
+        job_id, wait_s = request.match_info["job_id"], self._wait_s(request)
+        job = self.chat.job(job_id)
         if job is None:
             raise BadRequest(404, "no such job")
+
+        if job.state not in FINAL_STATES:
+            await self._until(job.chat_id, lambda: self._final(job_id), wait_s)
+            job = self.chat.job(job_id) or job
         return web.json_response(job_json(job, self.chat.delivery(job.id)))
 
     async def _outbox(self, request: web.Request) -> web.Response:
-        chat_id = self._id(request.match_info["chat_id"])
+        chat_id, wait_s = self._id(request.match_info["chat_id"]), self._wait_s(request)
         try:
             after = int(request.query.get("after", "0"))
         except ValueError:
@@ -262,24 +281,10 @@ class HttpChannel:
         found = self.chat.outbox(chat_id, after)
         if found is None:
             raise BadRequest(404, "no such chat")
-        items = []
-        for row in found:
-            item: dict[str, Any] = {
-                "seq": row.seq,
-                "kind": row.kind,
-                "created_at": _iso(row.created_at_ms),
-            }
-            if row.text is not None:
-                item["text"] = row.text
-            if row.audio is not None:
-                item["audio_url"] = f"/v1/audio/{row.audio.name}"
-            if row.job_id:
-                item["job_id"] = row.job_id
-            item["state"] = row.state
-            if row.error:
-                item["error"] = row.error
-            items.append(item)
-        return web.json_response({"items": items})
+        if not found:
+            await self._until(chat_id, lambda: bool(self.chat.outbox(chat_id, after)), wait_s)
+            found = self.chat.outbox(chat_id, after) or []
+        return web.json_response({"items": [item_json(row) for row in found]})
 
     async def _audio(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import sys
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 import psutil
 
@@ -55,11 +57,37 @@ def _process_bytes(proc: psutil.Process) -> int:
     return int(proc.memory_info().rss)
 
 
+def _children(pid: int) -> list[int] | None:
+    """Linux's own list of a process's children (one file per thread), or None where there is
+    none. Microseconds, where psutil reads every process on the system (1.5 ms here)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        return [
+            int(child)
+            for thread in threads
+            for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()
+        ]
+    except (OSError, ValueError):
+        return None
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    """`root` and all its descendants."""
+    if _children(root.pid) is None:
+        return [root, *root.children(recursive=True)]
+    found, parents = [root], [root.pid]
+    while parents:
+        for child in _children(parents.pop()) or ():
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(child))
+                parents.append(child)
+    return found
+
+
 def process_tree_mb(pid: int) -> float:
     """Memory of `pid` and all its descendants in MiB (0 when it is gone)."""
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = _tree(psutil.Process(pid))
     except psutil.Error:
         return 0.0
     total = 0

@@ -146,8 +146,8 @@ class Supervisor:
                             f"synthesis failed twice ({lost.reason}: {lost}); giving up"
                         ) from None
                     continue
-                self._after_job(worker)
-                samples = await asyncio.to_thread(_take_raw, out)
+                samples, memory_mb = await asyncio.to_thread(self._collect, worker, out)
+                self._after_job(worker, memory_mb)
                 return Synthesis(
                     samples,
                     int(result["sample_rate"]),
@@ -195,17 +195,24 @@ class Supervisor:
             lost,
         )
 
-    def _after_job(self, worker: WorkerProcess) -> None:
+    def _collect(self, worker: WorkerProcess, out: Path) -> tuple[Samples, float]:
+        """(In a thread.) The worker's output, removed from disk, and the worker's memory now
+        (0 when there is no limit to hold it to)."""
+        samples = read_raw(out)
+        out.unlink(missing_ok=True)
+        return samples, worker.memory_mb() if self.config.rss_limit_mb else 0.0
+
+    def _after_job(self, worker: WorkerProcess, memory_mb: float) -> None:
         worker.jobs += 1
         self.jobs_done += 1
         reason = ""
         limit = self.config.rss_limit_mb
-        if limit and (rss := worker.memory_mb()) > limit:
+        if limit and memory_mb > limit:
             reason = "rss"
             log.info(
                 "worker over its memory limit: pid=%d rss_mb=%.0f limit_mb=%d",
                 worker.pid,
-                rss,
+                memory_mb,
                 limit,
             )
         elif worker.job_limit and worker.jobs >= worker.job_limit:
@@ -300,10 +307,3 @@ class Supervisor:
         worker, self._worker = self._worker, None
         if worker is not None:
             await worker.stop(reason, self.config.term_grace_s, kill=kill)
-
-
-def _take_raw(path: Path) -> Samples:
-    """Read the worker's output file and remove it."""
-    samples = read_raw(path)
-    path.unlink(missing_ok=True)
-    return samples

@@ -1,0 +1,59 @@
+"""What the HTTP API answers, as JSON: a job and an outbox item."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from msgvoice.chat.port import Job, OutboxItem
+
+
+def iso(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC (`2026-12-01T14:07:25.123Z`)."""
+    stamp = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_json(job: Job, delivery: OutboxItem | None = None) -> dict[str, Any]:
+    """A job as `GET /v1/jobs/{id}` shows it (with how its outbox item fared, if it has one)."""
+    audio = None
+    if job.audio_name and job.state == "done":
+        audio = {
+            "url": f"/v1/audio/{job.audio_name}",
+            "format": job.audio_format,
+            "duration_s": job.duration_s,
+        }
+    return {
+        "id": job.id,
+        "chat_id": job.chat_id,
+        "kind": job.kind,
+        "state": job.state,
+        "text": job.text,
+        "style": job.style,
+        "emotion": job.emotion,
+        "audio": audio,
+        "error": job.error,
+        "timings": job.timings,
+        "engine": job.engine,
+        "fallback_from": job.fallback_from,
+        "delivery": {"state": delivery.state, "error": delivery.error} if delivery else None,
+    }
+
+
+def item_json(item: OutboxItem) -> dict[str, Any]:
+    """An outbox item as `GET /v1/chats/{chat_id}/outbox` lists it."""
+    shown: dict[str, Any] = {
+        "seq": item.seq,
+        "kind": item.kind,
+        "created_at": iso(item.created_at_ms),
+    }
+    if item.text is not None:
+        shown["text"] = item.text
+    if item.audio is not None:
+        shown["audio_url"] = f"/v1/audio/{item.audio.name}"
+    if item.job_id:
+        shown["job_id"] = item.job_id
+    shown["state"] = item.state
+    if item.error:
+        shown["error"] = item.error
+    return shown
