@@ -11,7 +11,11 @@ holds the same kinds of symbols in 178 ids), and the duration head is set to abo
 per phoneme, about as long as real speech, so a random model does not speak for minutes.
 Only the sound is noise.
 
-Run: python tests/kokoro_checkpoint.py DIR   (under an interpreter that has `kokoro`)
+`--v1.1-zh` writes the layout of hexgrad/Kokoro-82M-v1.1-zh instead: the same architecture,
+`kokoro-v1_1-zh.pth`, its kind of voice names, and a vocabulary that holds what misaki's v1.1
+Chinese frontend emits (zhuyin and its finals, tone digits; read from misaki's own ZH_MAP).
+
+Run: python tests/kokoro_checkpoint.py DIR [--v1.1-zh]   (under an interpreter with `kokoro`)
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ SYMBOLS = (
     "ɑɐɒæβɔɕçɗɖðʤəɚɛɜɟɡɥɨɪʝɯɰŋɳɲɴøɸθœɹɾɻʁɽʂʃʈʧʊʋʌɣɤχʎʒʔˈˌːʰʲ↓↑→↗↘ᵊᵻʦʨꭧ"
 )
 VOICES = ("zf_xiaobei", "zf_xiaoni", "zm_yunjian", "af_heart", "am_adam")
+VOICES_V11 = ("zf_001", "zf_003", "zm_010", "af_maple")
 COMPONENTS = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
 FRAMES_PER_PHONEME = 2.0
 QUIETER = 4.0
@@ -64,13 +69,22 @@ QUIETER = 4.0
 a peak over 1 is scaled down by the worker, which would hide the emotion's gain."""
 
 
-def write_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """Write config.json, kokoro-v1_0.pth and voices/*.pt into `folder`; returns it."""
+def symbols(v11: bool) -> str:
+    """The vocabulary's symbols: v1.1-zh trades the capitals for misaki's zhuyin."""
+    if not v11:
+        return SYMBOLS
+    from misaki.zh_frontend import ZH_MAP  # noqa: PLC0415
+
+    return "".join(c for c in SYMBOLS if not c.isupper()) + "".join(ZH_MAP.values())
+
+
+def write_checkpoint(folder: Path, seed: int = 0, v11: bool = False) -> Path:
+    """Write config.json, the .pth and voices/*.pt into `folder`; returns it."""
     import torch  # noqa: PLC0415 (only under the kokoro interpreter)
     from kokoro import KModel  # noqa: PLC0415
 
     (folder / "voices").mkdir(parents=True, exist_ok=True)
-    vocab = {s: i + 1 for i, s in enumerate(dict.fromkeys(SYMBOLS))}  # 0 is padding
+    vocab = {s: i + 1 for i, s in enumerate(dict.fromkeys(symbols(v11)))}  # 0 is padding
     assert len(vocab) < CONFIG["n_token"], len(vocab)  # type: ignore[operator]  # an int
     config = {**CONFIG, "vocab": vocab}
     (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False), "utf-8")
@@ -89,11 +103,11 @@ def write_checkpoint(folder: Path, seed: int = 0) -> Path:
         magnitude = generator.conv_post.bias[: generator.post_n_fft // 2 + 1]
         magnitude.sub_(math.log(QUIETER))
     parts = {name: getattr(model, name).state_dict() for name in COMPONENTS}
-    torch.save(parts, folder / "kokoro-v1_0.pth")
-    for voice in VOICES:
+    torch.save(parts, folder / ("kokoro-v1_1-zh.pth" if v11 else "kokoro-v1_0.pth"))
+    for voice in VOICES_V11 if v11 else VOICES:
         torch.save(torch.randn(510, 1, 256) * 0.15, folder / "voices" / f"{voice}.pt")
     return folder
 
 
 if __name__ == "__main__":
-    print(write_checkpoint(Path(sys.argv[1])))
+    print(write_checkpoint(Path(sys.argv[1]), v11="--v1.1-zh" in sys.argv[2:]))

@@ -131,6 +131,34 @@ def test_voices_by_name_blend_and_a_missing_one(weights: Path, tmp_path: Path) -
 
 @needs_kokoro
 @pytest.mark.slow
+def test_v1_1_zh_weights_read_zhuyin(tmp_path: Path) -> None:
+    """Kokoro-82M-v1.1-zh in a folder (its file name, its voices, a zhuyin vocabulary) is read
+    through misaki's v1.1 frontend, as kokoro's pipeline does for that repo; doctor says so."""
+    folder = tmp_path / "v11"
+    done = subprocess.run(
+        [
+            str(KOKORO_PYTHON),
+            str(REPO / "tests" / "kokoro_checkpoint.py"),
+            str(folder),
+            "--v1.1-zh",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    env = {"MSGVOICE_TTS_VOICE": "zf_001"}
+    report, samples, rate = say(folder, tmp_path, f"/tts {TEXT} OK", "v11.wav", **env)
+    assert report["engine"] == "kokoro" and rate == 24_000 and 1.5 < len(samples) / rate < 12
+    doctor_env = kokoro_env(folder, tmp_path, **env, MSGVOICE_HTTP_PORT=str(free_port()))
+    checks = json.loads(run_msgvoice("doctor", "--json", env=doctor_env, timeout=300).stdout)
+    engine = {c["name"]: c for c in checks["checks"]}["engine"]
+    assert engine["status"] == "pass" and "misaki zh 1.1 (zhuyin)" in engine["message"]
+
+
+@needs_kokoro
+@pytest.mark.slow
 def test_doctor_names_the_weights_and_how_to_fetch_them(weights: Path, tmp_path: Path) -> None:
     """model_dir, the hub cache (Hugging Face's own layout, offline), or neither: doctor says
     which, and how to pre-fetch when there is nothing."""
@@ -142,6 +170,7 @@ def test_doctor_names_the_weights_and_how_to_fetch_them(weights: Path, tmp_path:
 
     local = doctor(kokoro_env(weights, tmp_path))["engine"]
     assert local["status"] == "pass" and f"model_dir {weights}" in local["message"]
+    assert "Chinese G2P: misaki zh (IPA)" in local["message"]
 
     repo, commit = tmp_path / "hub" / "models--hexgrad--Kokoro-82M", "0" * 40
     (repo / "refs").mkdir(parents=True)

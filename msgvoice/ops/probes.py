@@ -55,6 +55,7 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
             result = await sup.synthesize(SynthRequest("doctor", "你好"))
             ignored = sup.engine_facts.get("ignored") or []
             weights = sup.engine_facts.get("weights")
+            g2p = sup.engine_facts.get("chinese_g2p")
     except TimeoutError:
         return Check(
             "engine",
@@ -72,7 +73,9 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
     seconds = result.samples.size / result.sample_rate
     spoke = (
         f"{config.tts.engine}: spoke 你好 ({seconds:.2f}s at {result.sample_rate} Hz) "
-        f"in {result.wall_s * 1000:.0f} ms" + (f"; weights: {weights}" if weights else "")
+        f"in {result.wall_s * 1000:.0f} ms"
+        + (f"; weights: {weights}" if weights else "")
+        + (f"; Chinese G2P: {g2p}" if g2p else "")
     )
     if ignored:
         return Check(

@@ -137,8 +137,11 @@ class KokoroEngine:
             raise EngineUnavailable(f"{exc}; it has {', '.join(self.voices) or 'none'}") from exc
         english = espeak.EspeakFallback(british=False)
         self.english: Callable[[str], str] = lambda run: english(SimpleNamespace(text=run))[0] or ""
-        zh_version = None if repo_id.endswith("/Kokoro-82M") else "1.1"  # the v1.1-zh frontend
-        self.chinese = zh.ZHG2P(version=zh_version, en_callable=self.english)
+        # The v1.1-zh weights read zhuyin from misaki's v1.1 frontend. kokoro's own pipeline
+        # picks it by repo; weights in a folder are known by their file name.
+        v11 = not repo_id.endswith("/Kokoro-82M") or "v1_1" in pth[0].name
+        self.chinese = zh.ZHG2P(version="1.1" if v11 else None, en_callable=self.english)
+        self.g2p = "misaki zh 1.1 (zhuyin)" if v11 else "misaki zh (IPA)"
         self.pitch = 1.0
 
     def _steer_f0(self, model: Any) -> None:
@@ -197,5 +200,6 @@ class KokoroEngine:
             "sample_rate": RATE,
             "device": self.device,
             "weights": self.source,
+            "chinese_g2p": self.g2p,
             "voices": list(self.voices),  # sorted when found
         }
