@@ -232,7 +232,8 @@ async def test_cancelled_job_never_hands_its_audio_to_the_next(tmp_path: Path) -
 
 def test_a_worker_s_tree_is_found_as_psutil_finds_it() -> None:
     """The quick path through /proc's child lists finds the same descendants (a worker's
-    pristine eSpeak child, a torch engine's helpers) as psutil's scan of every process."""
+    pristine eSpeak child, a torch engine's helpers) as psutil's scan of every process; far
+    under a limit the quick RSS bound stands in for PSS, near it the exact figure is read."""
     code = "import os, time\nif os.fork() == 0:\n    os.fork()\ntime.sleep(30)"
     proc = subprocess.Popen([sys.executable, "-c", code])
     root = psutil.Process(proc.pid)
@@ -242,7 +243,10 @@ def test_a_worker_s_tree_is_found_as_psutil_finds_it() -> None:
             assert time.monotonic() < deadline, "the grandchild never came"
         found = {p.pid for p in process_memory._tree(root)}
         assert found == {proc.pid, *(p.pid for p in root.children(recursive=True))}
-        assert process_memory.process_tree_mb(proc.pid) > 0
+        exact = process_memory.process_tree_mb(proc.pid)  # PSS: shared pages counted once
+        far_under = process_memory.process_tree_mb(proc.pid, over=10_000)  # RSS: a quick bound
+        near = process_memory.process_tree_mb(proc.pid, over=1)  # over it: the exact figure
+        assert 0 < exact < far_under and near < far_under
     finally:
         for each in [*root.children(recursive=True), root]:
             each.kill()

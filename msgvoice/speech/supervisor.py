@@ -200,7 +200,8 @@ class Supervisor:
         (0 when there is no limit to hold it to)."""
         samples = read_raw(out)
         out.unlink(missing_ok=True)
-        return samples, worker.memory_mb() if self.config.rss_limit_mb else 0.0
+        limit = self.config.rss_limit_mb
+        return samples, worker.memory_mb(limit) if limit else 0.0
 
     def _after_job(self, worker: WorkerProcess, memory_mb: float) -> None:
         worker.jobs += 1

@@ -158,9 +158,10 @@ class WorkerProcess:
         """Whether the process is still running."""
         return self.proc.returncode is None
 
-    def memory_mb(self) -> float:
-        """Memory of the worker and its children (physical footprint on macOS)."""
-        return process_tree_mb(self.pid)
+    def memory_mb(self, limit_mb: float = 0.0) -> float:
+        """Memory of the worker and its children (physical footprint on macOS); exact when over
+        `limit_mb` (if given), an upper bound under it."""
+        return process_tree_mb(self.pid, over=limit_mb)
 
     async def call(
         self, method: str, params: dict[str, Any], limit_s: float, poll_s: float, hard_limit_mb: int
@@ -182,7 +183,11 @@ class WorkerProcess:
                 if left <= 0:
                     raise WorkerLost("timeout", f"no answer within {limit_s:.1f}s")
                 await asyncio.wait({reply}, timeout=min(left, poll_s))
-                if not reply.done() and hard_limit_mb and (mb := self.memory_mb()) > hard_limit_mb:
+                if (
+                    not reply.done()
+                    and hard_limit_mb
+                    and (mb := self.memory_mb(hard_limit_mb)) > hard_limit_mb
+                ):
                     raise WorkerLost("hard_rss", f"{mb:.0f} MB over the {hard_limit_mb} MB ceiling")
             message = reply.result()
         except asyncio.CancelledError:
