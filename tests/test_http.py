@@ -74,15 +74,16 @@ async def test_bad_requests_are_4xx_and_the_daemon_keeps_serving(clean_env: Path
 
 
 async def test_outbox_after_returns_only_newer_items(clean_env: Path) -> None:
-    """`after=SEQ` pages through a chat's outbox."""
+    """`after=SEQ` pages through a chat's outbox; the JSON carries Chinese as it is."""
     async with running(clean_env) as (_, client):
         for text in ("/help", "/mode", "/mode voice on"):
             await client.post("/v1/messages", json={"chat_id": "o", "text": text})
         items = (await client.get("/v1/chats/o/outbox")).json()["items"]
         assert [i["seq"] for i in items] == [1, 2, 3]
         assert all(i["created_at"].endswith("Z") for i in items)
-        later = (await client.get("/v1/chats/o/outbox?after=2")).json()["items"]
-        assert [i["text"] for i in later] == ["已设置语音模式：文字+语音"]
+        later = await client.get("/v1/chats/o/outbox?after=2")
+        assert [i["text"] for i in later.json()["items"]] == ["已设置语音模式：文字+语音"]
+        assert "已设置语音模式" in later.text  # readable in curl, not \u-escaped
 
 
 async def test_a_waiting_request_answers_when_the_voice_note_is_ready(clean_env: Path) -> None:

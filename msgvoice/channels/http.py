@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from msgvoice.channels.views import item_json, job_json
+from msgvoice.channels.views import item_json, job_json, json_response
 from msgvoice.chat.port import (
     FINAL_STATES,
     ID_MAX,
@@ -136,15 +136,15 @@ class HttpChannel:
         try:
             return await handler(request)
         except BadRequest as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
+            return json_response({"error": str(exc)}, status=exc.status)
         except web.HTTPException as exc:  # aiohttp's own 404, 405, 413 …
             if exc.status < 400:
                 raise
-            return web.json_response({"error": exc.reason}, status=exc.status)
+            return json_response({"error": exc.reason}, status=exc.status)
         except Exception as exc:
             if not self.chat.storage_trouble(exc):
                 raise
-            return web.json_response({"error": f"storage is full: {exc}"}, status=507)
+            return json_response({"error": f"storage is full: {exc}"}, status=507)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -201,7 +201,7 @@ class HttpChannel:
 
     @staticmethod
     def _outcome(outcome: Outcome, **extra: str) -> web.Response:
-        return web.json_response(
+        return json_response(
             {**extra, "jobs": outcome.jobs, "replies": outcome.replies}, status=202
         )
 
@@ -270,7 +270,7 @@ class HttpChannel:
         if job.state not in FINAL_STATES:
             await self._until(job.chat_id, lambda: self._final(job_id), wait_s)
             job = self.chat.job(job_id) or job
-        return web.json_response(job_json(job, self.chat.delivery(job.id)))
+        return json_response(job_json(job, self.chat.delivery(job.id)))
 
     async def _outbox(self, request: web.Request) -> web.Response:
         chat_id, wait_s = self._id(request.match_info["chat_id"]), self._wait_s(request)
@@ -284,7 +284,7 @@ class HttpChannel:
         if not found:
             await self._until(chat_id, lambda: bool(self.chat.outbox(chat_id, after)), wait_s)
             found = self.chat.outbox(chat_id, after) or []
-        return web.json_response({"items": [item_json(row) for row in found]})
+        return json_response({"items": [item_json(row) for row in found]})
 
     async def _audio(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -298,10 +298,10 @@ class HttpChannel:
     async def _healthz(self, _request: web.Request) -> web.Response:
         facts = self.health()
         status = 503 if facts.get("worker", {}).get("state") == "failed" else 200
-        return web.json_response(facts, status=status)
+        return json_response(facts, status=status)
 
     async def _doctor(self, _request: web.Request) -> web.Response:
-        return web.json_response(await self.doctor())
+        return json_response(await self.doctor())
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from msgvoice.channels.speech_request import OPENAI_VOICES, ApiError, SpeechRequest, parse
+from msgvoice.channels.views import json_response
 from msgvoice.config import Config
 from msgvoice.speech.speaker import Speaker, SpeechError, WorkerError
 
@@ -30,7 +31,7 @@ FAILURES = (SpeechError, WorkerError, OSError, ValueError)
 
 
 def _error(exc: ApiError) -> web.Response:
-    return web.json_response(exc.as_json(), status=exc.status)
+    return json_response(exc.as_json(), status=exc.status)
 
 
 def _failure(exc: BaseException) -> ApiError:
@@ -71,14 +72,14 @@ class SpeechApi:
             {"id": n, "object": "model", "created": 0, "owned_by": "msgvoice"}
             for n in self._model_ids()
         ]
-        return web.json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     async def _audio_models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"models": [{"id": n} for n in self._model_ids()]})
+        return json_response({"models": [{"id": n} for n in self._model_ids()]})
 
     async def _voices(self, _request: web.Request) -> web.Response:
         voices = [{"id": v, "name": v} for v in ["default", *self.speaker.voices()]]
-        return web.json_response({"voices": voices, "aliases": list(OPENAI_VOICES)})
+        return json_response({"voices": voices, "aliases": list(OPENAI_VOICES)})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -1,11 +1,23 @@
-"""What the HTTP API answers, as JSON: a job and an outbox item."""
+"""What the HTTP API answers, as JSON: a job, an outbox item, any answer (UTF-8 as it is, so a
+reply in Chinese reads as Chinese in curl)."""
 
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 from typing import Any
 
+from aiohttp import web
+
 from msgvoice.chat.port import Job, OutboxItem
+
+_dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """`data` as an `application/json` answer, characters unescaped."""
+    return web.json_response(data, status=status, dumps=_dumps)
 
 
 def iso(ms: int) -> str:
