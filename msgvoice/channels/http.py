@@ -15,7 +15,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ from msgvoice.chat.port import (
     ID_MAX,
     ChatPort,
     Incoming,
+    Job,
     Outcome,
     allowed,
     bad_id,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AUDIO_NAME = re.compile(rf"^[0-9a-f]{{16}}\.({'|'.join(FILE_FORMATS)})$")
 OPEN_ROUTES = ("/healthz",)
+T = TypeVar("T")
 WAIT_MAX_S = 60.0
 """Longest `?wait=` a client may hold a request open for."""
 
@@ -218,26 +220,29 @@ class HttpChannel:
             )
         return wait_s
 
-    def _final(self, job_id: str) -> bool:
+    def _final(self, job_id: str) -> Job | None:
         job = self.chat.job(job_id)
-        return job is None or job.state in FINAL_STATES
+        return job if job is not None and job.state in FINAL_STATES else None
 
-    async def _until(self, chat_id: str, ready: Callable[[], bool], wait_s: float) -> None:
-        """Return when `ready()` (asked again whenever the chat's jobs or outbox change), after
-        `wait_s`, or when the channel stops, whichever comes first."""
-        if wait_s <= 0 or ready():
-            return
-        bell = self.chat.bell.subscribe()  # no await since ready(): no change can slip by
+    async def _until(self, chat_id: str, probe: Callable[[], T | None], wait_s: float) -> T | None:
+        """`probe()`'s answer once it has one (asked again whenever the chat's jobs or outbox
+        change), or None after `wait_s` or when the channel stops. The caller has just looked
+        itself, with no await since, so no change can slip by before the bell is heard."""
+        if wait_s <= 0:
+            return None
+        bell = self.chat.bell.subscribe()
         self._waiting.add(bell)
         try:
             async with asyncio.timeout(wait_s):
-                while (rung := await bell.get()) != "" and (rung != chat_id or not ready()):
-                    pass
+                while (rung := await bell.get()) != "":
+                    if rung == chat_id and (found := probe()):
+                        return found
         except TimeoutError:
             pass
         finally:
             self._waiting.discard(bell)
             self.chat.bell.unsubscribe(bell)
+        return None
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -266,10 +271,9 @@ class HttpChannel:
         job = self.chat.job(job_id)
         if job is None:
             raise BadRequest(404, "no such job")
-
         if job.state not in FINAL_STATES:
-            await self._until(job.chat_id, lambda: self._final(job_id), wait_s)
-            job = self.chat.job(job_id) or job
+            final = await self._until(job.chat_id, lambda: self._final(job_id), wait_s)
+            job = final or self.chat.job(job_id) or job  # not final yet: as it is now
         return json_response(job_json(job, self.chat.delivery(job.id)))
 
     async def _outbox(self, request: web.Request) -> web.Response:
@@ -281,10 +285,9 @@ class HttpChannel:
         found = self.chat.outbox(chat_id, after)
         if found is None:
             raise BadRequest(404, "no such chat")
-        if not found:
-            await self._until(chat_id, lambda: bool(self.chat.outbox(chat_id, after)), wait_s)
-            found = self.chat.outbox(chat_id, after) or []
-        return json_response({"items": [item_json(row) for row in found]})
+        if not found:  # nothing new yet: every new item rings the bell
+            found = await self._until(chat_id, lambda: self.chat.outbox(chat_id, after), wait_s)
+        return json_response({"items": [item_json(row) for row in found or []]})
 
     async def _audio(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
