@@ -117,7 +117,7 @@ def test_every_format_decodes_with_its_duration(
     path = tmp_path / f"x.{fmt}"
     with AudioWriter(path, fmt, out_rate) as writer:
         for piece in np.array_split(audio.resample(tone(1.0), RATE, out_rate), 7):
-            writer.write(piece)
+            writer.feed(piece)
         writer.commit()
     assert describe(path) == (container, codec, rate)
     data, decoded_rate = decode(path)
@@ -136,7 +136,7 @@ def test_caf_opus_is_a_24_khz_voice_note_that_decodes_to_its_source(tmp_path: Pa
     source = audio.resample(audio.resample(noise, 24_000, 8_000), 8_000, 24_000)  # speech band
     path = tmp_path / "x.caf"
     with AudioWriter(path, "caf", 24_000) as writer:
-        writer.write(source)
+        writer.feed(source)
         writer.commit()
     raw = path.read_bytes()
     assert raw[:4] == b"caff" and b"desc" in raw and b"pakt" in raw
@@ -166,7 +166,7 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     """An error mid-write removes the partial file; nothing appears at the path."""
     path = tmp_path / "x.ogg"
     with pytest.raises(RuntimeError), AudioWriter(path, "ogg", 48_000) as writer:
-        writer.write(tone(0.5, rate=48_000))
+        writer.feed(tone(0.5, rate=48_000))
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 

@@ -49,10 +49,16 @@ def convert(src: Path, fmt: str, rate: int, settings: EncodeSettings | None = No
     target = src.with_name(f"{src.stem}.{rate // 1000}k.{FILE_FORMATS[fmt].suffix}")
     if not target.exists():
         samples, src_rate = decode(src)
-        with AudioWriter(target, fmt, rate, settings) as writer:
-            writer.feed(resample(samples, src_rate, rate))
-            writer.commit()
+        _write(target, fmt, rate, settings, resample(samples, src_rate, rate))
     return target
+
+
+def _write(
+    target: Path, fmt: str, rate: int, settings: EncodeSettings | None, samples: Samples
+) -> None:
+    with AudioWriter(target, fmt, rate, settings) as writer:
+        writer.feed(samples)
+        writer.commit()
 
 
 VOICE_FILL = 0.92
@@ -81,9 +87,7 @@ def fit_voice_note(
     for n, piece in enumerate(pieces, 1):
         target = src.with_name(f"{src.stem}.voice{n}of{len(pieces)}.{rate // 1000}k.ogg")
         if not target.exists():
-            with AudioWriter(target, "ogg", rate, lower) as writer:
-                writer.feed(piece)
-                writer.commit()
+            _write(target, "ogg", rate, lower, piece)
         out.append(target)
     return out
 

@@ -54,6 +54,10 @@ class _CutOff(Exception):
     """The answer ran out of tokens before its JSON (a reasoning model thinking)."""
 
 
+_FAILURES = (TimeoutError, httpx.HTTPError, ValueError, _Transient, _CutOff)
+"""Whatever ends a call without vectors: the reply falls back to the lexicon."""
+
+
 class Analyser:
     """The LLM emotion analyser over one shared httpx client."""
 
@@ -96,7 +100,7 @@ class Analyser:
         try:
             async with asyncio.timeout(self.config.llm_first_call_timeout_s):
                 await self._post(body)
-        except (TimeoutError, httpx.HTTPError, ValueError, _Transient, _CutOff) as exc:
+        except _FAILURES as exc:
             log.info("emotion LLM warm-up did not finish: %s", str(exc) or type(exc).__name__)
             return
         log.info("emotion LLM warm in %.1fs", time.monotonic() - started)
@@ -118,7 +122,7 @@ class Analyser:
         try:
             async with asyncio.timeout(bound):
                 vectors = await self._with_retries(style, segments)
-        except (TimeoutError, httpx.HTTPError, ValueError, _Transient, _CutOff) as exc:
+        except _FAILURES as exc:
             self.calls["error"] += 1
             log.warning(
                 "emotion LLM failed after %.0f ms (bound %.0fs), falling back: %s",

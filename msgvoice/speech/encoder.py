@@ -217,8 +217,6 @@ class AudioWriter:
         self._file.write(self._encoder.feed(samples))
         return b""
 
-    write = feed
-
     def commit(self) -> Path:
         """Finish the file and move it into place."""
         try:
@@ -252,11 +250,6 @@ class AudioWriter:
     ) -> None:
         if exc_type is not None:
             self.abort()
-
-    @property
-    def frames(self) -> int:
-        """Samples written so far."""
-        return self._encoder.frames
 
     @property
     def duration_s(self) -> float:
