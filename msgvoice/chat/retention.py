@@ -11,12 +11,12 @@ older than `jobs_days` leave the journal, which gives the space back (incrementa
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from msgvoice.chat.journal import Journal
+from msgvoice.chat.schema import now_ms
 from msgvoice.config import RetentionConfig
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Retention:
 
     def run(self) -> Swept:
         """One pass; logs what it removed."""
-        now = int(time.time() * 1000)
+        now = now_ms()
         config, prefixes = self.config, self.push_prefixes
         spent = self.journal.spent_audio(prefixes, now - int(config.grace_s * 1000))
         aged = now - int(config.audio_days * DAY_MS) if config.audio_days else 0
@@ -85,8 +85,7 @@ class Retention:
     def _remove(self, name: str) -> int:
         """Remove a voice note and what was made from it; the bytes freed."""
         freed = 0
-        stem = Path(name).stem
-        for path in [self.audio_dir / name, *self.audio_dir.glob(f"{stem}.*")]:
+        for path in self.audio_dir.glob(f"{Path(name).stem}.*"):  # the note and its conversions
             try:
                 size = path.stat().st_size
                 path.unlink()
