@@ -297,12 +297,10 @@ class Journal:
         """Voice notes (file names, oldest first) made before `before_ms` that no one still
         waits for: delivered or refused by their push channel, or in a chat no push channel
         serves (HTTP clients fetch them)."""
-        pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
-        args = [x for p in push_prefixes for x in (len(p), p)]
+        settled, args = _settled(push_prefixes)
         rows = self._db.execute(
             "SELECT audio_name FROM outbox WHERE audio_name IS NOT NULL AND created_at_ms < ?"
-            f" AND (sent_at_ms IS NOT NULL OR failed_at_ms IS NOT NULL OR NOT ({pushed}))"
-            " ORDER BY created_at_ms",
+            f" AND {settled} ORDER BY created_at_ms",
             (before_ms, *args),
         ).fetchall()
         return [str(r["audio_name"]) for r in rows]
@@ -310,8 +308,7 @@ class Journal:
     def forget_before(self, push_prefixes: Collection[str], before_ms: int) -> int:
         """Remove finished jobs and settled outbox items older than `before_ms`; give the
         space back to the file system. Returns the rows removed."""
-        pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
-        args = [x for p in push_prefixes for x in (len(p), p)]
+        settled, args = _settled(push_prefixes)
         with self._tx() as db:
             jobs = db.execute(
                 "DELETE FROM jobs WHERE state IN ('done', 'failed', 'superseded')"
@@ -319,9 +316,7 @@ class Journal:
                 (before_ms,),
             ).rowcount
             items = db.execute(
-                "DELETE FROM outbox WHERE created_at_ms < ? AND (sent_at_ms IS NOT NULL"
-                f" OR failed_at_ms IS NOT NULL OR NOT ({pushed}))",
-                (before_ms, *args),
+                f"DELETE FROM outbox WHERE created_at_ms < ? AND {settled}", (before_ms, *args)
             ).rowcount
         self._db.execute("PRAGMA incremental_vacuum")
         return int(jobs) + int(items)
@@ -349,3 +344,11 @@ class Journal:
         """Jobs by state (for metrics and doctor)."""
         rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: int(r["n"]) for r in rows}
+
+
+def _settled(push_prefixes: Collection[str]) -> tuple[str, list[object]]:
+    """The SQL condition (and its arguments) of an outbox row no one still waits on: a push
+    channel delivered or refused it, or its chat is served by no push channel."""
+    pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
+    args: list[object] = [x for p in push_prefixes for x in (len(p), p)]
+    return f"(sent_at_ms IS NOT NULL OR failed_at_ms IS NOT NULL OR NOT ({pushed}))", args
