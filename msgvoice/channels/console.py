@@ -70,31 +70,27 @@ class ConsoleChannel:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read lines until end of input, then wait for this chat's jobs and set `stop`."""
-        changes = self.chat.bell.subscribe()
         lines = self._lines()
         self._print(self.chat.phrase(CHAT_ID, "console_banner"))
         try:
-            while (line := await lines.get()) is not None:
-                if line.strip():
-                    outcome = await self.chat.message(Incoming(CHAT_ID, line.strip()))
-                    self._jobs += outcome.jobs
-                self._show_new()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.finish_timeout_s):
-                    while self._open_jobs():
-                        await changes.get()
-                        self._show_new()
+            with self.chat.bell.listening() as changes:
+                while (line := await lines.get()) is not None:
+                    if line.strip():
+                        outcome = await self.chat.message(Incoming(CHAT_ID, line.strip()))
+                        self._jobs += outcome.jobs
+                    self._show_new()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.finish_timeout_s):
+                        while self._open_jobs():
+                            await changes.get()
+                            self._show_new()
             self._show_new()
         finally:
-            self.chat.bell.unsubscribe(changes)
             stop.set()
 
     async def follow(self) -> None:
         """Print replies as they arrive (runs beside `run`)."""
-        changes = self.chat.bell.subscribe()
-        try:
+        with self.chat.bell.listening() as changes:
             while True:
                 if await changes.get() == CHAT_ID:
                     self._show_new()
-        finally:
-            self.chat.bell.unsubscribe(changes)

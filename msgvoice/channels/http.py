@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from msgvoice.chat.port import (
     Outcome,
     allowed,
     bad_id,
+    next_ring,
 )
 from msgvoice.config import Config, ConfigError
 from msgvoice.speech.formats import FILE_FORMATS
@@ -127,7 +129,7 @@ class HttpChannel:
     async def stop(self) -> None:
         """Answer the requests that are waiting, close the listener and open connections."""
         for bell in self._waiting:
-            bell.put_nowait("")  # no chat has an empty id: it means "stop waiting"
+            bell.put_nowait("")  # stop waiting (see _until)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -230,18 +232,18 @@ class HttpChannel:
         itself, with no await since, so no change can slip by before the bell is heard."""
         if wait_s <= 0:
             return None
-        bell = self.chat.bell.subscribe()
-        self._waiting.add(bell)
-        try:
-            async with asyncio.timeout(wait_s):
-                while (rung := await bell.get()) != "":
-                    if rung == chat_id and (found := probe()):
+        deadline = time.monotonic() + wait_s
+        ours_or_stop = (chat_id, "")  # no chat has an empty id: it means "stop waiting"
+        with self.chat.bell.listening() as bell:
+            self._waiting.add(bell)
+            try:
+                left = deadline - time.monotonic()
+                while await next_ring(bell, ours_or_stop.__contains__, left) == chat_id:
+                    if found := probe():
                         return found
-        except TimeoutError:
-            pass
-        finally:
-            self._waiting.discard(bell)
-            self.chat.bell.unsubscribe(bell)
+                    left = deadline - time.monotonic()
+            finally:
+                self._waiting.discard(bell)
         return None
 
     # -- routes ------------------------------------------------------------------------------

@@ -9,13 +9,11 @@ is gone) marks that item failed in the journal, with the reason, and the pump mo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from msgvoice.chat.port import ChatPort, OutboxItem
+from msgvoice.chat.port import ChatPort, OutboxItem, next_ring
 from msgvoice.net import next_backoff
 
 log = logging.getLogger(__name__)
@@ -55,16 +53,13 @@ class OutboxPump:
     async def run(self) -> None:
         """Send whatever is pending; sleep until the next retry is due or the bell rings for
         one of this channel's chats (or a periodic look)."""
-        changes = self.chat.bell.subscribe()
-        try:
+        with self.chat.bell.listening() as changes:
             while True:
                 retry_in = await self.drain()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(retry_in or IDLE_RECHECK_S):
-                        while not (await changes.get()).startswith(self.prefix):
-                            pass
-        finally:
-            self.chat.bell.unsubscribe(changes)
+                await next_ring(changes, self._ours, retry_in or IDLE_RECHECK_S)
+
+    def _ours(self, chat_id: str) -> bool:
+        return chat_id.startswith(self.prefix)
 
     async def drain(self) -> float | None:
         """Send pending items in each chat's order; None when nothing waits for a retry,

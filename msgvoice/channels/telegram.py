@@ -21,6 +21,7 @@ poller runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,7 +29,7 @@ from typing import Any, NoReturn
 import httpx
 
 from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
-from msgvoice.chat.port import FINAL_STATES, ChatPort, Incoming, OutboxItem
+from msgvoice.chat.port import FINAL_STATES, ChatPort, Incoming, OutboxItem, next_ring
 from msgvoice.config import TelegramConfig
 from msgvoice.net import next_backoff
 from msgvoice.speech.convert import AudioError, fit_voice_note
@@ -208,8 +209,7 @@ class TelegramChannel:
 
     async def _recording(self, chat: str, jobs: list[str]) -> None:
         """Show "recording voice" until the chat's voice notes are made (bounded)."""
-        changes = self.chat.bell.subscribe()
-        try:
+        with self.chat.bell.listening() as changes, contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ACTION_FOR_AT_MOST_S):
                 while not all((j := self.chat.job(job)) is None or j.state in FINAL_STATES
                               for job in jobs):  # fmt: skip
@@ -217,11 +217,7 @@ class TelegramChannel:
                         await self.call("sendChatAction", action="record_voice", **address(chat))
                     except ChannelError as exc:
                         log.info("telegram sendChatAction failed: %s", exc)
-                    await _next_change(changes, chat, ACTION_EVERY_S)
-        except TimeoutError:
-            pass
-        finally:
-            self.chat.bell.unsubscribe(changes)
+                    await next_ring(changes, chat.__eq__, ACTION_EVERY_S)
 
     async def _send(self, item: OutboxItem) -> None:
         where = address(item.chat_id)
@@ -242,16 +238,6 @@ class TelegramChannel:
                 params["duration"] = str(round(item.duration_s))
             voice = await asyncio.to_thread(Path.read_bytes, part)
             await self.call("sendVoice", files={"voice": (part.name, voice, "audio/ogg")}, **params)
-
-
-async def _next_change(changes: asyncio.Queue[str], chat: str, within_s: float) -> None:
-    """Wait (at most `within_s`) for the bell to ring for `chat`."""
-    try:
-        async with asyncio.timeout(within_s):
-            while await changes.get() != chat:
-                pass
-    except TimeoutError:
-        pass
 
 
 def _raise(method: str, body: dict[str, Any], status: int) -> NoReturn:

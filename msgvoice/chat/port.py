@@ -8,7 +8,8 @@ that a chat changed through the `Bell`. Nothing else of the chat wing is a chann
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -100,6 +101,28 @@ class Bell:
         """Tell every listener that `chat_id` changed."""
         for queue in self._queues:
             queue.put_nowait(chat_id)
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[asyncio.Queue[str]]:
+        """A subscribed queue for the length of a `with` block."""
+        queue = self.subscribe()
+        try:
+            yield queue
+        finally:
+            self.unsubscribe(queue)
+
+
+async def next_ring(
+    changes: asyncio.Queue[str], wanted: Callable[[str], bool], within_s: float
+) -> str | None:
+    """The next chat id from a bell's queue that `wanted` accepts, or None after `within_s`."""
+    try:
+        async with asyncio.timeout(within_s):
+            while not wanted(rung := await changes.get()):
+                pass
+    except TimeoutError:
+        return None
+    return rung
 
 
 ID_MAX = 256
