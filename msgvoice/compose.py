@@ -235,6 +235,7 @@ def _http(
 
     def health() -> dict[str, Any]:
         full = router.storage_full()
+        workers = [w.facts() for w in kit.workers]  # the first is `supervisor`
         return {
             "status": "ok" if full is None else "degraded",
             "reason": full,
@@ -242,8 +243,8 @@ def _http(
             "running": lane.running,
             "running_jobs": lane.running_jobs(),
             "jobs": journal.counts(),
-            "worker": supervisor.facts(),
-            "workers": [w.facts() for w in kit.workers],
+            "worker": workers[0],
+            "workers": workers,
         }
 
     return HttpChannel(
