@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import platform
 import signal
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -21,13 +19,12 @@ from typing import Any
 from msgvoice.compose import DaemonParts, daemon_parts
 from msgvoice.config import Config
 from msgvoice.net import next_backoff
+from msgvoice.speech import process_memory
 
 log = logging.getLogger(__name__)
 
 HEALTHY_RUN_S = 60.0
 """A task that ran this long before failing starts its back-off afresh."""
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
-"""glibc's mallopt parameters (<malloc.h>)."""
 
 
 class Daemon:
@@ -146,21 +143,9 @@ class Daemon:
             stopper.cancel()
 
 
-def tame_malloc() -> None:
-    """Keep a long-running daemon's memory near its working set (glibc only): big audio
-    buffers always come from mmap and go back when freed (glibc otherwise raises that
-    threshold as they are freed and keeps the space), and encoder threads share two arenas.
-    Measured here: 115 -> 87 MB after a burst of 48 voice notes over 16 chats."""
-    if platform.libc_ver()[0] != "glibc":
-        return
-    libc = ctypes.CDLL(None)
-    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    libc.mallopt(M_ARENA_MAX, 2)
-
-
 async def serve(config: Config, console: bool = False) -> int:
     """`msgvoice run`: serve until SIGTERM/SIGINT (or end of console input), then stop."""
-    tame_malloc()
+    process_memory.tame_malloc()
     daemon = Daemon(config, console)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

