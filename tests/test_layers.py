@@ -42,6 +42,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "msgvoice.ops": (
         *FOUNDATION,
         "msgvoice.ops",
+        "msgvoice.channels.imsg_rpc",  # doctor asks imsg what the channel would: its protocol
         "msgvoice.speech",
         "msgvoice.chat",
         "msgvoice.worker.protocol",

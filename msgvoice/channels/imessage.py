@@ -18,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from msgvoice.channels.imsg_rpc import ImsgProcess, RequestTimeout, RpcError, bridge_ready
+from msgvoice.channels.imsg_rpc import (
+    ImsgProcess,
+    RequestTimeout,
+    RpcError,
+    bridge_ready,
+    full_disk_access_fix,
+)
 from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import ImessageConfig
@@ -37,16 +41,6 @@ PREFIX = "im:"
 CURSOR = "imessage.rowid"
 HEALTHY_SESSION_S = 60.0
 HISTORY_LIMIT = 30
-FULL_DISK_ACCESS_FIX = (
-    "grant Full Disk Access (System Settings > Privacy & Security > Full Disk Access) to the "
-    "program that starts imsg: {parent}; under launchd that is this Python, not your "
-    "terminal; then restart msgvoice"
-)
-
-
-def full_disk_access_fix() -> str:
-    """What to grant, and to which program, when imsg cannot read chat.db."""
-    return FULL_DISK_ACCESS_FIX.format(parent=os.path.realpath(sys.executable))
 
 
 class ImessageChannel:

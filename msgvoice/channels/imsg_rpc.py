@@ -16,6 +16,8 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +28,17 @@ log = logging.getLogger(__name__)
 INVALID_PARAMS = -32602
 PERMANENT_HINTS = ("unjoined empty outgoing row",)
 PERMISSION_HINTS = ("Full Disk Access", "authorization denied", "unable to open database")
+"""What imsg's error `data` says when it cannot read chat.db."""
+FULL_DISK_ACCESS_FIX = (
+    "grant Full Disk Access (System Settings > Privacy & Security > Full Disk Access) to the "
+    "program that starts imsg: {parent}; under launchd that is this Python, not your "
+    "terminal; then restart msgvoice"
+)
+
+
+def full_disk_access_fix() -> str:
+    """What to grant, and to which program, when imsg cannot read chat.db."""
+    return FULL_DISK_ACCESS_FIX.format(parent=os.path.realpath(sys.executable))
 
 
 class RpcError(ChannelError):

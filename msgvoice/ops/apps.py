@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 from typing import Any
 
 import httpx
 
+from msgvoice.channels.imsg_rpc import PERMISSION_HINTS, bridge_ready, full_disk_access_fix
 from msgvoice.config import Config
 from msgvoice.ops.probes import HTTP_PROBE_TIMEOUT_S, Check
 
 IMSG_PROBE_TIMEOUT_S = 10.0
-PERMISSION_HINTS = ("Full Disk Access", "authorization denied", "unable to open database")
 
 
 async def check_telegram(config: Config, client: httpx.AsyncClient) -> Check | None:
@@ -68,29 +66,21 @@ async def check_imessage(config: Config) -> Check | None:
         )
     data = str((answer.get("error") or {}).get("data") or "")
     if any(hint in data for hint in PERMISSION_HINTS):
-        parent = _python()
         return Check(
             "imessage",
             "error",
             "imsg cannot read chat.db (no Full Disk Access)",
-            f"System Settings > Privacy & Security > Full Disk Access: add {parent} (the "
-            "program that starts imsg; under launchd not your terminal), and allow it to "
-            "control Messages under Automation; then restart msgvoice",
+            full_disk_access_fix() + " (and allow it to control Messages under Automation)",
         )
     if "error" in answer:
         return Check("imessage", "warning", f"imsg answered chats.list with {answer['error']}")
-    status = await _status(command)
-    bubbles = bool(status.get("advanced_features"))
+    bubbles = await bridge_ready(command, IMSG_PROBE_TIMEOUT_S)
     how = (
         "voice bubbles (send.attachment as_voice)"
         if bubbles
         else ("ordinary attachments: voice bubbles need imsg's IMCore bridge (see imsg's docs)")
     )
     return Check("imessage", "pass", f"imsg reads chat.db; voice notes go as {how}")
-
-
-def _python() -> str:
-    return os.path.realpath(sys.executable)
 
 
 async def _one_request(command: list[str], method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -115,18 +105,3 @@ async def _one_request(command: list[str], method: str, params: dict[str, Any]) 
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-
-
-async def _status(command: list[str]) -> dict[str, Any]:
-    status = [*command[:-1], "status", "--json"] if command[-1:] == ["rpc"] else []
-    if not status:
-        return {}
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *status, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        async with asyncio.timeout(IMSG_PROBE_TIMEOUT_S):
-            out, _ = await proc.communicate()
-        return dict(json.loads(out.splitlines()[0]))
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return {}
