@@ -20,7 +20,7 @@ from msgvoice import __version__, compose
 from msgvoice.chat import commands, phrasebook
 from msgvoice.config import Config, ConfigError, load
 from msgvoice.speech.formats import FILE_FORMATS, SUFFIXES
-from msgvoice.speech.speaker import SpeechError, SpeechJob, WorkerError
+from msgvoice.speech.speaker import SpeechError, SpeechJob, WorkerError, speakable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -73,12 +73,13 @@ def _speakable(line: str) -> tuple[str, str | None]:
     command = commands.parse(line)
     if isinstance(command, commands.Speak):
         return command.text, command.style
-    if isinstance(command, commands.PlainText) and command.text:
+    if isinstance(command, commands.PlainText) and speakable(command.text):
         return command.text, None
     if isinstance(command, commands.Usage):
-        raise UsageError(phrasebook.text(command.key))
+        raise UsageError(phrasebook.text(command.key, max=str(commands.STYLE_MAX_CHARS)))
     if isinstance(command, commands.PlainText):
-        raise UsageError("nothing to speak: the text is empty")
+        what = "is empty" if not command.text else "has only emoji, punctuation or blanks"
+        raise UsageError(f"nothing to speak: the text {what}")
     raise UsageError(f"`say` speaks /tts lines or plain text, not {line.split(maxsplit=1)[0]}")
 
 

@@ -8,13 +8,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from msgvoice.config import Config, TtsConfig, WorkerConfig
+from msgvoice.config import Config, StatePaths, TtsConfig, WorkerConfig
 from msgvoice.speech.chain import EngineChain, WorkerPool
 from msgvoice.speech.emotion import Emotions
 from msgvoice.speech.emotion_llm import Analyser
@@ -105,11 +106,10 @@ async def speech_kit(config: Config, workers: int = 1) -> AsyncIterator[SpeechKi
         if analyser is not None:
             stack.push_async_callback(analyser.close)
         emotions = Emotions(config.emotion, analyser.analyse if analyser else None)
-        scratch = config.paths.tmp
 
         async def supervisor(worker: WorkerConfig, engine: str) -> Supervisor:
             options = engine_options(config, engine)
-            return await stack.enter_async_context(Supervisor(worker, engine, options, scratch))
+            return await stack.enter_async_context(Supervisor(worker, engine, options))
 
         main = [await supervisor(config.worker, config.tts.engine) for _ in range(workers)]
         lazy = dataclasses.replace(config.worker, eager=False)  # fallbacks start when needed
@@ -151,6 +151,7 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
     from msgvoice.ops.metrics import Live, Metrics  # noqa: PLC0415
 
     paths = config.paths
+    sweep_leftovers(paths)
     async with contextlib.AsyncExitStack() as stack:
         journal = Journal(paths.journal, Bell(), paths.audio)
         stack.callback(journal.close)
@@ -184,6 +185,16 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         stack.push_async_callback(parts.http.stop)
         lane.resume()
         yield parts
+
+
+def sweep_leftovers(paths: StatePaths) -> None:
+    """Remove what a killed daemon left half made: voice notes it was writing (`.*.part`) and
+    the scratch folders of older versions' workers, so they cannot hold a small disk."""
+    for leftover in [*paths.audio.glob(".*.part"), *paths.tmp.glob("msgvoice-worker-*")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _chat(

@@ -88,7 +88,8 @@ class StatePaths:
 
     @property
     def tmp(self) -> Path:
-        """Scratch files (worker output, whole-file encodes)."""
+        """Scratch files. Workers hand their audio over a pipe now; the daemon's start removes
+        the `msgvoice-worker-*` folders that workers of older versions left here."""
         return self.root / "tmp"
 
     @property
@@ -176,6 +177,9 @@ ALIAS_VALUES: dict[str, dict[str, str]] = {
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
 CHANNEL_SECTIONS = ("telegram", "imessage")
+OPEN_FILES = 10240
+"""The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent
+and the systemd unit): macOS's OPEN_MAX, far above launchd's default of 256."""
 """Sections written as [channels.<name>] in TOML."""
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -11,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from msgvoice.chat.port import keep_running
 from msgvoice.compose import DaemonParts, daemon_parts
-from msgvoice.config import Config
-from msgvoice.net import next_backoff
+from msgvoice.config import OPEN_FILES, Config
 from msgvoice.speech import process_memory
 
 log = logging.getLogger(__name__)
 
-HEALTHY_RUN_S = 60.0
-"""A task that ran this long before failing starts its back-off afresh."""
+ACCEPT_EPISODE_S = 60.0
+"""Accept failures closer together than this are one episode (logged once)."""
 
 
 class Daemon:
@@ -53,15 +54,18 @@ class Daemon:
             await self._stack.aclose()
             raise
         log.info(
-            "msgvoice running: engine=%s state_dir=%s",
+            "msgvoice running: engine=%s state_dir=%s open_files=%d http_connections=%d",
             self.config.tts.engine,
             self.config.state_dir,
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            self._parts.http.guard.cap,
         )
         return self
 
     def _start_tasks(self, parts: DaemonParts) -> None:
         def keep(name: str, run: Callable[[], Awaitable[None]]) -> None:
-            self._tasks.append(asyncio.create_task(self._supervised(name, run), name=name))
+            task = keep_running(name, run, parts.task_restarts)
+            self._tasks.append(asyncio.create_task(task, name=name))
 
         keep("lane", parts.lane.run)
         for channel in parts.channels:
@@ -91,25 +95,6 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._stack.aclose()
             self._parts = None
-
-    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run a task for the daemon's life: a failure is logged once with its traceback,
-        counted, and the task restarted after a growing back-off; ending by itself is fine."""
-        backoff = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await run()
-                return
-            except Exception:
-                log.exception("task %s failed; restarting it", name)
-                restarts = self.parts.task_restarts
-                restarts[name] = restarts.get(name, 0) + 1
-            if loop.time() - started > HEALTHY_RUN_S:
-                backoff = 0.0
-            backoff = next_backoff(backoff, first_s=0.5)
-            await asyncio.sleep(backoff)
 
     async def _retention(self) -> None:
         """Retention every `retention.every_s`."""
@@ -143,9 +128,42 @@ class Daemon:
             stopper.cancel()
 
 
+def raise_open_file_limit(wanted: int = OPEN_FILES) -> int:
+    """Raise the soft open-file limit to min(hard limit, `wanted`) (launchd gives an agent
+    256); the limit in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """An accept that fails for lack of files is logged once per episode (a minute without
+    one ends it), not once per try: asyncio retries every second and says so each time."""
+    last = [-1e9]
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "out of system resource" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        now = loop.time()
+        if now - last[0] > ACCEPT_EPISODE_S:
+            log.error("http: cannot accept connections: %s", context.get("exception"))
+        last[0] = now
+
+    loop.set_exception_handler(handler)
+
+
 async def serve(config: Config, console: bool = False) -> int:
     """`msgvoice run`: serve until SIGTERM/SIGINT (or end of console input), then stop."""
     process_memory.tame_malloc()
+    raise_open_file_limit()
+    quiet_accept_errors(asyncio.get_running_loop())
     daemon = Daemon(config, console)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

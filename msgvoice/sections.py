@@ -147,6 +147,13 @@ class HttpConfig:
     """Largest request body accepted."""
     allow: tuple[str, ...] = ()
     """Chat ids or senders allowed to use the HTTP channel (empty = everyone)."""
+    idle_timeout_s: float = _key(15.0, lo=1, hi=3600)
+    """A connection with no request under way (its headers included) is closed after this."""
+    body_timeout_s: float = _key(30.0, lo=1, hi=600)
+    """A request body that has not arrived in full by then is answered 408."""
+    max_connections: int = _key(0, lo=0)
+    """Connections held open at once; 0: the open-file limit less what the daemon needs. A
+    new connection over the cap closes the one quiet for longest (none: it is refused)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def make(tmp_path: Path, engine: dict[str, Any] | None = None, **worker: Any) ->
         }
     )
     options = {"marker_dir": str(tmp_path), **(engine or {})}
-    return Supervisor(config, FAULT_ENGINE, options, tmp_path)
+    return Supervisor(config, FAULT_ENGINE, options)
 
 
 def req(text: str, job: str = "j") -> SynthRequest:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import re
@@ -20,7 +19,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from msgvoice.channels.views import item_json, job_json, json_response
+from msgvoice.channels.connections import ConnectionGuard, GuardedSite, quiet_client_trouble
+from msgvoice.channels.views import BadRequest, item_json, job_json, json_response, read_json
 from msgvoice.chat.port import (
     FINAL_STATES,
     ID_MAX,
@@ -43,14 +43,8 @@ OPEN_ROUTES = ("/healthz",)
 T = TypeVar("T")
 WAIT_MAX_S = 60.0
 """Longest `?wait=` a client may hold a request open for."""
-
-
-class BadRequest(Exception):
-    """A client error: status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+SEQ_MAX = 2**63 - 1
+"""Largest sequence number (sqlite's integers are 64-bit)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -86,8 +80,10 @@ class HttpChannel:
         self.doctor, self.health, self.metrics = doctor, health, metrics
         self.accepting = True
         self._waiting: set[asyncio.Queue[str]] = set()
+        self.guard = ConnectionGuard(http.max_connections)
         self.app = web.Application(
-            client_max_size=http.max_body_bytes, middlewares=[self._errors, self._auth]
+            client_max_size=http.max_body_bytes,
+            middlewares=[self.guard.middleware, self._errors, self._auth],
         )
         self.app.add_routes(
             [
@@ -107,9 +103,13 @@ class HttpChannel:
 
     async def start(self) -> None:
         """Bind and serve."""
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        http = self.config.http
+        quiet_client_trouble()
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=5.0, keepalive_timeout=http.idle_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        site = GuardedSite(self._runner, http.host, http.port, self.guard)
         try:
             await site.start()
         except OSError as exc:
@@ -170,10 +170,7 @@ class HttpChannel:
 
     async def _body(self, request: web.Request, *required: str) -> dict[str, Any]:
         self._taking_work()
-        try:
-            body = await request.json(loads=json.loads)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest(400, "body is not valid JSON") from None
+        body = await read_json(request, self.config.http.body_timeout_s)
         if not isinstance(body, dict):
             raise BadRequest(400, "body must be a JSON object")
         for name in required:
@@ -280,10 +277,15 @@ class HttpChannel:
 
     async def _outbox(self, request: web.Request) -> web.Response:
         chat_id, wait_s = self._id(request.match_info["chat_id"]), self._wait_s(request)
+        raw = request.query.get("after", "0")
         try:
-            after = int(request.query.get("after", "0"))
+            after = int(raw)
         except ValueError:
-            raise BadRequest(400, "after must be an integer sequence number") from None
+            after = -1
+        if not 0 <= after <= SEQ_MAX:
+            raise BadRequest(
+                400, f"after must be a sequence number from 0 to {SEQ_MAX}, not {raw[:24]!r}"
+            )
         found = self.chat.outbox(chat_id, after)
         if found is None:
             raise BadRequest(404, "no such chat")
@@ -301,7 +303,11 @@ class HttpChannel:
         return web.FileResponse(path, headers={"Content-Type": content_type})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        facts = self.health()
+        try:
+            facts = self.health()
+        except Exception as exc:  # a fact that cannot be read (out of files) is a fact too
+            log.warning("healthz: %s", exc)
+            return json_response({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         status = 503 if facts.get("worker", {}).get("state") == "failed" else 200
         return json_response(facts, status=status)
 

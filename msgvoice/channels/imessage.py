@@ -28,8 +28,8 @@ from msgvoice.channels.imsg_rpc import (
     bridge_ready,
     full_disk_access_fix,
 )
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
-from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
+from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
+from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, keep_running
 from msgvoice.config import ImessageConfig
 from msgvoice.net import next_backoff
 from msgvoice.speech.convert import AudioError, convert
@@ -61,9 +61,9 @@ class ImessageChannel:
 
     async def run(self) -> None:
         """Keep imsg running and subscribed; handle its messages; push the outbox."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.pump.run())
-            group.create_task(self._handle_messages())
+        async with asyncio.TaskGroup() as group:  # intake and delivery: apart
+            group.create_task(keep_running("imessage delivery", self.pump.run))
+            group.create_task(keep_running("imessage intake", self._handle_messages))
             backoff = 0.0
             while True:
                 started = asyncio.get_running_loop().time()
@@ -129,7 +129,8 @@ class ImessageChannel:
             if not message.get("is_from_me") and text and message.get("chat_id") is not None:
                 chat_id, sender = f"{PREFIX}{message['chat_id']}", message.get("sender")
                 allow = prefixed(self.config.allow, PREFIX)
-                await self.chat.message(Incoming(chat_id, text, sender, allow))
+                incoming = Incoming(chat_id, text, sender, allow)
+                await take_in(f"imsg message {rowid}", self.chat.message, incoming)
             if rowid is not None:
                 self.chat.set_cursor(CURSOR, str(rowid))
 
@@ -142,8 +143,8 @@ class ImessageChannel:
             try:
                 fmt = self.config.voice_format
                 voice = await asyncio.to_thread(convert, item.audio, fmt, CAF_RATE)
-            except AudioError as exc:
-                raise ChannelError(str(exc)) from exc
+            except AudioError as exc:  # a voice note that cannot be read never will be
+                raise ChannelError(str(exc), permanent=True) from exc
             params["file"] = str(voice)
             if self.voice_bubbles:
                 method, params["as_voice"] = "send.attachment", True

@@ -1,17 +1,28 @@
 """Pushes a channel's outbox to its chat app: in order per chat, never across chats; at least
 once, never again once the app acknowledged an item.
 
-A transient failure (network, 5xx, 429, the app restarting) holds back only that chat: its
-item is retried after a growing back-off, or after the app's own `retry_after`, while other
-chats are served. A permanent refusal (the user blocked the bot, the bot was kicked, the chat
-is gone) marks that item failed in the journal, with the reason, and the pump moves on.
+Whatever a send raises belongs to the item being sent, never to the pump or the channel:
+- a transient failure (network, 5xx, 429, the app restarting, an OS error such as EMFILE)
+  holds back only that chat: its item is retried after a growing back-off, or after the app's
+  own `retry_after`, while other chats are served; one that has not healed after
+  `GIVE_UP_AFTER_S` marks the item failed;
+- a permanent refusal (the user blocked the bot, the bot was kicked, the chat is gone, a voice
+  note that cannot be read) marks the item failed at once;
+- anything else (a bug, an exception nobody listed) is logged once with its traceback, and
+  after `UNEXPECTED_TRIES` tries the item is marked failed with the error as its reason.
+A failed item carries its reason in the journal (the outbox's `error`, the job's `delivery`,
+`/metrics`), and the chat's next item goes on. An item the app took but the journal could not
+record is not sent again: only its acknowledgement is retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from msgvoice.chat.port import ChatPort, OutboxItem, next_ring
 from msgvoice.net import next_backoff
@@ -19,12 +30,40 @@ from msgvoice.net import next_backoff
 log = logging.getLogger(__name__)
 
 Send = Callable[[OutboxItem], Awaitable[None]]
+T = TypeVar("T")
 IDLE_RECHECK_S = 30.0
+GIVE_UP_AFTER_S = 6 * 3600.0
+"""A transient failure that lasts this long (since the item's first failed try) fails it."""
+UNEXPECTED_TRIES = 3
+"""Tries of an item whose send raises something unexpected before it is marked failed."""
 
 
 def prefixed(allow: tuple[str, ...], prefix: str) -> tuple[str, ...]:
     """An allow-list names the app's own ids; chats are journalled as <prefix><id>."""
     return allow + tuple(f"{prefix}{a}" for a in allow)
+
+
+INTAKE_TRIES = 3
+"""Tries of one incoming message whose handling raises before it is passed over."""
+
+
+async def take_in(what: str, handle: Callable[[T], Awaitable[object]], event: T) -> None:
+    """Handle one incoming event; a failure is that event's alone: logged (the traceback
+    once), tried again after a short back-off, and after `INTAKE_TRIES` passed over with an
+    error, so one message that cannot be handled never stops a channel's intake."""
+    backoff = 0.0
+    for attempt in range(1, INTAKE_TRIES + 1):
+        try:
+            await handle(event)
+            return
+        except Exception as exc:
+            if attempt == 1:
+                log.exception("%s could not be handled", what)
+            if attempt == INTAKE_TRIES:
+                log.error("%s passed over after %d tries: %s", what, attempt, exc)
+                return
+            backoff = next_backoff(backoff, first_s=0.5)
+            await asyncio.sleep(backoff)
 
 
 class ChannelError(RuntimeError):
@@ -39,23 +78,50 @@ class ChannelError(RuntimeError):
         self.permanent = permanent
 
 
+@dataclass
+class _Trouble:
+    """One item's failed tries: when the first was, and how many."""
+
+    since: float
+    tries: int = 0
+
+
 class OutboxPump:
     """Delivers the outbox items of chats whose id starts with `prefix`."""
 
     def __init__(
-        self, chat: ChatPort, prefix: str, send: Send, clock: Callable[[], float] = time.monotonic
+        self,
+        chat: ChatPort,
+        prefix: str,
+        send: Send,
+        clock: Callable[[], float] = time.monotonic,
+        give_up_after_s: float = GIVE_UP_AFTER_S,
     ) -> None:
         self.chat, self.prefix, self.send, self.clock = chat, prefix, send, clock
+        self.give_up_after_s = give_up_after_s
         self._backoff_s: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         """chat → monotonic time before which it is not tried again."""
+        self._troubles: dict[tuple[str, int], _Trouble] = {}
+        self._unacked: set[tuple[str, int]] = set()
+        """Items the app took whose acknowledgement the journal did not record yet."""
 
     async def run(self) -> None:
         """Send whatever is pending; sleep until the next retry is due or the bell rings for
-        one of this channel's chats (or a periodic look)."""
+        one of this channel's chats (or a periodic look). A round that cannot even read the
+        journal is logged and tried again after a back-off: the pump never ends by itself."""
+        backoff = 0.0
         with self.chat.bell.listening() as changes:
             while True:
-                retry_in = await self.drain()
+                try:
+                    retry_in = await self.drain()
+                    backoff = 0.0
+                except Exception as exc:  # the journal itself: the items stay where they are
+                    if not backoff:
+                        log.exception("outbox %s: a delivery round failed", self.prefix)
+                    backoff = next_backoff(backoff)
+                    retry_in = backoff
+                    log.warning("outbox %s: next round in %.0fs (%s)", self.prefix, backoff, exc)
                 await next_ring(changes, self._ours, retry_in or IDLE_RECHECK_S)
 
     def _ours(self, chat_id: str) -> bool:
@@ -69,37 +135,69 @@ class OutboxPump:
         for item in self.chat.pending(self.prefix, skip=held):
             if item.chat_id in held:
                 continue  # an earlier item of this chat failed in this round
-            try:
-                await self.send(item)
-            except ChannelError as exc:
-                if exc.permanent:
-                    self._refuse(item, exc)
-                else:
-                    self._hold(item, exc)
-                    held.add(item.chat_id)
-                continue
-            self.chat.ack(item)
-            self._backoff_s.pop(item.chat_id, None)
-            self._retry_at.pop(item.chat_id, None)
+            if not await self._deliver(item):
+                held.add(item.chat_id)
         now = self.clock()
         self._retry_at = {chat: at for chat, at in self._retry_at.items() if at > now}
         return min(self._retry_at.values()) - now if self._retry_at else None
 
-    def _refuse(self, item: OutboxItem, exc: ChannelError) -> None:
-        self.chat.refuse(item, str(exc))
-        log.error(
-            "send to %s (seq %d) refused for good, marked failed: %s", item.chat_id, item.seq, exc
-        )
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Send one item and record the outcome; False when its chat is held back."""
+        key = (item.chat_id, item.seq)
+        if key not in self._unacked:
+            try:
+                await self.send(item)
+            except Exception as exc:  # whatever it is, it is this item's
+                return not self._failed(item, exc)
+            self._unacked.add(key)
+        try:
+            self.chat.ack(item)
+        except Exception as exc:  # sent, not recorded: hold the chat, acknowledge later
+            self._hold(item, f"sent, but the journal did not record it: {exc}", None)
+            return False
+        self._unacked.discard(key)
+        self._troubles.pop(key, None)
+        self._backoff_s.pop(item.chat_id, None)
+        self._retry_at.pop(item.chat_id, None)
+        return True
 
-    def _hold(self, item: OutboxItem, exc: ChannelError) -> None:
+    def _failed(self, item: OutboxItem, exc: Exception) -> bool:
+        """One failed try: hold the chat, or mark the item failed (refused, or out of tries
+        or time); returns whether the chat is held."""
+        key = (item.chat_id, item.seq)
+        trouble = self._troubles.setdefault(key, _Trouble(since=self.clock()))
+        trouble.tries += 1
+        known = isinstance(exc, ChannelError | OSError)
+        if isinstance(exc, OSError):
+            self.chat.storage_trouble(exc)  # a full disk is the daemon's state, not the item's
+        if not known and trouble.tries == 1:
+            log.exception("send to %s (seq %d) raised", item.chat_id, item.seq)
+        reason = str(exc) if isinstance(exc, ChannelError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ChannelError) and exc.permanent:
+            self._refuse(item, reason, "refused for good")
+        elif not known and trouble.tries >= UNEXPECTED_TRIES:
+            self._refuse(item, reason, f"failed {trouble.tries} times")
+        elif self.clock() - trouble.since >= self.give_up_after_s:
+            self._refuse(item, reason, f"still failing after {self.give_up_after_s:.0f}s")
+        else:
+            self._hold(item, reason, exc.retry_after_s if isinstance(exc, ChannelError) else None)
+            return True
+        return False
+
+    def _refuse(self, item: OutboxItem, reason: str, why: str) -> None:
+        self.chat.refuse(item, reason)
+        self._troubles.pop((item.chat_id, item.seq), None)
+        log.error("send to %s (seq %d) %s, marked failed: %s", item.chat_id, item.seq, why, reason)
+
+    def _hold(self, item: OutboxItem, reason: str, retry_after_s: float | None) -> None:
         backoff = next_backoff(self._backoff_s.get(item.chat_id, 0.0))
         self._backoff_s[item.chat_id] = backoff
-        wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
+        wait = retry_after_s if retry_after_s is not None else backoff
         self._retry_at[item.chat_id] = self.clock() + wait
         log.warning(
             "send to %s (seq %d) failed, retrying that chat in %.1fs: %s",
             item.chat_id,
             item.seq,
             wait,
-            exc,
+            reason,
         )

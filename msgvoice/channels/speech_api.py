@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from msgvoice.channels.speech_request import OPENAI_VOICES, ApiError, SpeechRequest, parse
-from msgvoice.channels.views import json_response
+from msgvoice.channels.views import BadRequest, json_response, read_json
 from msgvoice.config import Config
 from msgvoice.speech.speaker import Speaker, SpeechError, WorkerError
 
@@ -87,7 +87,8 @@ class SpeechApi:
                 raise ApiError(
                     507, f"msgvoice cannot store audio right now: {why}", None, "server_error"
                 )
-            asked = parse(await _json(request), self.config, self.speaker.has_voice)
+            body = await _json(request, self.config.http.body_timeout_s)
+            asked = parse(body, self.config, self.speaker.has_voice)
         except ApiError as exc:
             return _error(exc)
         chunks = self.speaker.stream(asked.job, asked.fmt, asked.stream)
@@ -114,11 +115,14 @@ class SpeechApi:
             response.enable_chunked_encoding()
         else:
             response.content_length = len(first)
-        await response.prepare(request)
-        await self._send(response, asked, first)
         try:
+            await response.prepare(request)
+            await self._send(response, asked, first)
             async for chunk in rest:
                 await self._send(response, asked, chunk)
+        except ConnectionError:  # the client hung up: its audio is no longer made
+            log.debug("speech %s: the client went away", asked.job.job_id)
+            return response
         except FAILURES as exc:  # too late for a status: end the stream early
             log.warning("speech %s failed mid-stream: %s", asked.job.job_id, exc)
         else:
@@ -136,8 +140,8 @@ class SpeechApi:
         await response.write(chunk)
 
 
-async def _json(request: web.Request) -> Any:
+async def _json(request: web.Request, timeout_s: float) -> Any:
     try:
-        return await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON") from None
+        return await read_json(request, timeout_s)
+    except BadRequest as exc:
+        raise ApiError(exc.status, str(exc)) from None

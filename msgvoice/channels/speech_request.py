@@ -17,7 +17,7 @@ from typing import Any
 
 from msgvoice.config import Config
 from msgvoice.speech.formats import API_FORMATS, Format
-from msgvoice.speech.speaker import SpeechJob
+from msgvoice.speech.speaker import SpeechJob, speakable
 
 OPENAI_VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx",
@@ -159,6 +159,10 @@ def parse(body: Any, config: Config, has_voice: Callable[[str], bool]) -> Speech
         raise ApiError(400, FIELDS["input"][1], "input")
     if len(text) > limit:
         raise ApiError(400, f"input is {len(text)} characters; the limit is {limit}", "input")
+    if not speakable(text):
+        raise ApiError(
+            400, "input has nothing to speak (only emoji, punctuation or blanks)", "input"
+        )
     instructions = (got["instructions"] or "").strip()
     style = got["style"] or (None if instructions.lower() in ABSENT_INSTRUCTIONS else instructions)
     fmt = API_FORMATS[got["response_format"] or "mp3"]

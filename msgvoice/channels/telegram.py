@@ -28,8 +28,15 @@ from typing import Any, NoReturn
 
 import httpx
 
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed
-from msgvoice.chat.port import FINAL_STATES, ChatPort, Incoming, OutboxItem, next_ring
+from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
+from msgvoice.chat.port import (
+    FINAL_STATES,
+    ChatPort,
+    Incoming,
+    OutboxItem,
+    keep_running,
+    next_ring,
+)
 from msgvoice.config import TelegramConfig
 from msgvoice.net import next_backoff
 from msgvoice.speech.convert import AudioError, fit_voice_note
@@ -83,9 +90,9 @@ class TelegramChannel:
         the server refuses stops the channel (logged once), not the daemon."""
         try:
             await self._identify()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._poll())
-                group.create_task(self.pump.run())
+            async with asyncio.TaskGroup() as group:  # intake and delivery: apart
+                group.create_task(keep_running("telegram intake", self._poll))
+                group.create_task(keep_running("telegram delivery", self.pump.run))
         except* Unauthorized as group:
             log.error(
                 "telegram channel stopped: the Bot API refused the token from %s (%s); "
@@ -170,7 +177,7 @@ class TelegramChannel:
                 continue
             backoff = 0.0
             for update in updates or []:
-                await self._handle(update)
+                await take_in(f"telegram update {update.get('update_id')}", self._handle, update)
                 offset = int(update["update_id"]) + 1
                 self.chat.set_cursor(CURSOR, str(offset))
 
@@ -228,8 +235,8 @@ class TelegramChannel:
             parts = await asyncio.to_thread(
                 fit_voice_note, item.audio, VOICE_NOTE_MAX_BYTES, VOICE_RATE
             )
-        except AudioError as exc:
-            raise ChannelError(str(exc)) from exc
+        except AudioError as exc:  # a voice note that cannot be read never will be
+            raise ChannelError(str(exc), permanent=True) from exc
         for n, part in enumerate(parts, 1):
             params = dict(where)
             if len(parts) > 1:

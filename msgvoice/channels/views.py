@@ -3,6 +3,7 @@ reply in Chinese reads as Chinese in curl)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import functools
 import json
@@ -18,6 +19,30 @@ _dumps = functools.partial(json.dumps, ensure_ascii=False)
 def json_response(data: Any, status: int = 200) -> web.Response:
     """`data` as an `application/json` answer, characters unescaped."""
     return web.json_response(data, status=status, dumps=_dumps)
+
+
+class BadRequest(Exception):
+    """A client error: status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_json(request: web.Request, timeout_s: float) -> Any:
+    """The request's JSON body, which must arrive in full within `timeout_s`: BadRequest 408
+    for a body that stalls, 400 for one cut short or not JSON (413 comes from aiohttp)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise BadRequest(408, f"the body did not arrive within {timeout_s:.0f}s") from None
+    except ConnectionError:
+        raise BadRequest(400, "the body was cut short") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(400, "the body is not valid JSON") from None
 
 
 def iso(ms: int) -> str:

@@ -6,8 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from msgvoice.speech.text import speakable
+
 STYLE_CLEAR_WORDS = ("off", "reset", "clear")
 STYLE_HEAD_MAX = 20
+STYLE_MAX_CHARS = 200
+"""Longest `/mode style` description (a style hint, not a text to speak)."""
 
 _COLON = re.compile(r"[:：]")
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
@@ -101,6 +105,8 @@ def _parse_tts(body: str) -> Command:
     style, text = split_style(body)
     if not text:
         return Usage("tts_usage")
+    if not speakable(text):  # only emoji, punctuation or invisible characters
+        return Usage("nothing_to_speak")
     return Speak(text=text, style=style)
 
 
@@ -118,6 +124,12 @@ def _parse_voice(arg: str) -> Command:
     return Usage("mode_usage") if mode is None else SetVoiceMode(mode)
 
 
+def _parse_style(arg: str) -> Command:
+    if len(arg) > STYLE_MAX_CHARS:
+        return Usage("style_too_long")
+    return SetStyle(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
+
+
 def _parse_mode(body: str) -> Command:
     if not body:
         return ShowMode()
@@ -128,7 +140,7 @@ def _parse_mode(body: str) -> Command:
     if word == "style-reset" and not arg:
         return SetStyle(None)
     if word == "style" and arg:
-        return SetStyle(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
+        return _parse_style(arg)
     if word == "speaker" and arg:
         return SetSpeaker(None if arg.lower() in STYLE_CLEAR_WORDS else arg)
     return Usage("mode_usage")

@@ -24,8 +24,8 @@ from pathlib import Path
 from msgvoice.chat import phrasebook
 from msgvoice.chat.journal import Journal
 from msgvoice.chat.port import Job
-from msgvoice.chat.storage import Storage, is_full
-from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError
+from msgvoice.chat.storage import Storage
+from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError, exhausted
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Lane:
             self._parked.append(job)  # the lane is restarted or stopped: the job is not lost
             raise
         except Exception as exc:
-            if self.storage is not None and is_full(exc):
+            if self.storage is not None and exhausted(exc):
                 self.storage.mark_full(f"job {job.id}: {exc}")
                 self._parked.append(job)
                 return
@@ -181,7 +181,7 @@ class Lane:
         try:
             result = await self.speaker.speak(speech)
         except (WorkerError, SpeechError, OSError) as exc:
-            if is_full(exc):
+            if exhausted(exc):
                 raise
             self._failed(job, str(exc))
             return

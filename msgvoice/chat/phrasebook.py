@@ -42,7 +42,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "failed": "语音生成失败：{reason}",
         "text_only": "目前只支持文字消息，发送 /help 查看可用命令",
         "engine_fallback": "{engine}（{main} 不可用，已回退）",
-        "storage_full": "存储空间已满，暂时无法生成语音，请稍后再试",
+        "storage_full": "存储空间或系统资源已用尽，暂时无法生成语音，请稍后再试",
+        "nothing_to_speak": "这段文字里没有可以读出来的内容（只有表情、标点或空白）",
+        "style_too_long": "风格描述太长了：最多 {max} 个字符",
         "console_banner": "msgvoice console: 输入 /tts 你好 或 /help；Ctrl-D 退出",
         "console_text": "机器人: {text}",
         "console_voice": "机器人: [语音] {path}{seconds}",
@@ -79,8 +81,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "failed": "Could not make the voice note: {reason}",
         "text_only": "Only text messages are understood; send /help for the commands",
         "engine_fallback": "{engine} ({main} unavailable, falling back)",
-        "storage_full": "The bot's storage is full, so it cannot make voice notes right now; "
-        "please try again later",
+        "storage_full": "The bot is out of storage or system resources, so it cannot make "
+        "voice notes right now; please try again later",
+        "nothing_to_speak": "There is nothing to speak in that: only emoji, punctuation or "
+        "blank characters",
+        "style_too_long": "That style description is too long: at most {max} characters",
         "console_banner": "msgvoice console: type /tts hello or /help; Ctrl-D quits",
         "console_text": "bot: {text}",
         "console_voice": "bot: [voice] {path}{seconds}",

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from msgvoice.net import next_backoff
+
+log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "done", "failed", "superseded"]
 DeliveryState = Literal["pending", "sent", "failed"]
@@ -123,6 +128,36 @@ async def next_ring(
     except TimeoutError:
         return None
     return rung
+
+
+HEALTHY_RUN_S = 60.0
+"""A loop that ran this long before failing starts its back-off afresh."""
+
+
+async def keep_running(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    restarts: dict[str, int] | None = None,
+    first_backoff_s: float = 0.5,
+) -> None:
+    """Run `run` until it returns: a failure is logged once with its traceback, counted in
+    `restarts[name]`, and `run` started again after a growing back-off. A channel's intake
+    and its delivery each run under one of these, so neither can stop the other."""
+    backoff = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            await run()
+            return
+        except Exception:
+            log.exception("task %s failed; restarting it", name)
+            if restarts is not None:
+                restarts[name] = restarts.get(name, 0) + 1
+        if loop.time() - started > HEALTHY_RUN_S:
+            backoff = 0.0
+        backoff = next_backoff(backoff, first_s=first_backoff_s)
+        await asyncio.sleep(backoff)
 
 
 ID_MAX = 256

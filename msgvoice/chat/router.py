@@ -12,9 +12,10 @@ from msgvoice.chat import commands, phrasebook
 from msgvoice.chat.journal import Chat, Journal
 from msgvoice.chat.lane import Lane
 from msgvoice.chat.port import Bell, Incoming, Job, OutboxItem, Outcome, allowed, bad_id
-from msgvoice.chat.storage import Storage, is_full
+from msgvoice.chat.storage import Storage
 from msgvoice.config import Config
-from msgvoice.speech.text import truncate
+from msgvoice.speech.speaker import exhausted
+from msgvoice.speech.text import speakable, truncate
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class Router:
         if isinstance(command, commands.Help):
             return phrasebook.text("help", chat.lang)
         if isinstance(command, commands.Usage):
-            return phrasebook.text(command.key, chat.lang)
+            return phrasebook.text(command.key, chat.lang, max=str(commands.STYLE_MAX_CHARS))
         assert isinstance(command, commands.Unknown)
         return phrasebook.text("unknown", chat.lang, name=command.name)
 
@@ -169,7 +170,7 @@ class Router:
     def bot_reply(self, chat_id: str, text: str) -> Outcome:
         """A bot's reply to a chat, voiced per the chat's mode (text first in `both`)."""
         chat = self.journal.chat(chat_id)
-        if chat.voice_mode == "text":
+        if chat.voice_mode == "text" or not speakable(text):  # nothing to voice: text it is
             return Outcome(replies=[self._say(chat_id, text)])
         placeholder = phrasebook.text("placeholder", chat.lang)
         first = self._say(chat_id, text if chat.voice_mode == "both" else placeholder)
@@ -241,7 +242,7 @@ class Router:
 
     def storage_trouble(self, exc: BaseException) -> bool:
         """Whether `exc` means the state dir is full (then it is marked so)."""
-        if self.storage is None or not is_full(exc):
+        if self.storage is None or not exhausted(exc):
             return False
         self.storage.mark_full(str(exc))
         return True

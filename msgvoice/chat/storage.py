@@ -1,20 +1,19 @@
 """Whether the state dir takes writes: a full disk is a state of the daemon, not a crash.
 
 When a write fails for lack of space (ENOSPC or EDQUOT from the file system, "database or disk
-is full" from sqlite) the storage is marked full: new work is refused with a clear answer,
+is full" from sqlite) or a file cannot be opened for lack of descriptors (EMFILE, ENFILE: see
+`speech.job.exhausted`), the storage is marked full: new work is refused with a clear answer,
 journalled work waits, and the daemon stays up. `watch()` then frees what retention may free
 and, once there is room again (free space over `min_free_mb` and a real test write that
-succeeds), marks it usable: waiting work proceeds by itself.
+succeeds, so files open again too), marks it usable: waiting work proceeds by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import shutil
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,13 +22,6 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 10.0
 RECHECK_FULL_S = 1.0
 PROBE_BYTES = 64 * 1024
-
-
-def is_full(exc: BaseException) -> bool:
-    """Whether an error means there is no room to write."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
 
 
 class Storage:

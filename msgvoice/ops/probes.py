@@ -50,7 +50,7 @@ async def check_engine(config: Config, engine_options: dict[str, Any]) -> Check:
     try:
         async with (
             asyncio.timeout(ENGINE_PROBE_TIMEOUT_S),
-            Supervisor(worker, config.tts.engine, engine_options, config.paths.tmp) as sup,
+            Supervisor(worker, config.tts.engine, engine_options) as sup,
         ):
             result = await sup.synthesize(SynthRequest("doctor", "你好"))
             ignored = sup.engine_facts.get("ignored") or []

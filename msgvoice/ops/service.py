@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from msgvoice.config import Config
+from msgvoice.config import OPEN_FILES, Config
 
 UNIT_NAME = "msgvoice.service"
 COMMAND_TIMEOUT_S = 20
@@ -114,6 +114,7 @@ def plist(config: Config, config_path: Path | None = None) -> bytes:
         "StandardOutPath": str(logs / "msgvoice.out.log"),
         "StandardErrorPath": str(logs / "msgvoice.err.log"),
         "ProcessType": "Interactive",
+        "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES},
     }
     return plistlib.dumps(body)
 
@@ -139,6 +140,7 @@ def unit(config: Config, config_path: Path | None = None) -> str:
             f"TimeoutStopSec={_stop_timeout_s(config)}",
             "KillMode=mixed",
             "KillSignal=SIGTERM",
+            f"LimitNOFILE={OPEN_FILES}",
             "",
             "[Install]",
             "WantedBy=default.target",

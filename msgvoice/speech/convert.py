@@ -13,6 +13,7 @@ import numpy as np
 from msgvoice.speech.audio import resample
 from msgvoice.speech.encoder import AudioError, AudioWriter, EncodeSettings
 from msgvoice.speech.formats import FILE_FORMATS
+from msgvoice.speech.job import transient
 from msgvoice.worker.protocol import Samples, to_float32
 
 __all__ = ["AudioError", "convert", "decode", "describe", "fit_voice_note"]
@@ -31,6 +32,10 @@ def decode(path: Path) -> tuple[Samples, int]:
                 for f in mono.resample(frame)
             ]
             parts += [f.to_ndarray().reshape(-1) for f in mono.resample(None)]
+    except OSError as exc:
+        if transient(exc):  # out of files, disk trouble: worth another try
+            raise
+        raise AudioError(f"cannot read {path.name}: {exc}") from exc
     except (av.FFmpegError, IndexError) as exc:
         raise AudioError(f"cannot read {path.name}: {exc}") from exc
     samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -38,10 +43,18 @@ def decode(path: Path) -> tuple[Samples, int]:
 
 
 def describe(path: Path) -> tuple[str, str, int]:
-    """(container, codec, sample rate) of an audio file, by FFmpeg's names."""
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        return container.format.name, stream.codec_context.name, int(stream.rate or 0)
+    """(container, codec, sample rate) of an audio file, by FFmpeg's names; AudioError for
+    a file that is not audio (an empty one included)."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            return container.format.name, stream.codec_context.name, int(stream.rate or 0)
+    except OSError as exc:
+        if transient(exc):
+            raise
+        raise AudioError(f"cannot read {path.name}: {exc}") from exc
+    except (av.FFmpegError, IndexError) as exc:
+        raise AudioError(f"cannot read {path.name}: {exc}") from exc
 
 
 def convert(src: Path, fmt: str, rate: int, settings: EncodeSettings | None = None) -> Path:

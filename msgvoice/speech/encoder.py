@@ -218,8 +218,11 @@ class AudioWriter:
         return b""
 
     def commit(self) -> Path:
-        """Finish the file and move it into place."""
+        """Finish the file and move it into place; AudioError (and no file) when nothing was
+        fed: no writer ever leaves an empty or undecodable file."""
         try:
+            if not self._encoder.frames:
+                raise AudioError(f"no audio to write to {self.path.name}")
             self._file.write(self._encoder.finish())
             if header := self._encoder.header():
                 self._file.seek(0)

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from msgvoice.speech.emotion import EmotionResult
+
+EXHAUSTED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE})
+"""The machine ran out of something that comes back by itself: disk space, open files."""
+TRANSIENT_ERRNOS = EXHAUSTED_ERRNOS | {errno.EIO, errno.EAGAIN, errno.ENOMEM, errno.EINTR}
+"""OS errors worth another try later (the rest, such as a missing file, never heal)."""
+
+
+def exhausted(exc: BaseException) -> bool:
+    """Whether an error means disk space or open files ran out (sqlite's "database or disk
+    is full" and "unable to open database file" included): a state of the daemon that new
+    work is refused in and accepted work waits out, not a failure of the work."""
+    if isinstance(exc, OSError):
+        return exc.errno in EXHAUSTED_ERRNOS
+    message = str(exc).lower()
+    return isinstance(exc, sqlite3.Error) and ("full" in message or "unable to open" in message)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether an OS error may heal by itself (exhausted resources, I/O trouble)."""
+    return exhausted(exc) or (isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS)
 
 
 class SpeechError(ValueError):

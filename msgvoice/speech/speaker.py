@@ -24,12 +24,22 @@ from msgvoice.speech.chain import EngineChain
 from msgvoice.speech.emotion import Emotions, to_prosody
 from msgvoice.speech.encoder import AudioWriter, Encoder, EncodeSettings
 from msgvoice.speech.formats import Format, output_rate
-from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult
+from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult, exhausted
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
+from msgvoice.speech.text import speakable
 from msgvoice.speech.worker_process import RequestRefused, WorkerError
 from msgvoice.worker.protocol import Samples
 
-__all__ = ["Report", "Speaker", "SpeechError", "SpeechJob", "SpeechResult", "WorkerError"]
+__all__ = [
+    "Report",
+    "Speaker",
+    "SpeechError",
+    "SpeechJob",
+    "SpeechResult",
+    "WorkerError",
+    "exhausted",
+    "speakable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +232,9 @@ class Speaker:
                     asyncio.to_thread(self._encode, sink, synthesis, after_gap)
                 )
                 encoding.add_done_callback(done)
-            assert sink is not None and encoding is not None
+            if sink is None:
+                raise SpeechError("the engine made no sound for this text")
+            assert encoding is not None
             await encoding
         except BaseException:
             if encoding is not None and not encoding.done():
@@ -273,7 +285,8 @@ class Speaker:
                 raise SpeechError(str(exc)) from None
             _add_times(report.timings, synthesis)
             report.unseeded_why = report.unseeded_why or synthesis.unseeded_why
-            yield synthesis
+            if synthesis.samples.size:  # a segment the engine made no sound for is left out
+                yield synthesis
 
 
 def _add_times(timings: dict[str, float], synthesis: Synthesis) -> None:

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -34,7 +30,7 @@ from msgvoice.speech.worker_process import (
     WorkerUnavailable,
     worker_command,
 )
-from msgvoice.worker.protocol import Samples, SynthesisParams, read_raw
+from msgvoice.worker.protocol import Samples, SynthesisParams, from_raw
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,6 @@ class Supervisor:
         config: WorkerConfig,
         engine: str,
         engine_options: Mapping[str, Any],
-        scratch_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -64,17 +59,12 @@ class Supervisor:
         """What the engine said about itself when its worker last became ready."""
         self._worker: WorkerProcess | None = None
         self._lock = asyncio.Lock()
-        self._files = itertools.count(1)
         self._next_start_at = 0.0
         self._delay_s = 0.0
         self._recycle_task: asyncio.Task[None] | None = None
-        self._scratch_parent = scratch_dir
-        self._scratch = Path()
+        self._in_flight: set[asyncio.Future[Synthesis]] = set()
 
     async def __aenter__(self) -> Supervisor:
-        if self._scratch_parent is not None:
-            self._scratch_parent.mkdir(parents=True, exist_ok=True)
-        self._scratch = Path(tempfile.mkdtemp(prefix="msgvoice-worker-", dir=self._scratch_parent))
         if self.config.eager:
             async with self._lock:
                 with contextlib.suppress(WorkerUnavailable):
@@ -87,13 +77,15 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        for task in list(self._in_flight):  # stopping: nobody waits for these any more
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._recycle_task is not None:
             self._recycle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recycle_task
         await self._stop("shutdown")
         self.state = "stopped"
-        shutil.rmtree(self._scratch, ignore_errors=True)
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -129,15 +121,29 @@ class Supervisor:
     # -- jobs --------------------------------------------------------------------------------
 
     async def synthesize(self, request: SynthRequest) -> Synthesis:
-        """Speak one request; retried once on a new worker if the first one is lost."""
+        """Speak one request; retried once on a new worker if the first one is lost. A caller
+        that goes away (a client that hung up) does not cost the worker: the segment it asked
+        for is finished within its timeout and dropped, and the worker takes the next job."""
+        task = asyncio.ensure_future(self._synthesize(request))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(_unwanted)
+                log.info("job %s: its caller went away; the segment is finished and dropped",
+                         request.job_id)  # fmt: skip
+            raise
+
+    async def _synthesize(self, request: SynthRequest) -> Synthesis:
         timeout = self.job_timeout_s(request)
         started = time.monotonic()
         async with self._lock:
             for attempt in (1, 2):
                 worker = await self._ensure_started()
-                out = self._scratch / f"{request.job_id}-{next(self._files)}.f32"
                 try:
-                    result = await self._run(worker, request, out, timeout)
+                    result = await self._run(worker, request, timeout)
                 except WorkerLost as lost:
                     self._note_loss(lost, request)
                     await self._stop(lost.reason, kill=True)
@@ -146,7 +152,9 @@ class Supervisor:
                             f"synthesis failed twice ({lost.reason}: {lost}); giving up"
                         ) from None
                     continue
-                samples, memory_mb = await asyncio.to_thread(self._collect, worker, out)
+                samples, memory_mb = await asyncio.to_thread(
+                    self._collect, worker, result["payload"]
+                )
                 self._after_job(worker, memory_mb)
                 return Synthesis(
                     samples,
@@ -160,7 +168,7 @@ class Supervisor:
         raise AssertionError("unreachable")
 
     async def _run(
-        self, worker: WorkerProcess, request: SynthRequest, out: Path, limit_s: float
+        self, worker: WorkerProcess, request: SynthRequest, limit_s: float
     ) -> dict[str, Any]:
         params: SynthesisParams = {
             "text": request.text,
@@ -168,7 +176,6 @@ class Supervisor:
             "prosody": request.prosody.as_json(),
             "emotion": list(request.emotion) if request.emotion else None,
             "seed": request.seed,
-            "out": str(out),
         }
         self.state = "busy"
         try:
@@ -195,11 +202,10 @@ class Supervisor:
             lost,
         )
 
-    def _collect(self, worker: WorkerProcess, out: Path) -> tuple[Samples, float]:
-        """(In a thread.) The worker's output, removed from disk, and the worker's memory now
-        (0 when there is no limit to hold it to)."""
-        samples = read_raw(out)
-        out.unlink(missing_ok=True)
+    def _collect(self, worker: WorkerProcess, payload: bytes) -> tuple[Samples, float]:
+        """(In a thread.) The worker's samples, and the worker's memory now (0 when there is
+        no limit to hold it to)."""
+        samples = from_raw(payload)
         limit = self.config.rss_limit_mb
         return samples, worker.memory_mb(limit) if limit else 0.0
 
@@ -308,3 +314,9 @@ class Supervisor:
         worker, self._worker = self._worker, None
         if worker is not None:
             await worker.stop(reason, self.config.term_grace_s, kill=kill)
+
+
+def _unwanted(task: asyncio.Future[Synthesis]) -> None:
+    """Collect the outcome of a segment whose caller went away (nobody else will)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.info("an abandoned segment failed: %s", error)

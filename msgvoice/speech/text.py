@@ -23,6 +23,14 @@ _SENTENCE = re.compile(
 
 TINY_SEGMENT_CHARS = 8
 """A final piece shorter than this is merged into its neighbour."""
+_SAYABLE = re.compile(r"[^\W_]")
+"""A letter or a digit, in any script."""
+
+
+def speakable(text: str) -> bool:
+    """Whether text holds anything an engine can say: a letter or a digit in any script, not
+    only emoji, punctuation, symbols or invisible characters (`😀😀`, `。。`, `\u200b`)."""
+    return _SAYABLE.search(text) is not None
 
 
 def normalise(text: str) -> str:
@@ -80,17 +88,18 @@ def _join(left: str, right: str) -> str:
 
 
 def segment(text: str, budget: int) -> list[str]:
-    """Split text into segments of at most `budget` characters at sentence ends.
+    """Split text into segments of at most `budget` characters at sentence ends; sentences
+    with nothing `speakable` are left out (none at all: no segment).
 
     `budget` 0 keeps the whole text as one segment. Over-long sentences are cut at commas and
     never mid-word; a tiny last piece is merged into the one before it.
     """
     text = normalise(text)
-    if not text:
+    if not speakable(text):
         return []
     if budget <= 0:
         return [text.replace("\n", " ")]
-    chunks = _pack(sentences(text), budget)
+    chunks = _pack([s for s in sentences(text) if speakable(s)], budget)
     if len(chunks) > 1 and len(chunks[-1]) < TINY_SEGMENT_CHARS:
         tail = chunks.pop()
         chunks[-1] = _join(chunks[-1], tail)

@@ -27,6 +27,8 @@ from msgvoice.worker.protocol import Prosody, Samples
 log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+PIPE_LIMIT = 1 << 20
+"""The protocol reader's buffer: a segment's audio arrives in pieces of up to this size."""
 
 
 def worker_command(
@@ -126,6 +128,7 @@ class WorkerProcess:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 env=env,
+                limit=PIPE_LIMIT,
             )
         except OSError as exc:
             raise StartFailed(f"cannot run {command[0]}: {exc}") from None
@@ -207,12 +210,17 @@ class WorkerProcess:
                 raise WorkerUnavailable(str(error.get("message", "")))
             raise WorkerError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
         result: dict[str, Any] = message.get("result") or {}
-        return result
+        return {**result, "payload": message["payload"]}
 
     async def read(self) -> dict[str, Any]:
-        """One protocol message; EOF and garbage are crashes."""
-        assert self.proc.stdout is not None
-        raw = await self.proc.stdout.readline()
+        """One protocol message, with the audio that follows it as `payload` (bytes); EOF,
+        garbage and a payload cut short are crashes."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            raw = await stdout.readline()
+        except ValueError:  # a line over the reader's limit
+            raise WorkerLost("crash", "garbage on the protocol: an endless line") from None
         if not raw:
             code = await wait_exit(self.proc, 2.0)
             raise WorkerLost("crash", f"worker exited with code {code}")
@@ -220,8 +228,16 @@ class WorkerProcess:
             message = json.loads(raw)
             if not isinstance(message, dict):
                 raise ValueError("not an object")
-        except ValueError:
+            size = int(message.get("bytes") or 0)
+        except (ValueError, TypeError):
             raise WorkerLost("crash", f"garbage on the protocol: {raw[:80]!r}") from None
+        try:
+            message["payload"] = await stdout.readexactly(size) if size > 0 else b""
+        except asyncio.IncompleteReadError as exc:
+            code = await wait_exit(self.proc, 2.0)
+            raise WorkerLost(
+                "crash", f"worker exited with code {code} after {len(exc.partial)} of {size} bytes"
+            ) from None
         return message
 
     async def stop(self, reason: str, grace_s: float, kill: bool = False) -> None:

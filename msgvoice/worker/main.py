@@ -31,19 +31,27 @@ from msgvoice.worker.protocol import (
     SynthesisAnswer,
     stage_times,
     to_float32,
-    write_raw,
+    to_raw,
 )
 
 log = logging.getLogger("msgvoice.worker")
 
 
-def _protocol_stream() -> IO[str]:
+def _protocol_stream() -> IO[bytes]:
     """Keep the real stdout for the protocol and point fd 1 (and print) at stderr."""
     fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     os.environ[PROTOCOL_FD_ENV] = str(fd)
-    return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+    return os.fdopen(fd, "wb")
+
+
+def send(out: IO[bytes], message: dict[str, Any], payload: bytes = b"") -> None:
+    """One protocol message, then its payload (the audio of a `synthesize` answer)."""
+    if payload:
+        message = {**message, "bytes": len(payload)}
+    out.write(json.dumps(message, ensure_ascii=False).encode() + b"\n" + payload)
+    out.flush()
 
 
 def _die_with_parent() -> None:
@@ -86,8 +94,10 @@ def load_engine(spec: str, options: dict[str, Any]) -> Engine:
     return engine
 
 
-def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> SynthesisAnswer:
-    """Speak one request's text into its output file."""
+def synthesize(
+    engine: Engine, params: dict[str, Any], takes_seed: bool
+) -> tuple[SynthesisAnswer, bytes]:
+    """Speak one request's text: the answer and its samples as the protocol carries them."""
     started = time.perf_counter()
     seed = params.get("seed")
     extra = {"seed": seed} if seed is not None and takes_seed else {}
@@ -100,8 +110,7 @@ def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> Synt
     )
     synth_s = time.perf_counter() - started
     audio = to_float32(samples)
-    write_raw(audio, params["out"])
-    return {
+    answer: SynthesisAnswer = {
         "sample_rate": int(rate),
         "samples": int(audio.size),
         "duration_s": audio.size / rate,
@@ -110,17 +119,14 @@ def synthesize(engine: Engine, params: dict[str, Any], takes_seed: bool) -> Synt
         "unseeded_why": None if extra or seed is None else f"{engine.name} takes no seed",
         "peak_rss_mb": peak_rss_mb(),
     }
+    return answer, to_raw(audio)
 
 
-def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
+def serve(engine: Engine, requests: IO[str], out: IO[bytes]) -> None:
     """Answer requests until shutdown or end of input. After each answer the engine may get
     ready for the next request (`prepare()`, for engines that have it), off the clock."""
     takes_seed = "seed" in inspect.signature(engine.synthesize).parameters
     prepare = getattr(engine, "prepare", None)
-
-    def send(message: dict[str, Any]) -> None:
-        out.write(json.dumps(message, ensure_ascii=False) + "\n")
-
     while True:
         if callable(prepare):
             prepare()
@@ -131,25 +137,30 @@ def serve(engine: Engine, requests: IO[str], out: IO[str]) -> None:
             request = json.loads(line)
             req_id, method = request["id"], request["method"]
         except (ValueError, KeyError, TypeError):
-            send({"id": None, "ok": False, "error": {"type": "BadRequest", "message": line[:200]}})
+            bad = {"type": "BadRequest", "message": line[:200]}
+            send(out, {"id": None, "ok": False, "error": bad})
             continue
         if method == "shutdown":
-            send({"id": req_id, "ok": True, "result": {}})
+            send(out, {"id": req_id, "ok": True, "result": {}})
             return
-        send({"id": req_id, **answer(engine, method, request.get("params", {}), takes_seed)})
+        message, payload = answer(engine, method, request.get("params", {}), takes_seed)
+        send(out, {"id": req_id, **message}, payload)
 
 
-def answer(engine: Engine, method: str, params: dict[str, Any], takes_seed: bool) -> dict[str, Any]:
-    """`{"ok": True, "result"}`, or `{"ok": False, "error"}`: a ValueError is the request's
-    fault (an unknown voice, text the engine refuses) and is logged in one line; anything
-    else is the engine's, logged with its traceback. Neither ends the worker."""
+def answer(
+    engine: Engine, method: str, params: dict[str, Any], takes_seed: bool
+) -> tuple[dict[str, Any], bytes]:
+    """(`{"ok": True, "result"}` and its audio), or `{"ok": False, "error"}`: a ValueError is
+    the request's fault (an unknown voice, text the engine refuses) and is logged in one line;
+    anything else is the engine's, logged with its traceback. Neither ends the worker."""
     error: Exception
     try:
         if method == "synthesize":
-            return {"ok": True, "result": synthesize(engine, params, takes_seed)}
+            result, audio = synthesize(engine, params, takes_seed)
+            return {"ok": True, "result": result}, audio
         if method == "ping":
             facts = {"peak_rss_mb": peak_rss_mb(), "engine": engine.name, "facts": engine.facts()}
-            return {"ok": True, "result": facts}
+            return {"ok": True, "result": facts}, b""
         raise ValueError(f"unknown method {method!r}")
     except SampleError as exc:  # unusable output: the engine's fault, not the request's
         log.exception("request failed")
@@ -163,7 +174,7 @@ def answer(engine: Engine, method: str, params: dict[str, Any], takes_seed: bool
     except Exception as exc:  # one request's failure is its answer, not the worker's end
         log.exception("request failed")
         error = exc
-    return {"ok": False, "error": {"type": type(error).__name__, "message": str(error)}}
+    return {"ok": False, "error": {"type": type(error).__name__, "message": str(error)}}, b""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine(args.engine, json.loads(args.options))
     except Exception as exc:
         log.exception("engine %s failed to load", args.engine)
-        out.write(json.dumps({"event": "failed", "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        send(out, {"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
         return 3
     ready = {
         "event": "ready",
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "facts": engine.facts(),
         "numpy": np.__version__,
     }
-    out.write(json.dumps(ready, ensure_ascii=False) + "\n")
+    send(out, ready)
     serve(engine, sys.stdin, out)
     return 0
 

@@ -2,16 +2,17 @@
 
 One JSON object per line each way. The worker first says `{"event": "ready", ...}` (or
 `{"event": "failed", "error"}`), then answers each `{"id", "method", "params"}` with
-`{"id", "ok", "result" | "error"}`. Audio is exchanged as files of raw little-endian float32
-mono samples. Engines import this module (and nothing else of msgvoice's); the daemon side
-imports it for `Prosody`, the request and answer shapes and the engine catalogue.
+`{"id", "ok", "result" | "error"}`. A `synthesize` answer names its audio's size in
+`"bytes"`, and that many bytes of raw little-endian float32 mono samples follow its line on the
+same pipe: audio never touches a disk between the two processes. Engines import this module
+(and nothing else of msgvoice's); the daemon side imports it for `Prosody`, the request and
+answer shapes and the engine catalogue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 import numpy as np
@@ -29,10 +30,10 @@ __all__ = [
     "Samples",
     "SynthesisAnswer",
     "SynthesisParams",
-    "read_raw",
+    "from_raw",
     "stage_times",
     "to_float32",
-    "write_raw",
+    "to_raw",
 ]
 
 PROTOCOL_FD_ENV = "MSGVOICE_WORKER_PROTOCOL_FD"
@@ -61,11 +62,10 @@ class SynthesisParams(TypedDict):
     prosody: dict[str, float]
     emotion: list[float] | None
     seed: int | None
-    out: str
 
 
 class SynthesisAnswer(TypedDict):
-    """`result` of a `synthesize` answer (the samples are in the request's `out` file)."""
+    """`result` of a `synthesize` answer (its samples follow the answer's line)."""
 
     sample_rate: int
     samples: int
@@ -76,14 +76,14 @@ class SynthesisAnswer(TypedDict):
     peak_rss_mb: float
 
 
-def write_raw(samples: Samples, path: str | Path) -> None:
-    """Write samples as the protocol carries them."""
-    samples.astype("<f4", copy=False).tofile(path)
+def to_raw(samples: Samples) -> bytes:
+    """Samples as the protocol carries them."""
+    return samples.astype("<f4", copy=False).tobytes()
 
 
-def read_raw(path: str | Path) -> Samples:
-    """Read a worker's output file."""
-    return np.fromfile(path, dtype="<f4").astype(np.float32, copy=False)
+def from_raw(data: bytes) -> Samples:
+    """Samples from the protocol's bytes (a writable copy)."""
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
 class Engine(Protocol):
