@@ -1,7 +1,8 @@
 """A test engine with injectable faults, run by the real worker as `tests.fault_engine:...`.
 
 A request's text may start with a directive `[mode]`, `[mode:arg]` or `[mode#token]`: ok,
-slow:<s>, hang, crash, garbage, leak:<MB>, bloat:<MB> (leak, then hang), error. With `#token`
+slow:<s>, hang, crash, garbage, leak:<MB>, bloat:<MB> (leak, then hang), error, oserror:<errno>
+(the engine's own I/O fails: OSError with that errno), silent (no samples at all). With `#token`
 the fault fires only the first time that token is seen (a marker file in `marker_dir`), so the
 supervisor's retry succeeds. Otherwise it speaks a 220 Hz tone of 50 ms per character at 16 kHz.
 With a `marker_dir`, every call first appends its text to `started.log` there, so a test can
@@ -22,6 +23,10 @@ import numpy as np
 from msgvoice.worker.protocol import Prosody
 
 RATE = 16_000
+FAILING = {
+    "error": lambda _arg: ValueError("the engine refused this text"),
+    "oserror": lambda arg: OSError(int(arg), os.strerror(int(arg))),
+}
 _DIRECTIVE = re.compile(r"^\[(\w+)(?::([\d.]+))?(?:#(\w+))?\]\s*")
 
 
@@ -64,6 +69,24 @@ class FaultEngine:
         block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
         self._hoard.append(block)
 
+    def _fault(self, mode: str, arg: float) -> bool:
+        """Act out one directive; True when the answer is to be silence."""
+        if mode == "slow":
+            time.sleep(arg)
+        elif mode == "hang":
+            time.sleep(3600)
+        elif mode == "crash":
+            os._exit(11)
+        elif mode == "garbage":
+            os.write(int(os.environ["MSGVOICE_WORKER_PROTOCOL_FD"]), b"this is not json\n")
+        elif mode in ("leak", "bloat"):
+            self._leak(arg)
+            if mode == "bloat":
+                time.sleep(3600)
+        elif mode in FAILING:
+            raise FAILING[mode](arg)
+        return mode == "silent"
+
     def synthesize(
         self, text: str, voice: str | None, prosody: Prosody, emotion: Sequence[float] | None
     ) -> tuple[Any, int]:
@@ -72,22 +95,8 @@ class FaultEngine:
         if self.leak_mb_per_job:
             self._leak(self.leak_mb_per_job)
         if match and self._fires(match.group(3)):
-            mode, arg = match.group(1), float(match.group(2) or 0)
-            if mode == "slow":
-                time.sleep(arg)
-            elif mode == "hang":
-                time.sleep(3600)
-            elif mode == "crash":
-                os._exit(11)
-            elif mode == "garbage":
-                os.write(int(os.environ["MSGVOICE_WORKER_PROTOCOL_FD"]), b"this is not json\n")
-            elif mode == "leak":
-                self._leak(arg)
-            elif mode == "bloat":
-                self._leak(arg)
-                time.sleep(3600)
-            elif mode == "error":
-                raise ValueError("the engine refused this text")
+            if self._fault(match.group(1), float(match.group(2) or 0)):
+                return np.zeros(0, np.float32), RATE
         time.sleep(self.delay_s)
         spoken = _DIRECTIVE.sub("", text)
         t = np.arange(int(RATE * 0.05 * max(1, len(spoken)))) / RATE

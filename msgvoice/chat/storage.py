@@ -32,6 +32,8 @@ class Storage:
         self.full_reason: str | None = None
         self.room = asyncio.Event()
         self.room.set()
+        self._marked = asyncio.Event()
+        """Set when a write found it full: the watch looks at once."""
         self.times_full = 0
 
     @property
@@ -48,6 +50,7 @@ class Storage:
             )
         self.full_reason = reason
         self.room.clear()
+        self._marked.set()
 
     def free_mb(self) -> float:
         """Free space where the state dir lives."""
@@ -83,4 +86,8 @@ class Storage:
                     )
                     self.full_reason = None
                     self.room.set()
-            await asyncio.sleep(RECHECK_FULL_S if self.full else CHECK_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._marked.wait(), RECHECK_FULL_S if self.full else CHECK_EVERY_S
+                )
+            self._marked.clear()

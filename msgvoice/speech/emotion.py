@@ -206,7 +206,11 @@ class Emotions:
         if self.config.fixed_vector:
             return "fixed", [safe(self.config.fixed_vector)] * n
         if self.analyse is not None:
-            found = await self.analyse(style, segments)
+            try:
+                found = await self.analyse(style, segments)
+            except Exception:  # anything the analyser did not foresee: the lexicon speaks
+                log.exception("emotion analyser failed; using the lexicon")
+                found = None
             if found is not None:
                 return "llm", found
         lexical = from_lexicon(style) if style else None
