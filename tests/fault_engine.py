@@ -94,9 +94,9 @@ class FaultEngine:
         match = _DIRECTIVE.match(text)
         if self.leak_mb_per_job:
             self._leak(self.leak_mb_per_job)
-        if match and self._fires(match.group(3)):
-            if self._fault(match.group(1), float(match.group(2) or 0)):
-                return np.zeros(0, np.float32), RATE
+        fault = match and self._fires(match.group(3))
+        if fault and match and self._fault(match.group(1), float(match.group(2) or 0)):
+            return np.zeros(0, np.float32), RATE
         time.sleep(self.delay_s)
         spoken = _DIRECTIVE.sub("", text)
         t = np.arange(int(RATE * 0.05 * max(1, len(spoken)))) / RATE
