@@ -85,7 +85,8 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, within: float = 30) -> DaemonProcess:
+    def start(self, within: float = 30, preexec: Callable[[], None] | None = None) -> DaemonProcess:
+        """Start it (`preexec` runs in the child first: limits) and wait until it answers."""
         log = open(self.env["MSGVOICE_STATE_DIR"] + ".log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "msgvoice", "run"],
@@ -93,6 +94,7 @@ class DaemonProcess:
             env=self.env,
             stdout=log,
             stderr=log,
+            preexec_fn=preexec,  # noqa: PLW1509 (a resource limit, set before exec)
         )
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:

@@ -23,16 +23,19 @@ log = logging.getLogger(__name__)
 
 RESERVED_FILES = 64
 """Open files the daemon keeps for itself (journal, worker pipes, voice notes, clients)."""
+BACKLOG = 64
+"""The listen backlog: asyncio accepts up to this many connections in one go before any of
+them is counted, so they are reserved as well."""
 MIN_CONNECTIONS = 8
 
 
 def default_cap() -> int:
     """Connections allowed when `http.max_connections` is 0: the open-file limit less
-    RESERVED_FILES."""
+    RESERVED_FILES and BACKLOG (128 under launchd's default of 256)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 4096
-    return max(MIN_CONNECTIONS, soft - RESERVED_FILES)
+    return max(MIN_CONNECTIONS, soft - RESERVED_FILES - BACKLOG)
 
 
 class _Counted(asyncio.Protocol):
@@ -139,7 +142,7 @@ class GuardedSite(web.BaseSite):
     """A TCP site (as aiohttp's own) whose every connection is counted by a guard."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard):
-        super().__init__(runner)
+        super().__init__(runner, backlog=BACKLOG)
         self.host, self.port, self.guard = host, port, guard
 
     @property

@@ -213,6 +213,7 @@ class Speaker:
         `emit` its bytes as soon as they are encoded. Returns the sink, not yet finished."""
         sink: _Sink | None = None
         encoding: asyncio.Future[tuple[bytes, float]] | None = None
+        loop = asyncio.get_running_loop()
 
         def done(task: asyncio.Future[tuple[bytes, float]]) -> None:
             if not task.cancelled() and task.exception() is None:
@@ -227,17 +228,17 @@ class Speaker:
                     emit(sink.start())
                 after_gap = encoding is not None
                 if encoding is not None:
-                    await encoding
-                encoding = asyncio.ensure_future(
-                    asyncio.to_thread(self._encode, sink, synthesis, after_gap)
-                )
+                    await asyncio.shield(encoding)  # a cancel must not mark it done early
+                # A bare executor future, not a task: nothing cancels it (stopping cancels
+                # every task), so it is done only when its thread is done with the sink.
+                encoding = loop.run_in_executor(None, self._encode, sink, synthesis, after_gap)
                 encoding.add_done_callback(done)
             if sink is None:
                 raise SpeechError("the engine made no sound for this text")
             assert encoding is not None
-            await encoding
+            await asyncio.shield(encoding)
         except BaseException:
-            if encoding is not None and not encoding.done():
+            if encoding is not None and not encoding.done():  # its thread still feeds the sink
                 await asyncio.wait({encoding}, timeout=ENCODE_DRAIN_S)
             if sink is not None:
                 sink.abort()
