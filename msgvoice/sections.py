@@ -152,8 +152,7 @@ class HttpConfig:
     body_timeout_s: float = _key(30.0, lo=1, hi=600)
     """A request body that has not arrived in full by then is answered 408."""
     max_connections: int = _key(0, lo=0)
-    """Connections held open at once; 0: the open-file limit less what the daemon needs. A
-    new connection over the cap closes the one quiet for longest (none: it is refused)."""
+    """Connections held open at once (0: the open-file limit less 128); over it, quietest go."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[OutboxItem], Awaitable[None]]
 T = TypeVar("T")
 IDLE_RECHECK_S = 30.0
+RETRY_AT_LEAST_S = 0.001
 GIVE_UP_AFTER_S = 6 * 3600.0
 """A transient failure that lasts this long (since the item's first failed try) fails it."""
 UNEXPECTED_TRIES = 3
@@ -122,7 +123,8 @@ class OutboxPump:
                     backoff = next_backoff(backoff)
                     retry_in = backoff
                     log.warning("outbox %s: next round in %.0fs (%s)", self.prefix, backoff, exc)
-                await next_ring(changes, self._ours, retry_in or IDLE_RECHECK_S)
+                wait = IDLE_RECHECK_S if retry_in is None else retry_in
+                await next_ring(changes, self._ours, wait)
 
     def _ours(self, chat_id: str) -> bool:
         return chat_id.startswith(self.prefix)
@@ -131,15 +133,17 @@ class OutboxPump:
         """Send pending items in each chat's order; None when nothing waits for a retry,
         else seconds until the earliest one."""
         now = self.clock()
-        held = {chat for chat, at in self._retry_at.items() if at > now}
+        self._retry_at = {chat: at for chat, at in self._retry_at.items() if at > now}
+        held = set(self._retry_at)
         for item in self.chat.pending(self.prefix, skip=held):
             if item.chat_id in held:
                 continue  # an earlier item of this chat failed in this round
             if not await self._deliver(item):
                 held.add(item.chat_id)
-        now = self.clock()
-        self._retry_at = {chat: at for chat, at in self._retry_at.items() if at > now}
-        return min(self._retry_at.values()) - now if self._retry_at else None
+        if not self._retry_at:
+            return None
+        # A chat whose time came while this round ran is due now, not at the idle recheck.
+        return max(min(self._retry_at.values()) - self.clock(), RETRY_AT_LEAST_S)
 
     async def _deliver(self, item: OutboxItem) -> bool:
         """Send one item and record the outcome; False when its chat is held back."""
