@@ -177,10 +177,10 @@ ALIAS_VALUES: dict[str, dict[str, str]] = {
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
 CHANNEL_SECTIONS = ("telegram", "imessage")
+"""Sections written as [channels.<name>] in TOML."""
 OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent
 and the systemd unit): macOS's OPEN_MAX, far above launchd's default of 256."""
-"""Sections written as [channels.<name>] in TOML."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
