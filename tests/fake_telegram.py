@@ -6,7 +6,8 @@ Answers are `{"ok": true, "result"}` or `{"ok": false, "error_code", "descriptio
 - getMe: the bot (`username` msgvoice_bot); getUpdates: long polling from `offset`, only the
   update types in `allowed_updates`; sendMessage, sendVoice (multipart), sendChatAction
   (with `message_thread_id` for forum topics); deleteWebhook; getWebhookInfo.
-- 401 "Unauthorized" for a token it does not know.
+- 401 "Unauthorized" for a token it does not know, and for every call once `revoked` (what
+  the Bot API answers after @BotFather's /revoke).
 - 403 "Forbidden: bot was blocked by the user" for a chat in `blocked`, 400 "Bad Request:
   chat not found" for one in `missing` (sends only).
 - 409 "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to
@@ -58,6 +59,7 @@ class FakeTelegram:
     missing: set[str] = field(default_factory=set)
     webhook_url: str = ""
     other_poller: bool = False
+    revoked: bool = False
     calls: list[str] = field(default_factory=list)
     url: str = ""
     _new: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,7 +86,7 @@ class FakeTelegram:
         return [s for s in self.sent if s["method"] == method]
 
     async def _api(self, request: web.Request) -> web.Response:
-        if request.match_info["token"] != TOKEN:
+        if request.match_info["token"] != TOKEN or self.revoked:
             return _error(401, "Unauthorized")
         method = request.match_info["method"]
         self.calls.append(method)

@@ -233,6 +233,21 @@ async def test_a_refused_token_stops_the_channel_not_the_daemon(
     assert "alias TELEGRAM_BOT_TOKEN" in line and "401" in line
 
 
+async def test_a_token_revoked_while_running_stops_the_channel(
+    clean_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token revoked after the bot started (401 on the next getUpdates) stops the channel
+    with the same one error; polling is not restarted over and over (then the channel
+    would never stop)."""
+    async with FakeTelegram() as bot, running(clean_env, **tg_env(bot)) as (_, client):
+        bot.text(3, "/help")
+        await until(lambda: bot.sent_by("sendMessage"))
+        bot.revoked = True
+        await until(lambda: "telegram channel stopped" in caplog.text)
+        assert (await client.get("/healthz")).status_code == 200
+    assert "restarting it" not in caplog.text
+
+
 # -- iMessage ----------------------------------------------------------------------------------
 
 

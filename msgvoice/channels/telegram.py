@@ -91,7 +91,9 @@ class TelegramChannel:
         try:
             await self._identify()
             async with asyncio.TaskGroup() as group:  # intake and delivery: apart
-                group.create_task(keep_running("telegram intake", self._poll))
+                group.create_task(
+                    keep_running("telegram intake", self._poll, stop_on=(Unauthorized,))
+                )
                 group.create_task(keep_running("telegram delivery", self.pump.run))
         except* Unauthorized as group:
             log.error(

@@ -139,10 +139,13 @@ async def keep_running(
     run: Callable[[], Awaitable[None]],
     restarts: dict[str, int] | None = None,
     first_backoff_s: float = 0.5,
+    stop_on: tuple[type[Exception], ...] = (),
 ) -> None:
     """Run `run` until it returns: a failure is logged once with its traceback, counted in
-    `restarts[name]`, and `run` started again after a growing back-off. A channel's intake
-    and its delivery each run under one of these, so neither can stop the other."""
+    `restarts[name]`, and `run` started again after a growing back-off; one of `stop_on`
+    (a token the app refuses) is the loop's deliberate end and goes to the caller. A
+    channel's intake and its delivery each run under one of these, so neither can stop the
+    other."""
     backoff = 0.0
     loop = asyncio.get_running_loop()
     while True:
@@ -150,6 +153,8 @@ async def keep_running(
         try:
             await run()
             return
+        except stop_on:
+            raise
         except Exception:
             log.exception("task %s failed; restarting it", name)
             if restarts is not None:
