@@ -4,7 +4,9 @@ iMessage: CAF/Opus 24 kHz)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -19,25 +21,32 @@ from msgvoice.worker.protocol import Samples, to_float32
 __all__ = ["AudioError", "convert", "decode", "describe", "fit_voice_note"]
 
 
-def decode(path: Path) -> tuple[Samples, int]:
-    """Any audio file as mono float32 samples and its sample rate."""
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Reading a voice note: what is not audio (an empty file included) is an AudioError; an
+    OS error that may heal (out of files, disk trouble) stays itself, worth another try."""
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            rate = int(stream.rate or stream.codec_context.sample_rate)
-            mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            parts = [
-                f.to_ndarray().reshape(-1)
-                for frame in container.decode(stream)
-                for f in mono.resample(frame)
-            ]
-            parts += [f.to_ndarray().reshape(-1) for f in mono.resample(None)]
-    except OSError as exc:
-        if transient(exc):  # out of files, disk trouble: worth another try
+        yield
+    except OSError as exc:  # PyAV's errno errors are OSErrors too
+        if transient(exc):
             raise
         raise AudioError(f"cannot read {path.name}: {exc}") from exc
     except (av.FFmpegError, IndexError) as exc:
         raise AudioError(f"cannot read {path.name}: {exc}") from exc
+
+
+def decode(path: Path) -> tuple[Samples, int]:
+    """Any audio file as mono float32 samples and its sample rate."""
+    with _reading(path), av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate)
+        mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        parts = [
+            f.to_ndarray().reshape(-1)
+            for frame in container.decode(stream)
+            for f in mono.resample(frame)
+        ]
+        parts += [f.to_ndarray().reshape(-1) for f in mono.resample(None)]
     samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return to_float32(samples), rate
 
@@ -45,16 +54,9 @@ def decode(path: Path) -> tuple[Samples, int]:
 def describe(path: Path) -> tuple[str, str, int]:
     """(container, codec, sample rate) of an audio file, by FFmpeg's names; AudioError for
     a file that is not audio (an empty one included)."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            return container.format.name, stream.codec_context.name, int(stream.rate or 0)
-    except OSError as exc:
-        if transient(exc):
-            raise
-        raise AudioError(f"cannot read {path.name}: {exc}") from exc
-    except (av.FFmpegError, IndexError) as exc:
-        raise AudioError(f"cannot read {path.name}: {exc}") from exc
+    with _reading(path), av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return container.format.name, stream.codec_context.name, int(stream.rate or 0)
 
 
 def convert(src: Path, fmt: str, rate: int, settings: EncodeSettings | None = None) -> Path:
