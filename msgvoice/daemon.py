@@ -128,18 +128,16 @@ class Daemon:
             stopper.cancel()
 
 
-def raise_open_file_limit(wanted: int = OPEN_FILES) -> int:
+def raise_open_file_limit(wanted: int = OPEN_FILES) -> None:
     """Raise the soft open-file limit to min(hard limit, `wanted`) (launchd gives an agent
-    256); the limit in force afterwards."""
+    256); the daemon's start line says what is in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
-    return soft
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import resource
 import signal
 import socket
@@ -144,6 +145,20 @@ def test_idle_connections_under_a_small_file_limit_cost_nothing(tmp_path: Path) 
         daemon.signal(signal.SIGTERM)
     log = Path(str(state) + ".log").read_text()
     assert len(log) < 50_000 and "Traceback" not in log and "Errno 24" not in log
+
+
+async def test_healthz_that_cannot_read_its_facts_says_so_without_a_5xx(clean_env: Path) -> None:
+    """/healthz whose facts cannot be read (out of files in /proc) answers 200, degraded, with
+    the reason."""
+    async with running(clean_env) as (daemon, client):
+
+        def out_of_files() -> dict[str, object]:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        daemon.http.health = out_of_files
+        answer = await client.get("/healthz")
+    assert answer.status_code == 200 and answer.json()["status"] == "degraded"
+    assert "Too many open files" in answer.json()["reason"]
 
 
 async def test_clients_that_hang_up_or_send_garbage_cost_no_worker_and_no_error(

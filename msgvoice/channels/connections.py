@@ -80,8 +80,6 @@ class ConnectionGuard:
         self.open: set[_Counted] = set()
         self.busy: dict[Any, int] = {}
         """transport → requests under way on it (kept by `middleware`)."""
-        self.evicted = 0
-        self.refused = 0
         self._warned_at = -1e9
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -93,13 +91,11 @@ class ConnectionGuard:
         if len(self.open) >= self.cap:
             idle = [c for c in self.open if c.transport not in self.busy]
             if not idle:
-                self.refused += 1
                 self._warn("refusing new connections: all %d are in a request", len(self.open))
                 assert conn.transport is not None
                 conn.transport.abort()
                 return False
             oldest = min(idle, key=lambda c: c.quiet_since)
-            self.evicted += 1
             self._warn("over %d connections: closing the ones quiet the longest", self.cap)
             self.open.discard(oldest)  # its connection_lost still reaches aiohttp
             if oldest.transport is not None:
@@ -160,8 +156,8 @@ class GuardedSite(web.BaseSite):
         )  # fmt: skip
 
 
-CLIENT_TROUBLE = (http_exceptions.HttpProcessingError, ConnectionError, asyncio.TimeoutError)
-"""What a client's own doing raises in aiohttp's server: garbage, a hang-up, a stall."""
+CLIENT_TROUBLE = (http_exceptions.HttpProcessingError, ConnectionError)
+"""What a client's own doing raises in aiohttp's server: garbage, a hang-up."""
 
 
 class ClientTroubleFilter(logging.Filter):

@@ -307,7 +307,8 @@ class HttpChannel:
             facts = self.health()
         except Exception as exc:  # a fact that cannot be read (out of files) is a fact too
             log.warning("healthz: %s", exc)
-            return json_response({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            reason = f"cannot read the daemon's facts: {type(exc).__name__}: {exc}"
+            return json_response({"status": "degraded", "reason": reason})
         status = 503 if facts.get("worker", {}).get("state") == "failed" else 200
         return json_response(facts, status=status)
 

@@ -50,7 +50,8 @@ def send(out: IO[bytes], message: dict[str, Any], payload: bytes = b"") -> None:
     """One protocol message, then its payload (the audio of a `synthesize` answer)."""
     if payload:
         message = {**message, "bytes": len(payload)}
-    out.write(json.dumps(message, ensure_ascii=False).encode() + b"\n" + payload)
+    out.write(json.dumps(message, ensure_ascii=False).encode() + b"\n")
+    out.write(payload)  # a large write goes straight to the pipe, not copied into the line
     out.flush()
 
 
