@@ -85,6 +85,10 @@ class FakeTelegram:
     def sent_by(self, method: str) -> list[dict[str, Any]]:
         return [s for s in self.sent if s["method"] == method]
 
+    def voices_to(self, chat: int) -> int:
+        """How many voice notes went to `chat`."""
+        return sum(1 for v in self.sent_by("sendVoice") if v["chat_id"] == str(chat))
+
     async def _api(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != TOKEN or self.revoked:
             return _error(401, "Unauthorized")

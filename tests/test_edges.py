@@ -29,10 +29,6 @@ from tests.test_longevity import fill, small_filesystem
 NOTHING = ["😀😀", "。。", "\u200b", "🎉！"]
 
 
-def voices_to(bot: FakeTelegram, chat: int) -> int:
-    return sum(1 for v in bot.sent_by("sendVoice") if v["chat_id"] == str(chat))
-
-
 def plant_unreadable_voice_note(daemon: DaemonParts, chat_id: str) -> None:
     """A finished job whose voice note is a 0-byte file (what an emoji-only /tts used to make)."""
     journal = daemon.journal
@@ -57,15 +53,15 @@ async def test_an_emoji_tts_or_an_unreadable_note_never_silences_telegram(
             bot.text(1, "/tts 😀😀")
             plant_unreadable_voice_note(daemon, "tg:1")
             bot.text(2, "/tts 你好")
-            await until(lambda: voices_to(bot, 2) == 1)
+            await until(lambda: bot.voices_to(2) == 1)
             bot.text(1, "/tts 晚安")
-            await until(lambda: voices_to(bot, 1) == 1)
+            await until(lambda: bot.voices_to(1) == 1)
             await tg_settled(daemon, bot)
             items = daemon.router.outbox("tg:1") or []
             assert not daemon.journal.counts().get("failed")
         async with running(clean_env, **tg_env(bot)) as (daemon, _):
             bot.text(1, "/tts 再见")
-            await until(lambda: voices_to(bot, 1) == 2)
+            await until(lambda: bot.voices_to(1) == 2)
             await tg_settled(daemon, bot)
     (failed,) = [i for i in items if i.state == "failed"]
     assert "cannot read" in (failed.error or "")

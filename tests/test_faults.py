@@ -33,10 +33,6 @@ FAULTS: dict[str, Callable[[], Exception]] = {
 }
 
 
-def voices_to(bot: FakeTelegram, chat: int) -> int:
-    return sum(1 for v in bot.sent_by("sendVoice") if v["chat_id"] == str(chat))
-
-
 async def test_a_send_that_raises_anything_holds_only_its_item(clean_env: Path) -> None:
     """Each chat's sends raise one kind of fault: the unexpected one fails its item after
     three tries (reason in the outbox), the OS errors heal and their items go out exactly
@@ -60,18 +56,18 @@ async def test_a_send_that_raises_anything_holds_only_its_item(clean_env: Path) 
         bot.text(99, "/tts 我没事")  # first: once ENOSPC marks the state dir full, new work waits
         for n in chats:
             bot.text(n, "/tts 你好")
-        await until(lambda: voices_to(bot, 99) == 1)
+        await until(lambda: bot.voices_to(99) == 1)
         await until(
-            lambda: all(voices_to(bot, n) == 1 for n, k in chats.items() if k != "unexpected")
+            lambda: all(bot.voices_to(n) == 1 for n, k in chats.items() if k != "unexpected")
         )
         failed = await _failed_items(daemon, "tg:1")
         await until(lambda: not daemon.storage.full)  # ENOSPC marked it; it found room
         bot.text(99, "/tts 还在听")  # intake never stopped
-        await until(lambda: voices_to(bot, 99) == 2)
+        await until(lambda: bot.voices_to(99) == 2)
         await tg_settled(daemon, bot)
     assert tries["unexpected"] == 3
     assert "RuntimeError: a bug nobody listed" in (failed[0].error or "")
-    assert [voices_to(bot, n) for n in chats] == [0, 1, 1, 1]  # each exactly once
+    assert [bot.voices_to(n) for n in chats] == [0, 1, 1, 1]  # each exactly once
     assert daemon.router.refused == 1
 
 
