@@ -157,6 +157,25 @@ async def test_healthz_that_cannot_read_its_facts_says_so_without_a_5xx(clean_en
     assert "Too many open files" in answer.json()["reason"]
 
 
+async def test_a_stalled_body_is_a_408_and_an_idle_connection_is_closed(clean_env: Path) -> None:
+    """A request whose body stops arriving is answered 408 after `http.body_timeout_s`; a
+    connection that never sends a request is closed after `http.idle_timeout_s`."""
+    env = {"MSGVOICE_HTTP_BODY_TIMEOUT_S": "1", "MSGVOICE_HTTP_IDLE_TIMEOUT_S": "1"}
+    async with running(clean_env, **env) as (daemon, _):
+        port = daemon.http.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status = await reader.readline()
+        writer.close()
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(10):
+            closed = await idle_reader.read()  # b"" once the daemon closes it
+        idle_writer.close()
+    assert status.split()[1] == b"408" and closed == b""
+
+
 async def test_clients_that_hang_up_or_send_garbage_cost_no_worker_and_no_error(
     clean_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
