@@ -24,10 +24,16 @@ FAKE_IMSG = Path(__file__).resolve().parent / "fake_imsg.py"
 
 async def settled(daemon: DaemonParts, prefix: str, cursor: str, last: int) -> None:
     """Wait until the channel has handled every incoming message up to `last` (its journalled
-    cursor says so) and acknowledged every outbox item: after that nothing more can be sent,
-    so what was sent is all there will be."""
+    cursor says so), every job is final and every outbox item acknowledged: after that
+    nothing more can be sent, so what was sent is all there will be."""
     router = daemon.router
-    await until(lambda: int(router.cursor(cursor) or 0) >= last and not router.pending(prefix))
+    await until(
+        lambda: (
+            int(router.cursor(cursor) or 0) >= last
+            and not daemon.journal.open_jobs()
+            and not router.pending(prefix)
+        )
+    )
 
 
 async def tg_settled(daemon: DaemonParts, bot: FakeTelegram) -> None:
