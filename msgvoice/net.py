@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 BACKOFF_MAX_S = 60.0
 
 
@@ -19,3 +21,29 @@ def bearer(token: str) -> dict[str, str]:
 def next_backoff(previous_s: float, first_s: float = 1.0, max_s: float = BACKOFF_MAX_S) -> float:
     """The next wait after a failure: `first_s`, then doubling up to `max_s`."""
     return min(max(first_s, previous_s * 2), max_s)
+
+
+class Backoff:
+    """Failures in a row and when the next attempt may be made: `first_s` after the first,
+    doubling up to `max_s`; a success starts over."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self.failures = 0
+        self.delay_s = 0.0
+        self.next_at = 0.0
+
+    def failed(self) -> float:
+        """Count a failure; the wait before the next attempt."""
+        self.failures += 1
+        self.delay_s = next_backoff(self.delay_s, self.first_s, self.max_s)
+        self.next_at = time.monotonic() + self.delay_s
+        return self.delay_s
+
+    def succeeded(self) -> None:
+        """Start over (the next failure waits `first_s` again)."""
+        self.failures, self.delay_s = 0, 0.0
+
+    def wait_s(self) -> float:
+        """How long until the next attempt may be made (≤ 0: now)."""
+        return self.next_at - time.monotonic()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import soundfile as sf
 
 from msgvoice.compose import DaemonParts
 from msgvoice.config import load
@@ -119,3 +121,24 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def engine_daemon(state: Path, **env: str) -> Iterator[DaemonProcess]:
+    """`msgvoice run` whose worker has loaded its engine (a model engine takes seconds, so a
+    test module shares one); stopped with SIGTERM, which must drain cleanly."""
+    daemon = DaemonProcess(state, **env).start(within=60)
+    try:
+        daemon.wait_health(lambda h: h["worker"]["state"] == "ready", within=240)
+        yield daemon
+    finally:
+        assert daemon.signal(signal.SIGTERM) == 0
+
+
+def speak(daemon: DaemonProcess, text: str, **fields: str) -> tuple[Any, int]:
+    """One /v1/audio/speech request (wav unless asked otherwise); the audio decoded."""
+    body = {"model": "msgvoice", "input": text, "response_format": "wav", **fields}
+    answer = httpx.post(daemon.url + "/v1/audio/speech", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    samples, rate = sf.read(io.BytesIO(answer.content), dtype="float32")
+    return samples, int(rate)

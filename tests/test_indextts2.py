@@ -117,7 +117,7 @@ def test_reference_clip_is_16k_mono_and_cached_by_content(setup: dict, monkeypat
     voices = setup["tmp"] / "voices"
     voices.mkdir()
     (voices / "alice.flac").write_bytes(setup["clip"].read_bytes())
-    from msgvoice.worker.engines.indextts2 import Voices  # noqa: PLC0415
+    from msgvoice.worker.engines.references import Voices  # noqa: PLC0415
 
     same = Voices(str(copy), str(voices), setup["tmp"] / "refs")
     assert same.prepared("alice") == same.prepared(None) == str(refs[0])

@@ -1,42 +1,76 @@
 """The Kokoro-82M engine, run as users run it: in its own venv via worker.python, on a
 checkpoint of the real architecture with random weights (tests/kokoro_checkpoint.py) loaded
 through the real `kokoro` code, with misaki's real G2P. The sound is noise; its length,
-loudness, the 24 kHz rate, the voices and every error path are real."""
+loudness, the 24 kHz rate, the voices and every error path are real.
+
+Loading torch and the model takes seconds, so each checkpoint is made once (and kept in pytest's
+cache under a key of what makes it) and one daemon on it answers the tests that only need speech;
+`say` and doctor still run end to end where they are what is tested."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from msgvoice.worker.engines.kokoro import phoneme_chunks, text_runs
 from tests.conftest import REPO, read_audio, rms, run_msgvoice
-from tests.daemon_util import free_port
+from tests.daemon_util import DaemonProcess, engine_daemon, free_port, speak
 
 KOKORO_PYTHON = REPO / ".venv-kokoro" / "bin" / "python"
+GENERATOR = REPO / "tests" / "kokoro_checkpoint.py"
 TEXT = "今天天气很好，我们下午一起去公园散步吧。"
+
+pytestmark = pytest.mark.xdist_group("kokoro")  # one worker loads the model, once
 
 needs_kokoro = pytest.mark.skipif(
     not KOKORO_PYTHON.exists(), reason="scripts/test builds .venv-kokoro; run it first"
 )
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("kokoro")
-    done = subprocess.run(
-        [str(KOKORO_PYTHON), str(REPO / "tests" / "kokoro_checkpoint.py"), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+def checkpoint(request: pytest.FixtureRequest, *flags: str) -> Path:
+    """A generated checkpoint, keyed by what makes it: the generator's source, its flags and
+    the installed kokoro, misaki and torch (their dist-info names carry the versions)."""
+    site = sorted(KOKORO_PYTHON.parent.parent.glob("lib/python*/site-packages"))
+    installed = sorted(d.name for s in site for d in s.glob("*.dist-info"))
+    wanted = [n for n in installed if n.split("-")[0].lower() in ("kokoro", "misaki", "torch")]
+    key = hashlib.sha256(GENERATOR.read_bytes() + repr((flags, wanted)).encode()).hexdigest()
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        folder = cache.mkdir(f"kokoro-{key[:16]}")
+    else:  # -p no:cacheprovider: once per run
+        folder = request.getfixturevalue("tmp_path_factory").mktemp("kokoro")
+    if not (folder / "config.json").is_file():
+        made = folder.with_name(folder.name + ".part")
+        shutil.rmtree(made, ignore_errors=True)
+        done = subprocess.run(
+            [str(KOKORO_PYTHON), str(GENERATOR), str(made), *flags],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        shutil.rmtree(folder)
+        made.rename(folder)  # config.json appears with the whole checkpoint, never before
     return folder
+
+
+@pytest.fixture(scope="session")
+def weights(request: pytest.FixtureRequest) -> Path:
+    return checkpoint(request)
+
+
+@pytest.fixture(scope="session")
+def weights_v11(request: pytest.FixtureRequest) -> Path:
+    return checkpoint(request, "--v1.1-zh")
 
 
 def kokoro_env(weights: Path | None, tmp_path: Path, **more: str) -> dict[str, str]:
@@ -49,6 +83,14 @@ def kokoro_env(weights: Path | None, tmp_path: Path, **more: str) -> dict[str, s
         "HF_HUB_OFFLINE": "1",
         **more,
     }
+
+
+@pytest.fixture(scope="module")
+def daemon(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """`msgvoice run` on the Kokoro checkpoint, its worker loaded; voice zf_xiaobei."""
+    folder = tmp_path_factory.mktemp("kokoro-daemon")
+    with engine_daemon(folder / "state", **kokoro_env(weights, folder)) as running:
+        yield running
 
 
 def say(
@@ -90,68 +132,75 @@ def test_long_phoneme_strings_are_cut_at_sentences_then_spaces() -> None:
 
 @needs_kokoro
 @pytest.mark.slow
-def test_kokoro_speaks_chinese_and_english_at_24k(weights: Path, tmp_path: Path) -> None:
-    """`msgvoice say` end to end on the engine; English inside Chinese is spoken, not dropped."""
+def test_say_speaks_chinese_with_kokoro_at_24k(weights: Path, tmp_path: Path) -> None:
+    """`msgvoice say` end to end on the engine, at Kokoro's own 24 kHz."""
     report, samples, rate = say(weights, tmp_path, f"/tts {TEXT}", "zh.wav")
     assert report["engine"] == "kokoro" and rate == 24_000
     assert 1.5 < len(samples) / rate < 12 and rms(samples) > 0.001
-    _, mixed, _ = say(weights, tmp_path, "/tts 我用 Python 写代码", "m.wav")
-    _, plain, _ = say(weights, tmp_path, "/tts 我用写代码", "p.wav")
-    assert len(mixed) > len(plain) + 0.2 * rate
-    _, ogg, _ = say(weights, tmp_path, "/tts Good night, 晚安", "n.ogg")
-    assert len(ogg) > 0
 
 
 @needs_kokoro
 @pytest.mark.slow
-def test_emotion_reaches_kokoro_speed_and_loudness(weights: Path, tmp_path: Path) -> None:
+def test_english_inside_chinese_is_spoken_at_24k(daemon: DaemonProcess) -> None:
+    """English inside Chinese is spoken, not dropped; Kokoro's own 24 kHz comes through."""
+    mixed, rate = speak(daemon, "我用 Python 写代码")
+    plain, _ = speak(daemon, "我用写代码")
+    assert rate == 24_000 and len(mixed) > len(plain) + 0.2 * rate
+    note, _ = speak(daemon, "Good night, 晚安", response_format="opus")
+    assert len(note) > 0
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_emotion_reaches_kokoro_speed_and_loudness(daemon: DaemonProcess) -> None:
     """Angry is faster and louder than sad: Kokoro's duration divisor and the gain (the
     checkpoint speaks at a real level, so the worker never scales a hot peak down)."""
-    _, angry, _ = say(weights, tmp_path, f"/tts 生气：{TEXT}", "a.wav")
-    _, sad, _ = say(weights, tmp_path, f"/tts 难过：{TEXT}", "s.wav")
+    angry, _ = speak(daemon, TEXT, style="生气")
+    sad, _ = speak(daemon, TEXT, style="难过")
     assert len(angry) < 0.8 * len(sad)
     assert rms(angry) > 1.3 * rms(sad)  # gains 1.33 and 0.87; no peak reaches full scale
 
 
 @needs_kokoro
 @pytest.mark.slow
-def test_voices_by_name_blend_and_a_missing_one(weights: Path, tmp_path: Path) -> None:
-    """Another voice, a blend of two, and a voice that is not there (one line, exit 1)."""
-    _, heart, _ = say(weights, tmp_path, "/tts 你好", "h.wav", MSGVOICE_TTS_VOICE="af_heart")
-    _, blend, _ = say(
-        weights, tmp_path, "/tts 你好", "b.wav", MSGVOICE_TTS_VOICE="af_heart,zf_xiaobei"
-    )
-    _, default, _ = say(weights, tmp_path, "/tts 你好", "d.wav")
+def test_voices_by_name_blend_and_a_missing_one(daemon: DaemonProcess) -> None:
+    """Another voice, a blend of two, and a voice that is not there (400 naming it)."""
+    heart, _ = speak(daemon, "你好", voice="af_heart")
+    blend, _ = speak(daemon, "你好", voice="af_heart,zf_xiaobei")
+    default, _ = speak(daemon, "你好")
     assert not np.array_equal(heart, default) and not np.array_equal(blend, default)
-    env = kokoro_env(weights, tmp_path, MSGVOICE_TTS_VOICE="zf_nobody")
-    done = run_msgvoice("say", "/tts 你好", "-o", str(tmp_path / "x.wav"), env=env, timeout=300)
-    assert done.returncode == 1
-    assert "zf_nobody" in done.stderr and "Traceback" not in done.stderr
+    assert not np.array_equal(blend, heart)
+    refused = httpx.post(
+        daemon.url + "/v1/audio/speech",
+        json={"model": "kokoro", "input": "你好", "voice": "zf_nobody"},
+        timeout=30,
+    )
+    assert refused.status_code == 400 and "zf_nobody" in refused.json()["error"]["message"]
 
 
 @needs_kokoro
 @pytest.mark.slow
-def test_v1_1_zh_weights_read_zhuyin(tmp_path: Path) -> None:
+def test_a_missing_default_voice_is_one_line_before_torch_loads(
+    weights: Path, tmp_path: Path
+) -> None:
+    """A configured voice the weights lack fails the start with one line naming it and the
+    voices there are (found from the files, before torch and the model load)."""
+    env = kokoro_env(weights, tmp_path, MSGVOICE_TTS_VOICE="zf_nobody")
+    done = run_msgvoice("say", "/tts 你好", "-o", str(tmp_path / "x.wav"), env=env, timeout=300)
+    assert done.returncode == 1
+    assert "zf_nobody" in done.stderr and "af_heart" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_v1_1_zh_weights_read_zhuyin(weights_v11: Path, tmp_path: Path) -> None:
     """Kokoro-82M-v1.1-zh in a folder (its file name, its voices, a zhuyin vocabulary) is read
     through misaki's v1.1 frontend, as kokoro's pipeline does for that repo; doctor says so."""
-    folder = tmp_path / "v11"
-    done = subprocess.run(
-        [
-            str(KOKORO_PYTHON),
-            str(REPO / "tests" / "kokoro_checkpoint.py"),
-            str(folder),
-            "--v1.1-zh",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
     env = {"MSGVOICE_TTS_VOICE": "zf_001"}
-    report, samples, rate = say(folder, tmp_path, f"/tts {TEXT} OK", "v11.wav", **env)
+    report, samples, rate = say(weights_v11, tmp_path, f"/tts {TEXT} OK", "v11.wav", **env)
     assert report["engine"] == "kokoro" and rate == 24_000 and 1.5 < len(samples) / rate < 12
-    doctor_env = kokoro_env(folder, tmp_path, **env, MSGVOICE_HTTP_PORT=str(free_port()))
+    doctor_env = kokoro_env(weights_v11, tmp_path, **env, MSGVOICE_HTTP_PORT=str(free_port()))
     checks = json.loads(run_msgvoice("doctor", "--json", env=doctor_env, timeout=300).stdout)
     engine = {c["name"]: c for c in checks["checks"]}["engine"]
     assert engine["status"] == "pass" and "misaki zh 1.1 (zhuyin)" in engine["message"]

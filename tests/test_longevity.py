@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from msgvoice.chat.retention import forget_before
 from tests.conftest import until
 from tests.daemon_util import FAULT_ENGINE, outbox, running, wait_job
 
@@ -130,7 +131,7 @@ async def test_old_jobs_leave_the_journal(clean_env: Path) -> None:
     async with running(clean_env) as (daemon, client):
         posted = await client.post("/v1/messages", json={"chat_id": "o", "text": "/tts 旧的"})
         job_id = (await wait_job(client, posted.json()["jobs"][0]))["id"]
-        removed = daemon.journal.forget_before([], int(time.time() * 1000) + 1000)
+        removed = forget_before(daemon.journal, [], int(time.time() * 1000) + 1000)
         assert removed >= 2 and daemon.journal.job(job_id) is None
         assert await outbox(client, "o") == []
 

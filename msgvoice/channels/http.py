@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import math
 import re
 import time
 import uuid
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from msgvoice.channels.connections import ConnectionGuard, GuardedSite, quiet_client_trouble
+from msgvoice.channels.fields import checked_id, in_query, string_field
 from msgvoice.channels.views import BadRequest, item_json, job_json, json_response, read_json
 from msgvoice.chat.port import (
     FINAL_STATES,
@@ -29,7 +29,6 @@ from msgvoice.chat.port import (
     Job,
     Outcome,
     allowed,
-    bad_id,
     next_ring,
 )
 from msgvoice.config import Config, ConfigError
@@ -55,6 +54,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _wait_s(request: web.Request) -> float:
+    """`?wait=`: how long a client holds a request open for a change."""
+    return in_query(request, "wait", WAIT_MAX_S, "seconds")
 
 
 class HttpChannel:
@@ -178,46 +182,11 @@ class HttpChannel:
                 raise BadRequest(400, f"missing field {name!r}")
         return body
 
-    def _string(self, body: dict[str, Any], name: str, limit: int, required: bool = True) -> str:
-        value = body.get(name)
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str):
-            raise BadRequest(400, f"field {name!r} must be a string")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequest(400, f"field {name!r} is not valid Unicode") from None
-        if required and not value.strip():
-            raise BadRequest(400, f"field {name!r} is empty")
-        if len(value) > limit:
-            raise BadRequest(413, f"field {name!r} is {len(value)} characters; limit {limit}")
-        return value
-
-    @staticmethod
-    def _id(raw: str, name: str = "chat_id") -> str:
-        if (why := bad_id(raw)) is not None:
-            raise BadRequest(400, f"{name} {why} (1-{ID_MAX} characters, no control characters)")
-        return raw
-
     @staticmethod
     def _outcome(outcome: Outcome, **extra: str) -> web.Response:
         return json_response(
             {**extra, "jobs": outcome.jobs, "replies": outcome.replies}, status=202
         )
-
-    @staticmethod
-    def _wait_s(request: web.Request) -> float:
-        raw = request.query.get("wait", "0")
-        try:
-            wait_s = float(raw)
-        except ValueError:
-            wait_s = math.nan
-        if not 0 <= wait_s <= WAIT_MAX_S:  # NaN fails too
-            raise BadRequest(
-                400, f"wait must be seconds from 0 to {WAIT_MAX_S:.0f}, not {raw[:20]!r}"
-            )
-        return wait_s
 
     def _final(self, job_id: str) -> Job | None:
         job = self.chat.job(job_id)
@@ -247,26 +216,26 @@ class HttpChannel:
 
     async def _message(self, request: web.Request) -> web.Response:
         body = await self._body(request, "chat_id", "text")
-        chat_id = self._id(self._string(body, "chat_id", ID_MAX * 4))  # an id's limit is a 400
-        text = self._string(body, "text", self.config.text.max_chars)
-        sender = self._string(body, "sender", ID_MAX * 4, required=False) or None
+        chat_id = checked_id(string_field(body, "chat_id", ID_MAX * 4))  # an id's limit is a 400
+        text = string_field(body, "text", self.config.text.max_chars)
+        sender = string_field(body, "sender", ID_MAX * 4, required=False) or None
         if sender is not None:
-            self._id(sender, "sender")
+            checked_id(sender, "sender")
         outcome = await self.chat.message(Incoming(chat_id, text, sender, self.config.http.allow))
         if outcome.ignored:
             raise BadRequest(403, "this chat or sender is not on the allow-list")
         return self._outcome(outcome, message_id=uuid.uuid4().hex[:16])
 
     async def _reply(self, request: web.Request) -> web.Response:
-        chat_id = self._id(request.match_info["chat_id"])
+        chat_id = checked_id(request.match_info["chat_id"])
         if not allowed(self.config.http.allow, chat_id, None):
             raise BadRequest(403, "this chat is not on the allow-list")
         body = await self._body(request, "text")
-        text = self._string(body, "text", self.config.text.max_chars)
+        text = string_field(body, "text", self.config.text.max_chars)
         return self._outcome(self.chat.bot_reply(chat_id, text))
 
     async def _job(self, request: web.Request) -> web.Response:
-        job_id, wait_s = request.match_info["job_id"], self._wait_s(request)
+        job_id, wait_s = request.match_info["job_id"], _wait_s(request)
         job = self.chat.job(job_id)
         if job is None:
             raise BadRequest(404, "no such job")
@@ -276,16 +245,8 @@ class HttpChannel:
         return json_response(job_json(job, self.chat.delivery(job.id)))
 
     async def _outbox(self, request: web.Request) -> web.Response:
-        chat_id, wait_s = self._id(request.match_info["chat_id"]), self._wait_s(request)
-        raw = request.query.get("after", "0")
-        try:
-            after = int(raw)
-        except ValueError:
-            after = -1
-        if not 0 <= after <= SEQ_MAX:
-            raise BadRequest(
-                400, f"after must be a sequence number from 0 to {SEQ_MAX}, not {raw[:24]!r}"
-            )
+        chat_id, wait_s = checked_id(request.match_info["chat_id"]), _wait_s(request)
+        after = int(in_query(request, "after", SEQ_MAX, "a sequence number"))
         found = self.chat.outbox(chat_id, after)
         if found is None:
             raise BadRequest(404, "no such chat")

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from msgvoice.chat.port import Bell, Job, OutboxItem
-from msgvoice.chat.schema import ITEMS, connect, now_ms, to_item, to_job
+from msgvoice.chat.schema import ITEMS, append_item, connect, ensure_chat, now_ms, to_item, to_job
 
 VOICE_MODE_DEFAULT = "text"
 LANG_DEFAULT = "zh"
 IN_MEMORY = Path(":memory:")
+SETTINGS = ("voice_mode", "style", "speaker", "lang")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,14 @@ class Journal:
         """Close the database."""
         self._db.close()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for queries that serve one reader (retention's)."""
+        return self._db
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -80,22 +87,25 @@ class Journal:
 
     def touch_chat(self, chat_id: str) -> None:
         """Record that a chat exists."""
-        self._db.execute(
-            "INSERT INTO chats (chat_id, updated_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (chat_id, now_ms()),
-        )
+        ensure_chat(self._db, chat_id, now_ms())
 
     def update_chat(self, chat_id: str, **values: str | None) -> Chat:
         """Set voice_mode and/or style for a chat."""
         self.touch_chat(chat_id)
         for column, value in values.items():
-            if column not in ("voice_mode", "style", "speaker", "lang"):
+            if column not in SETTINGS:
                 raise ValueError(f"not a chat setting: {column}")
             self._db.execute(
                 f"UPDATE chats SET {column} = ?, updated_at_ms = ? WHERE chat_id = ?",
                 (value, now_ms(), chat_id),
             )
         return self.chat(chat_id)
+
+    def move_chat(self, old: str, new: str) -> None:
+        """Give `new` the settings of `old` (the same chat under a new id), if it had any."""
+        if self.known_chat(old):
+            was = self.chat(old)
+            self.update_chat(new, **{name: getattr(was, name) for name in SETTINGS})
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -107,11 +117,8 @@ class Journal:
         job_id = uuid.uuid4().hex[:16]
         stamp = now_ms()
         superseded: list[str] = []
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO chats (chat_id, updated_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (chat_id, stamp),
-            )
+        with self.transaction() as db:
+            ensure_chat(db, chat_id, stamp)
             if kind == "auto":
                 superseded = [
                     r["id"]
@@ -180,7 +187,7 @@ class Journal:
     ) -> bool:
         """Deliver a finished job's audio, unless a newer automatic reply made it stale.
         Returns whether it was delivered."""
-        with self._tx() as db:
+        with self.transaction() as db:
             latest = self.is_latest(job)
             db.execute(
                 "UPDATE jobs SET state = ?, audio_name = ?, audio_format = ?, duration_s = ?,"
@@ -200,21 +207,21 @@ class Journal:
                 ),
             )
             if latest:
-                self._append(db, job.chat_id, "audio", audio_name=audio_name, job_id=job.id)
+                append_item(db, job.chat_id, "audio", audio_name=audio_name, job_id=job.id)
         self.bell.ring(job.chat_id)
         return latest
 
     def fail(self, job: Job, error: str, notice: str) -> bool:
         """Fail a job and tell its chat, unless it was a stale automatic reply (then it is
         superseded quietly). Returns whether the chat was told."""
-        with self._tx() as db:
+        with self.transaction() as db:
             latest = self.is_latest(job)
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated_at_ms = ? WHERE id = ?",
                 ("failed" if latest else "superseded", error, now_ms(), job.id),
             )
             if latest:
-                self._append(db, job.chat_id, "text", text=notice, job_id=job.id)
+                append_item(db, job.chat_id, "text", text=notice, job_id=job.id)
         self.bell.ring(job.chat_id)
         return latest
 
@@ -222,34 +229,11 @@ class Journal:
 
     def add_text(self, chat_id: str, text: str) -> int:
         """Append a text message to a chat's outbox; returns its sequence number."""
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO chats (chat_id, updated_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (chat_id, now_ms()),
-            )
-            seq = self._append(db, chat_id, "text", text=text)
+        with self.transaction() as db:
+            ensure_chat(db, chat_id, now_ms())
+            seq = append_item(db, chat_id, "text", text=text)
         self.bell.ring(chat_id)
         return seq
-
-    @staticmethod
-    def _append(
-        db: sqlite3.Connection,
-        chat_id: str,
-        kind: str,
-        *,
-        text: str | None = None,
-        audio_name: str | None = None,
-        job_id: str | None = None,
-    ) -> int:
-        seq = db.execute(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox WHERE chat_id = ?", (chat_id,)
-        ).fetchone()[0]
-        db.execute(
-            "INSERT INTO outbox (chat_id, seq, kind, text, audio_name, job_id, created_at_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (chat_id, seq, kind, text, audio_name, job_id, now_ms()),
-        )
-        return int(seq)
 
     def outbox(self, chat_id: str, after: int = 0, limit: int = 500) -> list[OutboxItem]:
         """A chat's outbox items after `after`, in order."""
@@ -291,36 +275,6 @@ class Journal:
         row = self._db.execute(f"{ITEMS} WHERE o.job_id = ? ORDER BY o.seq", (job_id,)).fetchone()
         return to_item(row, self.audio_dir) if row else None
 
-    # -- retention ---------------------------------------------------------------------------
-
-    def spent_audio(self, push_prefixes: Collection[str], before_ms: int) -> list[str]:
-        """Voice notes (file names, oldest first) made before `before_ms` that no one still
-        waits for: delivered or refused by their push channel, or in a chat no push channel
-        serves (HTTP clients fetch them)."""
-        settled, args = _settled(push_prefixes)
-        rows = self._db.execute(
-            "SELECT audio_name FROM outbox WHERE audio_name IS NOT NULL AND created_at_ms < ?"
-            f" AND {settled} ORDER BY created_at_ms",
-            (before_ms, *args),
-        ).fetchall()
-        return [str(r["audio_name"]) for r in rows]
-
-    def forget_before(self, push_prefixes: Collection[str], before_ms: int) -> int:
-        """Remove finished jobs and settled outbox items older than `before_ms`; give the
-        space back to the file system. Returns the rows removed."""
-        settled, args = _settled(push_prefixes)
-        with self._tx() as db:
-            jobs = db.execute(
-                "DELETE FROM jobs WHERE state IN ('done', 'failed', 'superseded')"
-                " AND updated_at_ms < ?",
-                (before_ms,),
-            ).rowcount
-            items = db.execute(
-                f"DELETE FROM outbox WHERE created_at_ms < ? AND {settled}", (before_ms, *args)
-            ).rowcount
-        self._db.execute("PRAGMA incremental_vacuum")
-        return int(jobs) + int(items)
-
     def integrity(self) -> str:
         """sqlite's own check of the journal ("ok" when sound)."""
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
@@ -344,11 +298,3 @@ class Journal:
         """Jobs by state (for metrics and doctor)."""
         rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: int(r["n"]) for r in rows}
-
-
-def _settled(push_prefixes: Collection[str]) -> tuple[str, list[object]]:
-    """The SQL condition (and its arguments) of an outbox row no one still waits on: a push
-    channel delivered or refused it, or its chat is served by no push channel."""
-    pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
-    args: list[object] = [x for p in push_prefixes for x in (len(p), p)]
-    return f"(sent_at_ms IS NOT NULL OR failed_at_ms IS NOT NULL OR NOT ({pushed}))", args

@@ -59,9 +59,9 @@ class Retention:
         """One pass; logs what it removed."""
         now = now_ms()
         config, prefixes = self.config, self.push_prefixes
-        spent = self.journal.spent_audio(prefixes, now - int(config.grace_s * 1000))
+        spent = spent_audio(self.journal, prefixes, now - int(config.grace_s * 1000))
         aged = now - int(config.audio_days * DAY_MS) if config.audio_days else 0
-        old = set(self.journal.spent_audio(prefixes, aged)) if aged else set()
+        old = set(spent_audio(self.journal, prefixes, aged)) if aged else set()
         over = (self.audio_mb() - config.audio_max_mb) * 2**20 if config.audio_max_mb else 0.0
         swept = Swept()
         for name in spent:  # oldest first, so every old one comes before any younger one
@@ -71,7 +71,7 @@ class Retention:
             swept.add(files=int(freed > 0), freed=freed)
             over -= freed
         if config.jobs_days:
-            swept.rows = self.journal.forget_before(prefixes, now - int(config.jobs_days * DAY_MS))
+            swept.rows = forget_before(self.journal, prefixes, now - int(config.jobs_days * DAY_MS))
         if swept.files or swept.rows:
             log.info(
                 "retention removed %d voice notes (%.1f MB) and %d journal rows",
@@ -93,3 +93,41 @@ class Retention:
                 continue
             freed += size
         return freed
+
+
+def spent_audio(journal: Journal, push_prefixes: Collection[str], before_ms: int) -> list[str]:
+    """Voice notes (file names, oldest first) made before `before_ms` that no one still waits
+    for: delivered or refused by their push channel, or in a chat no push channel serves (HTTP
+    clients fetch them)."""
+    settled, args = _settled(push_prefixes)
+    rows = journal.db.execute(
+        "SELECT audio_name FROM outbox WHERE audio_name IS NOT NULL AND created_at_ms < ?"
+        f" AND {settled} ORDER BY created_at_ms",
+        (before_ms, *args),
+    ).fetchall()
+    return [str(r["audio_name"]) for r in rows]
+
+
+def forget_before(journal: Journal, push_prefixes: Collection[str], before_ms: int) -> int:
+    """Remove finished jobs and settled outbox items older than `before_ms`; give the space
+    back to the file system. Returns the rows removed."""
+    settled, args = _settled(push_prefixes)
+    with journal.transaction() as db:
+        jobs = db.execute(
+            "DELETE FROM jobs WHERE state IN ('done', 'failed', 'superseded')"
+            " AND updated_at_ms < ?",
+            (before_ms,),
+        ).rowcount
+        items = db.execute(
+            f"DELETE FROM outbox WHERE created_at_ms < ? AND {settled}", (before_ms, *args)
+        ).rowcount
+    journal.db.execute("PRAGMA incremental_vacuum")
+    return int(jobs) + int(items)
+
+
+def _settled(push_prefixes: Collection[str]) -> tuple[str, list[object]]:
+    """The SQL condition (and its arguments) of an outbox row no one still waits on: a push
+    channel delivered or refused it, or its chat is served by no push channel."""
+    pushed = " OR ".join("substr(chat_id, 1, ?) = ?" for _ in push_prefixes) or "0"
+    args: list[object] = [x for p in push_prefixes for x in (len(p), p)]
+    return f"(sent_at_ms IS NOT NULL OR failed_at_ms IS NOT NULL OR NOT ({pushed}))", args

@@ -144,3 +144,32 @@ def to_job(row: sqlite3.Row) -> Job:
         fallback_from=row["fallback_from"],
         speaker=row["speaker"],
     )
+
+
+def ensure_chat(db: sqlite3.Connection, chat_id: str, stamp: int) -> None:
+    """Give a chat its row, if it has none yet."""
+    db.execute(
+        "INSERT INTO chats (chat_id, updated_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (chat_id, stamp),
+    )
+
+
+def append_item(
+    db: sqlite3.Connection,
+    chat_id: str,
+    kind: str,
+    *,
+    text: str | None = None,
+    audio_name: str | None = None,
+    job_id: str | None = None,
+) -> int:
+    """Add an item at the end of a chat's outbox; its sequence number."""
+    seq = db.execute(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox WHERE chat_id = ?", (chat_id,)
+    ).fetchone()[0]
+    db.execute(
+        "INSERT INTO outbox (chat_id, seq, kind, text, audio_name, job_id, created_at_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (chat_id, seq, kind, text, audio_name, job_id, now_ms()),
+    )
+    return int(seq)

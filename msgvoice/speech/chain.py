@@ -80,6 +80,10 @@ class EngineChain:
         names = [str(v) for v in listed] if isinstance(listed, list) else []
         return names or [self.default_voice]
 
+    def blends_voices(self) -> bool:
+        """Whether the main engine speaks a blend `a,b` of its voices (Kokoro does)."""
+        return bool(self.pools[0].engine_facts.get("voice_blends"))
+
     def active_engine(self) -> tuple[str, str | None]:
         """The engine new jobs will use, and the main engine when that is a fallback because
         the main one is marked failed."""

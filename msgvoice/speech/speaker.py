@@ -80,9 +80,10 @@ class Speaker:
         return self.chain.voices()
 
     def has_voice(self, name: str) -> bool:
-        """Whether the main engine has `name` (eSpeak's variants: `en+f3` is `en`)."""
+        """Whether the main engine speaks `name` (`en+f3` is `en`; `a,b` blends where it can)."""
         voices = self.voices()
-        return name in voices or name.partition("+")[0] in voices
+        parts = [p.strip() for p in name.split(",")] if self.chain.blends_voices() else [name]
+        return all(p in voices or p.partition("+")[0] in voices for p in parts)
 
     def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
         """The segments a message is spoken in; SpeechError when there is nothing to say."""

@@ -3,8 +3,9 @@
 One job at a time. A job that times out, crashes the worker or crosses the hard memory ceiling
 gets the worker replaced (SIGTERM → grace → SIGKILL of its process group) and one retry. After a
 job, a worker over its memory limit or job budget is recycled in the background, after that job
-is delivered. Failed starts back off (doubling) and, after `max_start_failures` in a row, mark
-the worker failed: jobs then fail fast until a later attempt succeeds.
+is delivered. Failed starts back off (doubling) and, after `max_start_failures` in a row (or at
+once when the engine says it cannot load here), mark the worker failed: jobs then fail fast
+until a later attempt succeeds.
 """
 
 from __future__ import annotations
@@ -15,22 +16,20 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from msgvoice.config import WorkerConfig
-from msgvoice.net import next_backoff
+from msgvoice.net import Backoff
+from msgvoice.speech.synthesis import Synthesis, SynthRequest
 from msgvoice.speech.worker_process import (
     StartFailed,
-    Synthesis,
-    SynthRequest,
     WorkerError,
     WorkerLost,
     WorkerProcess,
     WorkerUnavailable,
     worker_command,
 )
-from msgvoice.worker.protocol import Samples, SynthesisParams, from_raw
+from msgvoice.worker.protocol import Samples, from_raw
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,7 @@ class Supervisor:
     """Owns the worker (one at a time) and its restarts. Use with `async with`."""
 
     def __init__(
-        self,
-        config: WorkerConfig,
-        engine: str,
-        engine_options: Mapping[str, Any],
+        self, config: WorkerConfig, engine: str, engine_options: Mapping[str, Any]
     ) -> None:
         self.config = config
         self.engine = engine
@@ -53,14 +49,13 @@ class Supervisor:
         self.restarts = dict.fromkeys(REASONS, 0)
         self.jobs_done = 0
         self.last_error = ""
-        self.start_failures = 0
+        self.starts = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        """Failed starts in a row, and when the next start may be tried."""
         self.state = "stopped"
         self.engine_facts: dict[str, Any] = {}
         """What the engine said about itself when its worker last became ready."""
         self._worker: WorkerProcess | None = None
         self._lock = asyncio.Lock()
-        self._next_start_at = 0.0
-        self._delay_s = 0.0
         self._recycle_task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Future[Synthesis]] = set()
 
@@ -71,12 +66,7 @@ class Supervisor:
                     await self._ensure_started()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         for task in list(self._in_flight):  # stopping: nobody waits for these any more
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -107,7 +97,7 @@ class Supervisor:
             "rss_mb": round(self.rss_mb(), 1),
             "jobs_done": self.jobs_done,
             "restarts": dict(self.restarts),
-            "start_failures": self.start_failures,
+            "start_failures": self.starts.failures,
             "last_error": self.last_error,
         }
 
@@ -170,18 +160,11 @@ class Supervisor:
     async def _run(
         self, worker: WorkerProcess, request: SynthRequest, limit_s: float
     ) -> dict[str, Any]:
-        params: SynthesisParams = {
-            "text": request.text,
-            "voice": request.voice,
-            "prosody": request.prosody.as_json(),
-            "emotion": list(request.emotion) if request.emotion else None,
-            "seed": request.seed,
-        }
         self.state = "busy"
         try:
             return await worker.call(
                 "synthesize",
-                dict(params),
+                dict(request.params()),
                 limit_s,
                 self.config.rss_poll_s,
                 self.config.rss_hard_limit_mb,
@@ -256,7 +239,7 @@ class Supervisor:
             )
             await self._stop("crash", kill=True)
         while True:
-            wait = self._next_start_at - time.monotonic()
+            wait = self.starts.wait_s()
             if self.state == "failed" and wait > 0:
                 raise WorkerUnavailable(
                     f"TTS worker is failing to start ({self.last_error}); next try in {wait:.0f}s"
@@ -267,23 +250,18 @@ class Supervisor:
             try:
                 return await self._spawn()
             except StartFailed as exc:
-                self._start_failed(str(exc))
+                self._start_failed(str(exc), exc.lasting)
                 if self.state == "failed":
                     raise WorkerUnavailable(f"TTS worker cannot start: {exc}") from None
 
-    def _start_failed(self, why: str) -> None:
-        self.start_failures += 1
+    def _start_failed(self, why: str, lasting: bool) -> None:
         self.last_error = f"start: {why}"
-        delay = next_backoff(
-            self._delay_s, self.config.backoff_initial_s, self.config.backoff_max_s
-        )
-        self._delay_s = delay
-        self._next_start_at = time.monotonic() + delay
-        failed = self.start_failures >= self.config.max_start_failures
+        delay = self.starts.failed()
+        failed = lasting or self.starts.failures >= self.config.max_start_failures
         self.state = "failed" if failed else "backoff"
         log.error(
             "worker start failed (%d in a row, next try in %.1fs%s): %s",
-            self.start_failures,
+            self.starts.failures,
             delay,
             ", marked failed" if failed else "",
             why,
@@ -294,8 +272,7 @@ class Supervisor:
         command, env = worker_command(self.config.python, self.engine, self.engine_options)
         worker = await WorkerProcess.start(command, env, self.config.ready_timeout_s)
         self._worker = worker
-        self.start_failures = 0
-        self._delay_s = 0.0
+        self.starts.succeeded()
         self.engine_facts = dict(worker.ready.get("facts") or {})
         if self.config.max_jobs:
             worker.job_limit = self.config.max_jobs + random.randint(0, self.config.max_jobs_jitter)

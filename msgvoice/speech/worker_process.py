@@ -17,12 +17,10 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from msgvoice.speech.process_memory import process_tree_mb
-from msgvoice.worker.protocol import Prosody, Samples
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +39,6 @@ def worker_command(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     return command, env
-
-
-@dataclass(frozen=True)
-class SynthRequest:
-    """One piece of text for the worker to speak."""
-
-    job_id: str
-    text: str
-    voice: str | None = None
-    prosody: Prosody = field(default_factory=Prosody)
-    emotion: tuple[float, ...] | None = None
-    timeout_cap_s: float | None = None
-    """Upper bound on this request's timeout (automatic replies)."""
-    seed: int | None = None
-    """Seed for sampling engines, so the same request gives the same audio."""
-
-
-@dataclass(frozen=True)
-class Synthesis:
-    """The worker's answer: samples and how long it took."""
-
-    samples: Samples
-    sample_rate: int
-    synth_s: float
-    wall_s: float
-    attempts: int
-    stages: dict[str, float] = field(default_factory=dict)
-    """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
-    unseeded_why: str | None = None
-    """Why a requested seed could not be applied (the engine takes none)."""
 
 
 class WorkerError(RuntimeError):
@@ -97,7 +65,12 @@ class WorkerLost(Exception):
 
 
 class StartFailed(Exception):
-    """The worker did not reach ready."""
+    """The worker did not reach ready; `lasting` when its engine said it cannot load here
+    (trying again at once would only say so again)."""
+
+    def __init__(self, why: str, lasting: bool = False) -> None:
+        super().__init__(why)
+        self.lasting = lasting
 
 
 class WorkerProcess:
@@ -146,7 +119,8 @@ class WorkerProcess:
             raise StartFailed(why) from None
         if message.get("event") != "ready":
             await worker.stop("start", grace_s=0, kill=True)
-            raise StartFailed(str(message.get("error") or message)[:500])
+            why = str(message.get("error") or message)[:500]
+            raise StartFailed(why, lasting=bool(message.get("lasting")))
         worker.ready_s = time.monotonic() - started
         worker.ready = message
         return worker

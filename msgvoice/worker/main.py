@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         engine = load_engine(args.engine, json.loads(args.options))
+    except EngineUnavailable as exc:  # a missing file, voice or package: said in one line
+        log.error("engine %s cannot load here: %s", args.engine, exc)
+        send(out, {"event": "failed", "error": f"EngineUnavailable: {exc}", "lasting": True})
+        return 3
     except Exception as exc:
         log.exception("engine %s failed to load", args.engine)
         send(out, {"event": "failed", "error": f"{type(exc).__name__}: {exc}"})

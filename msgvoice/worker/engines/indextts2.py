@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import importlib
 import inspect
 import io
@@ -24,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from msgvoice.worker.engines.devices import choose_precision, resolve_device
+from msgvoice.worker.engines.references import Voices
 from msgvoice.worker.protocol import EngineUnavailable, Prosody
 
-REF_RATE = 16_000
 EMO_ALPHA_DEFAULT = 0.65
 """IndexTTS2's web UI default emotion weight."""
 EMO_BIAS = (0.9375, 0.875, 1.0, 1.0, 0.9375, 0.9375, 0.6875, 0.5625)
@@ -56,7 +56,6 @@ def on_indextts_scale(vector: Sequence[float]) -> list[float]:
     return [v * EMO_SUM_MAX / total for v in biased] if total > EMO_SUM_MAX else biased
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 _STAGE = re.compile(
     r">> (gpt_gen_time|gpt_forward_time|s2mel_time|bigvgan_time|"
     r"Total inference time): ([\d.]+) seconds"
@@ -68,85 +67,6 @@ _STAGE_NAMES = {
     "bigvgan_time": "vocoder_ms",
     "Total inference time": "engine_total_ms",
 }
-
-
-def choose_precision(torch: Any, device: str, wanted: str) -> str:
-    """bf16 on sm_80+, fp16 on sm_70/75, fp32 on CPU; MPS keeps what is asked (fp32 on auto)."""
-    if wanted != "auto":
-        return "fp32" if device == "cpu" else wanted
-    if device.startswith("cuda"):
-        major, _minor = torch.cuda.get_device_capability()
-        return "bf16" if major >= 8 else "fp16" if major >= 7 else "fp32"
-    return "fp32"
-
-
-def resolve_device(torch: Any, wanted: str) -> str:
-    """cuda, mps or cpu: what is asked, or the best available on auto."""
-    if wanted != "auto":
-        return "cuda:0" if wanted == "cuda" else wanted
-    if torch.cuda.is_available():
-        return "cuda:0"
-    mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
-
-
-class Voices:
-    """Reference clips: the configured one or a name from the voices folder, converted once
-    to 16 kHz mono WAV and cached by content hash (so a renamed or re-saved clip is reused,
-    and a changed clip at the same path is not)."""
-
-    def __init__(self, ref_audio: str, voices_dir: str, cache_dir: Path) -> None:
-        self.ref_audio = Path(ref_audio).expanduser() if ref_audio else None
-        self.voices_dir = Path(voices_dir).expanduser() if voices_dir else None
-        self.cache_dir = cache_dir
-        if self.ref_audio is not None and not self.ref_audio.is_file():
-            raise EngineUnavailable(
-                f"reference clip {self.ref_audio} not found "
-                "(set indextts.ref_audio / INDEXTTS_REF_AUDIO)"
-            )
-        if self.ref_audio is None and (self.voices_dir is None or not self.voices_dir.is_dir()):
-            raise EngineUnavailable(
-                "IndexTTS2 needs a reference voice: set indextts.ref_audio "
-                "(INDEXTTS_REF_AUDIO) or indextts.voices_dir"
-            )
-
-    def source(self, name: str | None) -> Path:
-        """The clip for a voice name (None or unknown name → the configured clip)."""
-        if name and self.voices_dir is not None:
-            for suffix in AUDIO_SUFFIXES:
-                candidate = self.voices_dir / f"{name}{suffix}"
-                if candidate.is_file():
-                    return candidate
-        if self.ref_audio is None:
-            raise ValueError(f"no voice named {name!r} in {self.voices_dir}")
-        return self.ref_audio
-
-    def names(self) -> list[str]:
-        """The voice names on offer: `default` (the configured clip) and the folder's clips."""
-        folder = self.voices_dir
-        clips = (
-            {p.stem for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES}
-            if folder is not None and folder.is_dir()
-            else set()
-        )
-        return (["default"] if self.ref_audio is not None else []) + sorted(clips)
-
-    def prepared(self, name: str | None) -> str:
-        """Path of the 16 kHz mono WAV for a voice, made on first use."""
-        import soundfile as sf  # noqa: PLC0415 (worker-side dependencies, loaded on demand)
-        import soxr  # noqa: PLC0415
-
-        clip = self.source(name)
-        digest = hashlib.sha256(clip.read_bytes()).hexdigest()[:24]
-        target = self.cache_dir / f"ref-{digest}.wav"
-        if not target.exists():
-            data, rate = sf.read(str(clip), dtype="float32", always_2d=True)
-            mono = data.mean(axis=1)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".part.wav")
-            sf.write(str(partial), soxr.resample(mono, rate, REF_RATE), REF_RATE, subtype="PCM_16")
-            partial.replace(target)
-        return str(target)
 
 
 class IndexTts2Engine:

@@ -15,6 +15,7 @@ the decoder's source is driven by, scaled) and loudness.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from msgvoice.worker.engines.indextts2 import resolve_device
+from msgvoice.worker.engines.devices import resolve_device
 from msgvoice.worker.protocol import EngineUnavailable, Prosody
 
 RATE = 24_000
@@ -109,6 +110,23 @@ class KokoroEngine:
         voice: str = "zf_xiaobei",
         device: str = "auto",
     ) -> None:
+        if importlib.util.find_spec("kokoro") is None or importlib.util.find_spec("misaki") is None:
+            raise EngineUnavailable(
+                "kokoro cannot be imported here; install the `kokoro` extra "
+                "or point worker.python at its venv"
+            )
+        # Files first (a moment), then torch and the model (seconds): a missing file is told
+        # before anything heavy loads.
+        folder, self.source = weights_dir(model_dir, repo_id)
+        pth = sorted(folder.glob("*.pth"))
+        if not pth:
+            raise EngineUnavailable(f"no .pth in {folder}; " + HUB_HINT.format(repo=repo_id))
+        self.voices = {p.stem: p for p in sorted((folder / "voices").glob("*.pt"))}
+        self.default_voice = voice
+        if missing := self._unknown(voice):  # a missing default voice is a start-up error
+            raise EngineUnavailable(
+                f"Kokoro has no voice {missing!r}; it has {', '.join(self.voices) or 'none'}"
+            )
         try:
             import torch  # noqa: PLC0415 (heavy)
             from kokoro import KModel  # noqa: PLC0415
@@ -119,22 +137,13 @@ class KokoroEngine:
                 "or point worker.python at its venv"
             ) from exc
         self.torch = torch
-        folder, self.source = weights_dir(model_dir, repo_id)
-        pth = sorted(folder.glob("*.pth"))
-        if not pth:
-            raise EngineUnavailable(f"no .pth in {folder}; " + HUB_HINT.format(repo=repo_id))
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         self.device = resolve_device(torch, device)
         self.model = KModel(repo_id=repo_id, config=config, model=str(pth[0]))
         self.model = self.model.to(self.device).eval()
         self._steer_f0(self.model)
-        self.voices = {p.stem: p for p in sorted((folder / "voices").glob("*.pt"))}
-        self.default_voice = voice
         self._packs: dict[str, Any] = {}
-        try:
-            self.pack(voice)  # a missing default voice is a start-up error, not a reply's
-        except ValueError as exc:
-            raise EngineUnavailable(f"{exc}; it has {', '.join(self.voices) or 'none'}") from exc
+        self.pack(voice)
         english = espeak.EspeakFallback(british=False)
         self.english: Callable[[str], str] = lambda run: english(SimpleNamespace(text=run))[0] or ""
         # The v1.1-zh weights read zhuyin from misaki's v1.1 frontend. kokoro's own pipeline
@@ -157,13 +166,18 @@ class KokoroEngine:
     def pack(self, voice: str) -> Any:
         """The style pack of a voice name or a blend of names joined by commas (their mean)."""
         if voice not in self._packs:
+            if missing := self._unknown(voice):
+                raise ValueError(f"Kokoro has no voice {missing!r}")
             names = [n.strip() for n in voice.split(",")]
-            missing = [n for n in names if n not in self.voices]
-            if missing:
-                raise ValueError(f"Kokoro has no voice {missing[0]!r}")
             packs = [self.torch.load(self.voices[n], weights_only=True) for n in names]
             self._packs[voice] = self.torch.mean(self.torch.stack(packs), dim=0)
         return self._packs[voice]
+
+    def _unknown(self, voice: str) -> str | None:
+        """The first name in a voice (or a blend `a,b`) that has no style pack."""
+        return next(
+            (n for n in (x.strip() for x in voice.split(",")) if n not in self.voices), None
+        )
 
     def phonemes(self, text: str) -> str:
         """Kokoro's phoneme string for mixed Chinese and English text."""
@@ -202,4 +216,5 @@ class KokoroEngine:
             "weights": self.source,
             "chinese_g2p": self.g2p,
             "voices": list(self.voices),  # sorted when found
+            "voice_blends": True,  # `a,b` is the mean of two style packs
         }

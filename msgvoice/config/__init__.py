@@ -8,8 +8,6 @@ env names (TTS_*, INDEX_TTS_*, LMSTUDIO_*) are honoured as aliases. An invalid v
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import sys
 import tomllib
 import typing
@@ -18,16 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msgvoice.sections import (
+from msgvoice.config.engines import IndexTtsConfig, KokoroConfig, RemoteConfig
+from msgvoice.config.sections import (
     AudioConfig,
     AutoConfig,
     DaemonConfig,
     EmotionConfig,
     HttpConfig,
     ImessageConfig,
-    IndexTtsConfig,
-    KokoroConfig,
-    RemoteConfig,
     ResponderConfig,
     RetentionConfig,
     ServiceConfig,
@@ -37,6 +33,7 @@ from msgvoice.sections import (
     TtsConfig,
     WorkerConfig,
 )
+from msgvoice.config.values import check, from_env, typed
 
 __all__ = [
     "ALIASES",
@@ -182,68 +179,11 @@ OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent
 and the systemd unit): macOS's OPEN_MAX, far above launchd's default of 256."""
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
 
 def sections() -> dict[str, type[Any]]:
     """Section name → its dataclass."""
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "sources"}
-
-
-_KINDS: dict[Any, tuple[tuple[type, ...], str]] = {
-    bool: ((bool,), "true or false"),
-    int: ((int,), "an integer"),
-    float: ((int, float), "a number"),
-    str: ((str,), "a string"),
-}
-
-
-def _from_env(kind: Any, text: str) -> Any:
-    """Parse an env string into the TOML-like value a key of `kind` takes."""
-    text = text.strip()
-    try:
-        if kind is bool:
-            if text.lower() not in _TRUE | _FALSE:
-                raise ValueError
-            return text.lower() in _TRUE
-        if kind in (int, float, str):
-            return kind(text)
-        if text.startswith("["):
-            return json.loads(text)
-        item = typing.get_args(kind)[0]
-        return [_from_env(item, x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"expected {_KINDS.get(kind, ((), 'a list'))[1]}") from None
-
-
-def _typed(kind: Any, value: Any) -> Any:
-    """Check a value against its key's type (bool is never a number); floats must be finite."""
-    if kind not in _KINDS:  # tuple[float, ...] or tuple[str, ...]
-        item = typing.get_args(kind)[0]
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a list of {_KINDS[item][1].split()[-1]}s")
-        return tuple(_typed(item, x) for x in value)
-    types, name = _KINDS[kind]
-    if not isinstance(value, types) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"expected {name}")
-    if kind is float:
-        number = float(typing.cast(float, value))
-        if not math.isfinite(number):
-            raise ValueError("expected a finite number")
-        return number
-    return value
-
-
-def _check(f: dataclasses.Field[Any], value: Any) -> None:
-    lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
-    if choices and str(value) not in choices:
-        raise ValueError(f"expected one of {', '.join(choices)}")
-    if lo is not None and value < lo:
-        raise ValueError(f"expected at least {lo}")
-    if hi is not None and value > hi:
-        raise ValueError(f"expected at most {hi}")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -302,10 +242,10 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
             found = _candidates(dotted, file_values.get(sec_name, {}), environ, path)
             if not found:
                 continue
-            source, raw, from_env = found[-1]
+            source, raw, in_env = found[-1]
             try:
-                value = _typed(hints[f.name], _from_env(hints[f.name], raw) if from_env else raw)
-                _check(f, value)
+                value = typed(hints[f.name], from_env(hints[f.name], raw) if in_env else raw)
+                check(f, value)
             except ValueError as exc:
                 raise ConfigError(f"{dotted} = {raw!r} (from {source}): {exc}") from None
             values[f.name], sources[dotted] = value, source

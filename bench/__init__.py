@@ -1,0 +1,1 @@
+"""The benchmark sections `scripts/bench` runs, one module each."""

@@ -1,0 +1,139 @@
+"""/tts against the floor (the engine alone) with one and two workers, side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import (
+    REPO,
+    TEXTS,
+    daemon_memory,
+    median,
+    start_daemon,
+    stream,
+    until_final,
+)
+from msgvoice.speech.audio import resample
+from msgvoice.speech.encoder import Encoder, EncodeSettings
+from msgvoice.speech.formats import FILE_FORMATS
+from msgvoice.worker.engines.espeak import EspeakEngine
+from msgvoice.worker.protocol import Prosody, to_float32
+
+
+def floor_ms(engine: EspeakEngine, text: str, runs: int) -> float:
+    """Raw eSpeak (child forked ahead, as in the worker) + soxr to 48 kHz + libopus, in-process."""
+    times = []
+    for _ in range(runs):
+        engine.prepare()
+        started = time.perf_counter()
+        samples, rate = engine.synthesize(text, None, Prosody(), None)
+        encoder = Encoder(FILE_FORMATS["ogg"], 48_000, False, EncodeSettings())
+        encoder.feed(resample(to_float32(samples), rate, 48_000))
+        encoder.finish()
+        times.append(time.perf_counter() - started)
+    return median(times) * 1000
+
+
+async def _tts_round(client: httpx.AsyncClient, posts: list[tuple[str, str]]) -> list[float]:
+    """Post every (chat, text) at once; each one's post → done seconds."""
+
+    async def one(chat: str, text: str) -> float:
+        started = time.perf_counter()
+        answer = await client.post("/v1/messages", json={"chat_id": chat, "text": f"/tts {text}"})
+        await until_final(client, answer.json()["jobs"])
+        return time.perf_counter() - started
+
+    return list(await asyncio.gather(*(one(chat, text) for chat, text in posts)))
+
+
+async def parallel_figures(url: str, runs: int) -> dict[str, float]:
+    """Latency by text length (one at a time) and throughput for 1, 4 and 16 chats at once."""
+    figures: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await _tts_round(client, [("warm", "你好")])
+        for name in ("short", "medium", "300ch"):
+            lat = [(await _tts_round(client, [("lat", TEXTS[name])]))[0] for _ in range(runs * 3)]
+            figures[f"p50_{name}_ms"] = median(lat) * 1000
+        for chats in (1, 4, 16):
+            posts = [(f"c{chats}-{i % chats}", TEXTS["medium"]) for i in range(48)]
+            started = time.perf_counter()
+            lat = sorted(await _tts_round(client, posts))
+            figures[f"jobs_per_s_{chats}"] = len(posts) / (time.perf_counter() - started)
+            figures[f"p95_{chats}_ms"] = lat[int(len(lat) * 0.95) - 1] * 1000
+        long_text = (TEXTS["300ch"] * 12)[:3000]
+        sentence = "清晨的阳光洒在窗台上，城市慢慢醒来。"
+        http = httpx.AsyncClient(base_url=url, timeout=300)
+        async with http:
+            figures["first_audio_3000ch_ms"] = median(
+                [(await stream(http, long_text))[0] * 1000 for _ in range(runs)]
+            )
+            figures["first_audio_sentence_ms"] = median(
+                [(await stream(http, sentence))[0] * 1000 for _ in range(runs)]
+            )
+    return figures
+
+
+def bench_parallel(runs: int, tmp: Path, compare: Path | None) -> dict[str, dict[str, float]]:
+    """Daemon figures for worker.count 1 and 2 (and another checkout's daemon), side by side:
+    all of them running, asked in turn for `runs` rounds (at least 3), medians printed."""
+    engine = EspeakEngine("cmn")
+    floors = {
+        name: floor_ms(engine, TEXTS[name], max(runs, 5)) for name in ("short", "medium", "300ch")
+    }
+    setups = {"count 1": (REPO, "1"), "count 2": (REPO, "2")}
+    if compare is not None:
+        setups[f"{compare.name}"] = (compare, "1")
+    daemons = {
+        label: start_daemon(tmp / label.replace(" ", "-"), repo, MSGVOICE_WORKER_COUNT=count)
+        for label, (repo, count) in setups.items()
+    }
+    # Every daemon runs; each round asks them in turn, starting one further along, so a box
+    # that speeds up or slows down during the run favours none of them.
+    rounds: dict[str, list[dict[str, float]]] = {label: [] for label in daemons}
+    try:
+        for n in range(max(runs, 3)):
+            labels = list(daemons)
+            for label in labels[n % len(labels) :] + labels[: n % len(labels)]:
+                rounds[label].append(asyncio.run(parallel_figures(daemons[label][1], 1)))
+        rows = {
+            label: {k: median([r[k] for r in found]) for k in found[0]}
+            | daemon_memory(daemons[label][0].pid)
+            for label, found in rounds.items()
+        }
+    finally:
+        for proc, _url in daemons.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+    print("\n== /tts over HTTP against the floor (raw eSpeak + soxr + libopus in-process) ==")
+    head = "".join(f" {label:>16}" for label in rows)
+    print(f"{'figure':28}{head}")
+    for name in ("short", "medium", "300ch"):
+        cells = "".join(
+            f" {r[f'p50_{name}_ms']:7.0f} ({r[f'p50_{name}_ms'] / floors[name]:4.1f}x)"
+            for r in rows.values()
+        )
+        print(f"{f'p50 {len(TEXTS[name])} chars (floor {floors[name]:.0f} ms)':28}{cells}")
+    for chats in (1, 4, 16):
+        print(
+            f"{f'{chats} chats: jobs/s':28}"
+            + "".join(f" {r[f'jobs_per_s_{chats}']:16.1f}" for r in rows.values())
+        )
+        print(
+            f"{f'{chats} chats: p95 ms':28}"
+            + "".join(f" {r[f'p95_{chats}_ms']:16.0f}" for r in rows.values())
+        )
+    for key, label in (
+        ("first_audio_3000ch_ms", "first audio, 3000 chars ms"),
+        ("first_audio_sentence_ms", "first audio, 1 sentence ms"),
+        ("daemon_rss_mb", "daemon RSS MB"),
+        ("worker_rss_max_mb", "largest worker RSS MB"),
+    ):
+        print(f"{label:28}" + "".join(f" {r[key]:16.0f}" for r in rows.values()))
+    return {"floor_ms": floors, **rows}  # type: ignore[dict-item]  # a report, not a schema
+
+
+# -- soak: thousands of jobs under a small retention limit ---------------------------------------

@@ -1,0 +1,47 @@
+"""What the supervisor asks of a worker (`SynthRequest`) and what comes back (`Synthesis`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from msgvoice.worker.protocol import Prosody, Samples, SynthesisParams
+
+
+@dataclass(frozen=True)
+class SynthRequest:
+    """One piece of text for the worker to speak."""
+
+    job_id: str
+    text: str
+    voice: str | None = None
+    prosody: Prosody = field(default_factory=Prosody)
+    emotion: tuple[float, ...] | None = None
+    timeout_cap_s: float | None = None
+    """Upper bound on this request's timeout (automatic replies)."""
+    seed: int | None = None
+    """Seed for sampling engines, so the same request gives the same audio."""
+
+    def params(self) -> SynthesisParams:
+        """The worker protocol's `synthesize` parameters."""
+        return {
+            "text": self.text,
+            "voice": self.voice,
+            "prosody": self.prosody.as_json(),
+            "emotion": list(self.emotion) if self.emotion else None,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """The worker's answer: samples and how long it took."""
+
+    samples: Samples
+    sample_rate: int
+    synth_s: float
+    wall_s: float
+    attempts: int
+    stages: dict[str, float] = field(default_factory=dict)
+    """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
+    unseeded_why: str | None = None
+    """Why a requested seed could not be applied (the engine takes none)."""
