@@ -13,9 +13,19 @@ Answers are `{"ok": true, "result"}` or `{"ok": false, "error_code", "descriptio
 - 409 "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to
   delete the webhook first" while `webhook_url` is set, and "Conflict: terminated by other
   getUpdates request; make sure that only one bot instance is running" while `other_poller`.
-- Scripted failures per method: 429 "Too Many Requests: retry after 1" with
-  `parameters.retry_after`, or a 502 HTML page from the proxy in front.
+- Scripted failures per method (the next calls, or the n-th call): 429 "Too Many Requests:
+  retry after 1" with `parameters.retry_after`, or a 502 HTML page from the proxy in front.
 - A voice over VOICE_NOTE_FILE_SIZE (1 MB) is recorded as shown as a file, not a voice bubble.
+- A group in `migrated` was upgraded to a supergroup: every send to it answers 400 "Bad
+  Request: group chat was upgraded to a supergroup chat" with `parameters.migrate_to_chat_id`
+  (the answer quoted in TwiN/gatus#179; python-telegram-bot raises ChatMigrated on it), and
+  `migrate()` delivers the two service messages the Bot API sends: `migrate_to_chat_id` in the
+  old group, `migrate_from_chat_id` in the new supergroup (TelegramBots/Telegram.Bot#171).
+- sendMessage over MessageLimit.MAX_TEXT_LENGTH (4,096 UTF-16 code units) answers 400 "Bad
+  Request: message is too long".
+- sendVoice to a chat in `no_voice` (a Premium user whose privacy settings forbid voice
+  messages) answers 400 "Bad Request: VOICE_MESSAGES_FORBIDDEN"; sendDocument (multipart,
+  `document`) still goes through.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from aiohttp import web
 TOKEN = "123:TEST"
 BOT_USERNAME = "msgvoice_bot"
 VOICE_NOTE_FILE_SIZE = 1_000_000
+MAX_TEXT_LENGTH = 4096
 WEBHOOK_CONFLICT = (
     "Conflict: can't use getUpdates method while webhook is active; "
     "use deleteWebhook to delete the webhook first"
@@ -55,11 +66,16 @@ class FakeTelegram:
     failures: dict[str, list[int]] = field(default_factory=dict)
     """method → statuses to answer with first (429 or 502), one per call."""
     failed_at: dict[str, list[float]] = field(default_factory=dict)
+    scripted: dict[str, dict[int, int]] = field(default_factory=dict)
+    """method → {n: status}: the n-th call of the method (from 1) answers that status."""
     blocked: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
     webhook_url: str = ""
     other_poller: bool = False
     revoked: bool = False
+    migrated: dict[str, int] = field(default_factory=dict)
+    """old group id → the supergroup it became."""
+    no_voice: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     url: str = ""
     _new: asyncio.Event = field(default_factory=asyncio.Event)
@@ -70,17 +86,40 @@ class FakeTelegram:
         self.updates.append({"update_id": 1000 + len(self.updates), **update})
         self._new.set()
 
-    def text(self, chat_id: int, text: str, user_id: int = 7, thread: int | None = None) -> None:
+    def text(
+        self,
+        chat_id: int,
+        text: str | None,
+        user_id: int = 7,
+        thread: int | None = None,
+        kind: str = "",
+        **fields: Any,
+    ) -> None:
+        """A person's message (`fields` adds or replaces Message fields: caption, photo...)."""
+        kind = kind or ("supergroup" if thread else "group" if chat_id < 0 else "private")
         message: dict[str, Any] = {
             "message_id": len(self.updates) + 1,
-            "chat": {"id": chat_id, "type": "supergroup" if thread else "private"},
+            "chat": {"id": chat_id, "type": kind},
             "from": {"id": user_id, "is_bot": False, "first_name": "U"},
             "date": int(time.time()),
             "text": text,
         }
         if thread is not None:
             message |= {"message_thread_id": thread, "is_topic_message": True}
-        self.push(message=message)
+        self.push(message={k: v for k, v in (message | fields).items() if v is not None})
+
+    def service(self, chat_id: int, **fields: Any) -> None:
+        """A service message (new_chat_members, pinned_message, forum_topic_created...)."""
+        chat = {"id": chat_id, "type": "supergroup" if chat_id < -(10**12) else "group"}
+        sender = {"id": 7, "is_bot": False, "first_name": "U"}
+        self.push(message={"message_id": len(self.updates) + 1, "chat": chat, "from": sender,
+                           "date": int(time.time()), **fields})  # fmt: skip
+
+    def migrate(self, old: int, new: int) -> None:
+        """Upgrade a group to a supergroup, with the two service messages the Bot API sends."""
+        self.migrated[str(old)] = new
+        self.service(new, migrate_from_chat_id=old)
+        self.service(old, migrate_to_chat_id=new)
 
     def sent_by(self, method: str) -> list[dict[str, Any]]:
         return [s for s in self.sent if s["method"] == method]
@@ -95,8 +134,9 @@ class FakeTelegram:
         method = request.match_info["method"]
         self.calls.append(method)
         pending = self.failures.get(method) or []
-        if pending:
-            status = pending.pop(0)
+        nth = self.scripted.get(method, {}).get(self.calls.count(method))
+        if pending or nth:
+            status = pending.pop(0) if pending else nth
             self.failed_at.setdefault(method, []).append(time.monotonic())
             if status == 429:
                 return _error(429, "Too Many Requests: retry after 1", retry_after=1)
@@ -111,19 +151,29 @@ class FakeTelegram:
             return web.json_response({"ok": True, "result": await self._updates(params)})
         if method in ("getMe", "getWebhookInfo", "deleteWebhook"):
             return web.json_response({"ok": True, "result": self._about(method)})
-        chat = str(params.get("chat_id"))
-        if chat in self.blocked or chat in self.missing:
-            blocked = chat in self.blocked
-            return _error(
-                403 if blocked else 400,
-                "Forbidden: bot was blocked by the user"
-                if blocked
-                else "Bad Request: chat not found",
-            )
+        refused = self._refusal(method, str(params.get("chat_id")), params)
+        if refused is not None:
+            return refused
         if method == "sendVoice":
             params["as_file"] = len(params.get("voice_bytes", b"")) > VOICE_NOTE_FILE_SIZE
         self.sent.append({"method": method, "at": time.monotonic(), **params})
         return web.json_response({"ok": True, "result": {"message_id": len(self.sent)}})
+
+    def _refusal(self, method: str, chat: str, params: dict[str, Any]) -> web.Response | None:
+        """The error a send gets, if any."""
+        if chat in self.blocked:
+            return _error(403, "Forbidden: bot was blocked by the user")
+        if chat in self.missing:
+            return _error(400, "Bad Request: chat not found")
+        if chat in self.migrated:
+            upgraded = "Bad Request: group chat was upgraded to a supergroup chat"
+            return _error(400, upgraded, migrate_to_chat_id=self.migrated[chat])
+        text = str(params.get("text", ""))
+        if method == "sendMessage" and len(text.encode("utf-16-le")) > 2 * MAX_TEXT_LENGTH:
+            return _error(400, "Bad Request: message is too long")
+        if method == "sendVoice" and chat in self.no_voice:
+            return _error(400, "Bad Request: VOICE_MESSAGES_FORBIDDEN")
+        return None
 
     def _about(self, method: str) -> Any:
         if method == "getMe":
@@ -174,9 +224,10 @@ async def _params(request: web.Request) -> dict[str, Any]:
     if request.content_type != "multipart/form-data":
         return dict(await request.json()) if request.can_read_body else {}
     form = await request.post()
-    params: dict[str, Any] = {k: v for k, v in form.items() if k != "voice"}
-    voice = form.get("voice")
-    if voice is not None:
-        params["voice_bytes"] = voice.file.read()  # type: ignore[union-attr]  # a file field
-        params["voice_name"] = voice.filename  # type: ignore[union-attr]  # a file field
+    params: dict[str, Any] = {k: v for k, v in form.items() if k not in ("voice", "document")}
+    for name in ("voice", "document"):
+        upload = form.get(name)
+        if upload is not None:
+            params[f"{name}_bytes"] = upload.file.read()  # type: ignore[union-attr]  # a file
+            params[f"{name}_name"] = upload.filename  # type: ignore[union-attr]  # a file
     return params

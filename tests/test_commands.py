@@ -66,7 +66,8 @@ CASES: list[tuple[str, Command | type]] = [
     ("/mode speaker off", SetSpeaker(None)),
     ("/mode speaker", Usage),
     ("/help", Help()),
-    ("/start", Unknown("start")),
+    ("/start", Help(greet=True)),  # what Telegram sends when a chat opens the bot
+    ("/start@msgvoice_bot", Help(greet=True)),
     ("/", Unknown("")),
     ("晚安", PlainText("晚安")),
     ("  hello  ", PlainText("hello")),

@@ -10,12 +10,15 @@ OGG/Opus 48 kHz mono through sendVoice, at most 1 MB each (python-telegram-bot's
 VOICE_NOTE_FILE_SIZE: larger ones arrive as files, not voice bubbles): a lower bit rate, or
 numbered parts for very long audio.
 
-Errors as the Bot API reports them (`{"ok": false, "error_code", "description",
-"parameters"}`): 429 waits out `retry_after`; 5xx and network errors back off; 400 and 403
-(chat not found, bot blocked or kicked) refuse that item for good; 401 (and 404, a token the
-server does not know) stops the channel with one error naming where the token came from;
-409 says whether a webhook is set (deleted once if `delete_webhook`) or another getUpdates
-poller runs.
+A group upgraded to a supergroup gets a new id (the Bot API says so in a 400's
+`migrate_to_chat_id`, and in a service message): the chat's settings follow, and everything for
+the old id goes to the new one. A text longer than a message goes in numbered parts, a user who
+forbids voice messages gets the voice note as a file (remembered per chat), and each part of a
+long text or voice note is sent once, even when a later part is retried. Service messages
+(joins, pins, topics, migrations) and channel posts forwarded into a group are not answered;
+in groups, a command that is not ours (or anything but text) is another bot's. The errors and
+how each is handled: telegram_api.py. The offset is kept within Telegram's own 24-hour
+retention of updates: a daemon down longer than that misses what Telegram dropped.
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 
 from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
+from msgvoice.channels.telegram_api import (
+    PREFIX,
+    BotApi,
+    ChatMigrated,
+    Conflict,
+    Unauthorized,
+    VoiceForbidden,
+    address,
+    split_text,
+)
 from msgvoice.chat.port import (
     FINAL_STATES,
     ChatPort,
@@ -43,26 +56,23 @@ from msgvoice.speech.convert import AudioError, fit_voice_note
 
 log = logging.getLogger(__name__)
 
-PREFIX = "tg:"
 CURSOR = "telegram.offset"
+MOVED = "telegram.moved:"
+"""Cursor prefix: an old group id → the supergroup it became."""
+NO_VOICE = "telegram.no_voice:"
+"""Cursor prefix: a chat whose user forbids voice messages."""
 VOICE_RATE = 48_000
 VOICE_NOTE_MAX_BYTES = 1_000_000
 ACTION_EVERY_S = 4.0
 ACTION_FOR_AT_MOST_S = 600.0
-
-
-class Unauthorized(ChannelError):
-    """The server does not know the token (401, or 404 for the whole bot URL)."""
-
-
-class Conflict(ChannelError):
-    """409: a webhook is set, or another getUpdates poller runs."""
-
-
-def address(chat_id: str) -> dict[str, Any]:
-    """Bot API parameters for a journalled chat id (`tg:<chat>` or `tg:<chat>#<thread>`)."""
-    chat, _, thread = chat_id[len(PREFIX) :].partition("#")
-    return {"chat_id": chat} | ({"message_thread_id": thread} if thread else {})
+# fmt: off
+CONTENT = frozenset((
+    "text", "caption", "photo", "document", "audio", "voice", "video", "video_note", "sticker",
+    "animation", "contact", "location", "venue", "poll", "dice", "story",
+))
+# fmt: on
+"""Message fields a person sends (Bot API `Message`); a message with none is a service message."""
+GROUPS = ("group", "supergroup")
 
 
 class TelegramChannel:
@@ -78,12 +88,15 @@ class TelegramChannel:
         client: httpx.AsyncClient,
         token_source: str = "telegram.token",
     ) -> None:
-        self.config, self.chat, self.client = config, chat, client
+        self.config, self.chat = config, chat
         self.token_source = token_source
-        self.url = f"{config.base_url.rstrip('/')}/bot{config.token}"
+        self.api = BotApi(client, config.base_url, config.token)
+        self.call = self.api.call
         self.pump = OutboxPump(chat, PREFIX, self._send)
         self.username = ""
         self._actions: set[asyncio.Task[None]] = set()
+        self._parts_sent: dict[tuple[str, int], int] = {}
+        """Parts of a multi-part item already delivered, so a retry sends only the rest."""
 
     async def run(self) -> None:
         """Name the bot, then poll for updates and push the outbox until cancelled; a token
@@ -105,32 +118,6 @@ class TelegramChannel:
         finally:
             for task in self._actions:
                 task.cancel()
-
-    async def call(
-        self,
-        method: str,
-        files: dict[str, Any] | None = None,
-        timeout_s: float = 30.0,
-        **params: Any,
-    ) -> Any:
-        """One Bot API call; its result, or the error classified (see the module doc)."""
-        try:
-            if files:
-                response = await self.client.post(
-                    f"{self.url}/{method}", data=params, files=files, timeout=timeout_s
-                )
-            else:
-                response = await self.client.post(
-                    f"{self.url}/{method}", json=params, timeout=timeout_s
-                )
-            body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise ChannelError(f"{method}: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(body, dict):
-            raise ChannelError(f"{method}: HTTP {response.status_code}, not a Bot API answer")
-        if body.get("ok"):
-            return body.get("result")
-        _raise(method, body, response.status_code)
 
     async def _identify(self) -> None:
         """getMe, retried with back-off while the server cannot be reached."""
@@ -203,18 +190,38 @@ class TelegramChannel:
             log.info("telegram update %s ignored: %s", update.get("update_id"), list(update))
             return
         chat = f"{PREFIX}{message['chat']['id']}"
+        if moved := message.get("migrate_to_chat_id") or message.get("migrate_from_chat_id"):
+            old, new = (chat, f"{PREFIX}{moved}")[:: 1 if "migrate_to_chat_id" in message else -1]
+            self._migrated(old, new)
+            return
+        if not CONTENT.intersection(message) or message.get("is_automatic_forward"):
+            return  # a service message, or a channel's post shown in its discussion group
         if message.get("is_topic_message") and message.get("message_thread_id"):
             chat += f"#{message['message_thread_id']}"
-        text = message.get("text") or None
+        text = message.get("text") or message.get("caption") or None
         if text is not None and not self._is_ours(text):
             return
-        sender = str((message.get("from") or {}).get("id", ""))
-        incoming = Incoming(chat, text, sender, prefixed(self.config.allow, PREFIX))
-        outcome = await self.chat.message(incoming)
+        sender = message.get("sender_chat") or message.get("from") or {}  # anonymous admins
+        group = message["chat"].get("type") in GROUPS
+        allow = prefixed(self.config.allow, PREFIX)
+        outcome = await self.chat.message(
+            Incoming(chat, text, str(sender.get("id", "")), allow, group)
+        )
         if outcome.jobs:
             task = asyncio.create_task(self._recording(chat, outcome.jobs))
             self._actions.add(task)
             task.add_done_callback(self._actions.discard)
+
+    def _migrated(self, old: str, new: str) -> None:
+        """A group became a supergroup: its settings follow, its pending items go to `new`."""
+        if self.chat.cursor(MOVED + old) != new:
+            log.info("telegram chat %s is now %s (upgraded to a supergroup)", old, new)
+            self.chat.move_chat(old, new)
+            self.chat.set_cursor(MOVED + old, new)
+
+    def _where(self, chat_id: str) -> dict[str, Any]:
+        """Where a chat's items go now (a migrated group's go to its supergroup)."""
+        return address(self.chat.cursor(MOVED + chat_id) or chat_id)
 
     async def _recording(self, chat: str, jobs: list[str]) -> None:
         """Show "recording voice" until the chat's voice notes are made (bounded)."""
@@ -229,9 +236,20 @@ class TelegramChannel:
                     await next_ring(changes, chat.__eq__, ACTION_EVERY_S)
 
     async def _send(self, item: OutboxItem) -> None:
-        where = address(item.chat_id)
+        try:
+            await self._deliver(item)
+        except ChatMigrated as exc:  # resend at once to the new id, the rest follows it there
+            self._migrated(item.chat_id, f"{PREFIX}{exc.new_id}")
+            await self._deliver(item)
+        self._parts_sent.pop((item.chat_id, item.seq), None)
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        where = self._where(item.chat_id)
         if item.audio is None:
-            await self.call("sendMessage", text=item.text, **where)
+            texts = split_text(item.text or "")
+            await self._parts(
+                item, texts, lambda text: self.call("sendMessage", text=text, **where)
+            )
             return
         try:
             parts = await asyncio.to_thread(
@@ -239,24 +257,38 @@ class TelegramChannel:
             )
         except AudioError as exc:  # a voice note that cannot be read never will be
             raise ChannelError(str(exc), permanent=True) from exc
-        for n, part in enumerate(parts, 1):
+
+        async def one(part: Path) -> None:
+            n = parts.index(part) + 1
             params = dict(where)
             if len(parts) > 1:
                 params["caption"] = f"{n}/{len(parts)}"
             elif item.duration_s:
                 params["duration"] = str(round(item.duration_s))
-            voice = await asyncio.to_thread(Path.read_bytes, part)
-            await self.call("sendVoice", files={"voice": (part.name, voice, "audio/ogg")}, **params)
+            await self._voice(item.chat_id, part, params)
 
+        await self._parts(item, parts, one)
 
-def _raise(method: str, body: dict[str, Any], status: int) -> NoReturn:
-    code = body.get("error_code", status)
-    why = f"{method}: {code} {body.get('description', '')}".strip()
-    if code == 429:
-        retry = (body.get("parameters") or {}).get("retry_after")
-        raise ChannelError(why, float(retry) if isinstance(retry, int | float) else None)
-    if code in (401, 404):
-        raise Unauthorized(why, permanent=True)
-    if code == 409:
-        raise Conflict(why)
-    raise ChannelError(why, permanent=code in (400, 403))
+    async def _parts(self, item: OutboxItem, parts: list[Any], send: Any) -> None:
+        """Send each part once: a retry of the item starts at the first part not yet sent."""
+        key = (item.chat_id, item.seq)
+        for n in range(self._parts_sent.get(key, 0), len(parts)):
+            await send(parts[n])
+            self._parts_sent[key] = n + 1
+
+    async def _voice(self, chat_id: str, part: Path, params: dict[str, Any]) -> None:
+        """A voice note, or the same audio as a file for a user who forbids voice messages."""
+        audio = await asyncio.to_thread(Path.read_bytes, part)
+        if not self.chat.cursor(NO_VOICE + chat_id):
+            try:
+                await self.call(
+                    "sendVoice", files={"voice": (part.name, audio, "audio/ogg")}, **params
+                )
+                return
+            except VoiceForbidden:
+                log.info("telegram chat %s forbids voice messages; sending files", chat_id)
+                self.chat.set_cursor(NO_VOICE + chat_id, "1")
+        params.pop("duration", None)
+        await self.call(
+            "sendDocument", files={"document": (part.name, audio, "audio/ogg")}, **params
+        )

@@ -55,7 +55,9 @@ class SetSpeaker:
 
 @dataclass(frozen=True)
 class Help:
-    """`/help`."""
+    """`/help`, or `/start` (the same, after a greeting)."""
+
+    greet: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def parse(line: str) -> Command:
     # Telegram appends the bot's name to commands in groups: /tts@my_bot
     name = head.lower().partition("@")[0]
     body = body.strip()
-    if name == "help":
-        return Help()
+    if name in ("help", "start"):  # /start: what Telegram sends when a chat opens the bot
+        return Help(greet=name == "start")
     handler = {"tts": _parse_tts, "mode": _parse_mode}.get(name)
     return handler(body) if handler else Unknown(name)

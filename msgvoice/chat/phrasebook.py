@@ -25,6 +25,7 @@ TEXTS: dict[str, dict[str, str]] = {
                 "/help — 显示本帮助",
             ]
         ),
+        "greeting": "你好！我会把文字读成语音消息。",
         "mode.both": "文字+语音",
         "mode.text": "仅文字",
         "mode.audio": "仅语音",
@@ -64,6 +65,7 @@ TEXTS: dict[str, dict[str, str]] = {
                 "/help — this help",
             ]
         ),
+        "greeting": "Hello! I turn text into voice messages.",
         "mode.both": "text + voice",
         "mode.text": "text only",
         "mode.audio": "voice only",

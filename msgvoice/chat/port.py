@@ -34,6 +34,8 @@ class Incoming:
     sender: str | None = None
     allow: Sequence[str] = ()
     """The channel's allow-list (chat ids or senders); empty lets everyone in."""
+    group: bool = False
+    """A group chat: a command that is not ours, or anything but text, is for someone else."""
 
 
 @dataclass
@@ -257,4 +259,8 @@ class ChatPort(Protocol):
 
     def set_cursor(self, name: str, value: str) -> None:
         """Save a channel's position."""
+        ...
+
+    def move_chat(self, old: str, new: str) -> None:
+        """A chat got a new id (a Telegram group became a supergroup): its settings go along."""
         ...

@@ -78,7 +78,7 @@ class Router:
     async def message(self, incoming: Incoming) -> Outcome:
         """Handle one chat message."""
         chat_id, line = incoming.chat_id, incoming.text
-        if not self._admitted(incoming):
+        if not self._admitted(incoming) or not _for_us(incoming):
             return Outcome(ignored=True)
         if line is None:
             return Outcome(replies=[self._say(chat_id, self.phrase(chat_id, "text_only"))])
@@ -155,7 +155,8 @@ class Router:
                 shown += phrasebook.text("show_speaker", chat.lang, speaker=chat.speaker)
             return shown
         if isinstance(command, commands.Help):
-            return phrasebook.text("help", chat.lang)
+            greeting = phrasebook.text("greeting", chat.lang) + "\n" if command.greet else ""
+            return greeting + phrasebook.text("help", chat.lang)
         if isinstance(command, commands.Usage):
             return phrasebook.text(command.key, chat.lang, max=str(commands.STYLE_MAX_CHARS))
         assert isinstance(command, commands.Unknown)
@@ -250,3 +251,17 @@ class Router:
     def set_cursor(self, name: str, value: str) -> None:
         """Save a channel's position."""
         self.journal.set_cursor(name, value)
+
+    def move_chat(self, old: str, new: str) -> None:
+        """A chat got a new id: its settings go along."""
+        self.journal.move_chat(old, new)
+
+
+def _for_us(incoming: Incoming) -> bool:
+    """In a group only text for this bot is ours: another bot's command, or a photo people
+    share, is left alone."""
+    if not incoming.group:
+        return True
+    return incoming.text is not None and not isinstance(
+        commands.parse(incoming.text), commands.Unknown
+    )
