@@ -97,7 +97,8 @@ def _output(args: argparse.Namespace, config: Config) -> tuple[Path, str]:
     path = args.output
     if path is None:
         path = config.paths.audio / f"say-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        config.paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's alone
+        path.parent.mkdir(mode=0o700, exist_ok=True)
     path = path.expanduser().absolute()
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: {path.parent} is not a directory")
@@ -227,6 +228,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "say":
         return _run_main(lambda: _say(config, args))
     if args.command == "run":
+        os.umask(0o077)  # the journal, voice notes and logs: the owner's alone
         _logging(args, args.log_format or config.daemon.log_format, config)
         from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
 

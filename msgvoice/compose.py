@@ -147,10 +147,11 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
     from msgvoice.chat.journal import Journal  # noqa: PLC0415
     from msgvoice.chat.port import Bell  # noqa: PLC0415
     from msgvoice.chat.retention import Retention  # noqa: PLC0415
-    from msgvoice.chat.storage import Storage  # noqa: PLC0415
+    from msgvoice.chat.storage import Storage, keep_private  # noqa: PLC0415
     from msgvoice.ops.metrics import Live, Metrics  # noqa: PLC0415
 
     paths = config.paths
+    keep_private(paths.root)
     sweep_leftovers(paths)
     async with contextlib.AsyncExitStack() as stack:
         journal = Journal(paths.journal, Bell(), paths.audio)

@@ -6,6 +6,10 @@ is full" from sqlite) or a file cannot be opened for lack of descriptors (EMFILE
 journalled work waits, and the daemon stays up. `watch()` then frees what retention may free
 and, once there is room again (free space over `min_free_mb` and a real test write that
 succeeds, so files open again too), marks it usable: waiting work proceeds by itself.
+
+The state dir holds every chat's text (the journal) and every voice note, so it is its owner's
+alone: made 0700, and one found readable by others is tightened at start (0700 folders, 0600
+files), with one log line.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,3 +97,23 @@ class Storage:
                     self._marked.wait(), RECHECK_FULL_S if self.full else CHECK_EVERY_S
                 )
             self._marked.clear()
+
+
+def keep_private(root: Path) -> None:
+    """Make the state dir (and what is in it) readable by its owner only."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not root.stat().st_mode & 0o077:
+        return
+    tightened = 0
+    for folder, _dirs, files in os.walk(root):
+        for path in [Path(folder), *(Path(folder) / f for f in files)]:
+            with contextlib.suppress(OSError):  # a file retention removed meanwhile
+                mode = path.lstat().st_mode
+                if stat.S_IMODE(mode) & 0o077 and not stat.S_ISLNK(mode):
+                    path.chmod(stat.S_IMODE(mode) & (0o700 if stat.S_ISDIR(mode) else 0o600))
+                    tightened += 1
+    log.warning(
+        "state dir %s was readable by other users; made it its owner's alone (%d entries)",
+        root,
+        tightened,
+    )

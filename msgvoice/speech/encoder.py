@@ -228,7 +228,7 @@ class AudioWriter:
                 self._file.seek(0)
                 self._file.write(header)
             self._file.close()
-            os.chmod(self._tmp, 0o644)  # mkstemp made it private
+            os.chmod(self._tmp, os.stat(self.path.parent).st_mode & 0o644)  # as its folder
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
