@@ -1,12 +1,14 @@
 """A stand-in for `imsg`, after steipete/imsg's own text: `docs/rpc.md` (JSON-RPC 2.0, one
 object per line; notifications without `id`; stderr for people), `RPCServer.swift` and
 `RPCServer+Support.swift` (errors are `{"code", "message", "data"}`: -32601 "Method not found",
--32602 "Invalid params" with the reason in `data`, -32603 "Internal error"),
+-32602 "Invalid params" with the reason in `data`, -32603 "Internal error", whose `data` for a
+file it cannot find is "Attachment not found"),
 `RPCServer+Handlers.swift` (a failed watch is a `{"method": "error", "params":
 {"subscription", "error": {"message"}}}` notification, and imsg keeps running),
 `RPCStartupErrorServer.swift` (without Full Disk Access every request gets -32603 with the
 permission text), `RPCServer+BridgeMessageHandlers.swift` (`send.attachment` with `as_voice`
-needs the IMCore bridge) and `StatusCommand.swift` (`imsg status --json`: `advanced_features`).
+needs the IMCore bridge) and `StatusCommand.swift` (`imsg status --json`: `advanced_features`
+is only a lock file's presence; `v2_ready` and `bridge_version` come from a live probe).
 
 `fake_imsg.py rpc` serves JSON-RPC; `fake_imsg.py status --json` prints the status. State lives
 in $FAKE_IMSG_DIR: the test appends incoming messages (imsg's Message objects) to inbox.jsonl;
@@ -18,7 +20,10 @@ with `transfer_name`). Files steer it:
 - `watch-fails`: the next watch reports an `error` notification and stops (imsg stays up);
 - `slow-send`: the next send goes out but its answer comes 10 s late;
 - `no-fda`: startup without Full Disk Access;
-- `bridge`: the IMCore bridge is running.
+- `bridge`: the IMCore bridge is running; `stale-bridge`: its lock file is left but it does
+  not answer (`advanced_features` true, `v2_ready` false);
+- `bridge-breaks`: the next `send.attachment` finds the bridge gone (and it stays gone);
+- `attachment-gone`: the next send with a file answers "Attachment not found".
 Chat 666 does not exist (send answers -32602 "unknown chat_id 666").
 """
 
@@ -97,6 +102,11 @@ def lines(name: str) -> list[dict[str, Any]]:
 def send(req_id: Any, method: str, params: dict[str, Any]) -> None:
     if method == "send.attachment" and not (STATE / "bridge").exists():
         return error(req_id, -32603, "Internal error", "IMCore bridge is not running")
+    if method == "send.attachment" and take("bridge-breaks"):
+        (STATE / "bridge").unlink()
+        return error(req_id, -32603, "Internal error", "IMCore bridge is not running")
+    if "file" in params and take("attachment-gone"):
+        return error(req_id, -32603, "Internal error", f"Attachment not found: {params['file']}")
     if take("die"):
         os._exit(1)
     if params.get("chat_id") == UNKNOWN_CHAT:
@@ -163,8 +173,10 @@ def rpc() -> int:
 
 
 def status() -> int:
-    bridge = (STATE / "bridge").exists()
-    print(json.dumps({"version": "0.9.0", "basic_features": True, "advanced_features": bridge}))
+    bridge = (STATE / "bridge").exists() or (STATE / "stale-bridge").exists()
+    live = (STATE / "bridge").exists()
+    facts = {"basic_features": True, "advanced_features": bridge, "v2_ready": live}
+    print(json.dumps({"version": "0.9.0", **facts, "bridge_version": 2 if live else 0}))
     return 0
 
 

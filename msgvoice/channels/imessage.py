@@ -8,7 +8,8 @@ resubscribed from the journalled rowid.
 Voice notes go out as Opus 24 kHz mono in CAF, Messages' own voice-note format. Only imsg's
 `send.attachment` with `as_voice: true` marks them as audio messages (voice bubbles), and it
 needs imsg's IMCore bridge; plain `send` with a `file` (the fallback when the bridge is not
-running) delivers an ordinary attachment. A send that timed out may still have gone out: before
+running) delivers an ordinary attachment, and is what a bridge error falls back to (the
+bridge is probed again when imsg next starts). A send that timed out may still have gone out: before
 it is sent again, `messages.history` of that chat is checked, and a voice note or text already
 there is not sent twice.
 """
@@ -158,6 +159,13 @@ class ImessageChannel:
         except RequestTimeout:
             self._timed_out.setdefault(key, tried)
             raise
+        except RpcError as exc:
+            if method != "send.attachment":
+                raise
+            log.warning("imsg's bridge failed (%s); voice notes go out with send", exc)
+            self.voice_bubbles = False  # until the next session's probe says otherwise
+            params.pop("as_voice")
+            await self.request("send", params)
         self._timed_out.pop(key, None)
 
     async def _already_sent(

@@ -4,7 +4,8 @@ JSON-RPC 2.0, one object per line on stdin/stdout; stderr is for people (msgvoic
 Errors come as `{"code", "message", "data"}`: `message` is only the JSON-RPC label ("Invalid
 params", "Internal error"); `data` holds the reason ("unknown chat_id 7", the Full Disk Access
 text, the Tahoe ghost-row check). Invalid params (-32602) is the request's fault and never
-succeeds on a retry; so is the ghost-row check ("unjoined empty outgoing row"). A failed watch
+succeeds on a retry; neither does a method this imsg lacks (-32601), a file it cannot find
+("Attachment not found") or the ghost-row check ("unjoined empty outgoing row"). A failed watch
 arrives as a notification `{"method": "error", "params": {"subscription", "error":
 {"message"}}}` while imsg keeps running: the caller is told through `watch_failed`.
 """
@@ -25,8 +26,9 @@ from msgvoice.channels.outbox import ChannelError
 
 log = logging.getLogger(__name__)
 
+METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
-PERMANENT_HINTS = ("unjoined empty outgoing row",)
+PERMANENT_HINTS = ("unjoined empty outgoing row", "Attachment not found")
 PERMISSION_HINTS = ("Full Disk Access", "authorization denied", "unable to open database")
 """What imsg's error `data` says when it cannot read chat.db."""
 FULL_DISK_ACCESS_FIX = (
@@ -48,7 +50,9 @@ class RpcError(ChannelError):
         self.code = error.get("code")
         self.data = str(error.get("data") or "")
         text = f"{self.code} {error.get('message')}" + (f": {self.data}" if self.data else "")
-        permanent = self.code == INVALID_PARAMS or any(h in self.data for h in PERMANENT_HINTS)
+        permanent = self.code in (METHOD_NOT_FOUND, INVALID_PARAMS) or any(
+            h in self.data for h in PERMANENT_HINTS
+        )
         super().__init__(text, permanent=permanent)
 
     @property
@@ -177,8 +181,10 @@ def _int(value: Any) -> int:
 
 
 async def bridge_ready(command: Sequence[str], timeout_s: float = 10.0) -> bool:
-    """Whether imsg's IMCore bridge is up (`imsg status --json`: `advanced_features`), which
-    `send.attachment` with `as_voice` needs to send a voice bubble."""
+    """Whether imsg's IMCore bridge answers, which `send.attachment` with `as_voice` needs to
+    send a voice bubble. `imsg status --json` (StatusCommand.swift): `advanced_features` only
+    says a lock file exists; `v2_ready` is the bridge's own answer to a live probe, and
+    `rpc_methods`, where imsg lists them, must hold `send.attachment`."""
     status = [*command[:-1], "status", "--json"] if list(command[-1:]) == ["rpc"] else []
     if not status:
         return False
@@ -191,7 +197,10 @@ async def bridge_ready(command: Sequence[str], timeout_s: float = 10.0) -> bool:
     try:
         async with asyncio.timeout(timeout_s):
             out, _ = await proc.communicate()
-        return bool(json.loads(out.splitlines()[0]).get("advanced_features"))
+        facts = json.loads(out.splitlines()[0])
+        methods = facts.get("rpc_methods")
+        listed = methods is None or "send.attachment" in methods
+        return bool(facts.get("advanced_features") and facts.get("v2_ready") and listed)
     except (TimeoutError, ValueError, IndexError, AttributeError):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

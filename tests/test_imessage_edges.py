@@ -1,0 +1,58 @@
+"""iMessage at its edges, against the fake imsg (tests/fake_imsg.py, after imsg's own sources):
+a bridge whose lock file lies, a bridge that breaks mid-session, errors that never heal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import until
+from tests.daemon_util import running
+from tests.test_channels import Imsg, im_settled
+
+
+async def test_a_stale_bridge_is_not_used(clean_env: Path, tmp_path: Path) -> None:
+    """`advanced_features` true from a stale lock file but no live answer (`v2_ready` false):
+    voice notes go out with `send` and a file, never `send.attachment`."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "stale-bridge").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/tts 你好")
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+    (voice,) = imsg.lines("sent.jsonl")
+    assert voice["method"] == "send" and "as_voice" not in voice and voice["file"]
+
+
+async def test_a_bridge_that_breaks_falls_back_to_send(clean_env: Path, tmp_path: Path) -> None:
+    """The bridge answered the probe, then fails at `send.attachment`: that voice note and the
+    next go out with `send` and the file, none is lost or held."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "bridge").touch()
+    (imsg.dir / "bridge-breaks").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/tts 你好")
+        await until(lambda: imsg.lines("sent.jsonl"))
+        imsg.incoming("/tts 晚安")
+        await until(lambda: len(imsg.lines("sent.jsonl")) == 2)
+        await im_settled(daemon, imsg)
+    assert [s["method"] for s in imsg.lines("sent.jsonl")] == ["send", "send"]
+    assert daemon.router.refused == 0
+
+
+async def test_attachment_not_found_fails_that_item_and_the_next_text_arrives(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """ "Attachment not found" (-32603) is that voice note's end, not a retry for ever: it is
+    marked failed and the chat's next message (a text) is delivered."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "attachment-gone").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, client):
+        imsg.incoming("/tts 你好")
+        await until(lambda: [i for i in daemon.journal.outbox("im:1") if i.kind == "audio"])
+        imsg.incoming("/mode style 温柔")  # after the voice note, in the same chat
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+        items = (await client.get("/v1/chats/im:1/outbox")).json()["items"]
+    assert [s.get("text") for s in imsg.lines("sent.jsonl")] == ["已设置风格：温柔"]
+    failed = [i for i in items if i["state"] == "failed"]
+    assert len(failed) == 1 and "Attachment not found" in failed[0]["error"]
