@@ -56,3 +56,16 @@ async def test_attachment_not_found_fails_that_item_and_the_next_text_arrives(
     assert [s.get("text") for s in imsg.lines("sent.jsonl")] == ["已设置风格：温柔"]
     failed = [i for i in items if i["state"] == "failed"]
     assert len(failed) == 1 and "Attachment not found" in failed[0]["error"]
+
+
+async def test_a_row_without_a_chat_is_passed_over(clean_env: Path, tmp_path: Path) -> None:
+    """imsg gives `chat_id` 0 to a row it could not join to a chat: it is not a chat (nothing
+    is answered or journalled for it), and the next message is handled as usual."""
+    imsg = Imsg(tmp_path / "imsg")
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/help", chat_id=0)
+        imsg.incoming("/mode style 温柔", chat_id=2)
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+        assert not daemon.journal.known_chat("im:0")
+    assert [s["chat_id"] for s in imsg.lines("sent.jsonl")] == [2]

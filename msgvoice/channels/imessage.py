@@ -126,14 +126,15 @@ class ImessageChannel:
         while True:
             message = await self._messages.get()
             rowid = message.get("id")
+            if not isinstance(rowid, int) or rowid <= int(self.chat.cursor(CURSOR) or 0):
+                continue  # handled before (queued again when imsg restarted), or no row at all
             text = message.get("text")
-            if not message.get("is_from_me") and text and message.get("chat_id") is not None:
+            if not message.get("is_from_me") and text and message.get("chat_id"):  # 0: no chat
                 chat_id, sender = f"{PREFIX}{message['chat_id']}", message.get("sender")
                 allow = prefixed(self.config.allow, PREFIX)
                 incoming = Incoming(chat_id, text, sender, allow)
                 await take_in(f"imsg message {rowid}", self.chat.message, incoming)
-            if rowid is not None:
-                self.chat.set_cursor(CURSOR, str(rowid))
+            self.chat.set_cursor(CURSOR, str(rowid))
 
     async def _send(self, item: OutboxItem) -> None:
         chat_id = int(item.chat_id[len(PREFIX) :])
