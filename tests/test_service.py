@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import plistlib
 import shutil
 import subprocess
@@ -166,3 +167,53 @@ def test_status_reports_not_installed(tmp_path: Path) -> None:
     """status names the file it looked for."""
     done = cli("service", "status", "--systemd", env={"HOME": str(tmp_path)})
     assert done.returncode == 0 and "not installed" in done.stdout
+
+
+def fake_launchctl(tmp_path: Path, **env: str) -> dict[str, str]:
+    """An environment whose PATH finds tests/fake_launchctl.py as `launchctl`."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "launchctl"
+    bin_dir.mkdir()
+    state.mkdir()
+    tool = bin_dir / "launchctl"
+    tool.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "fake_launchctl.py"}" "$@"\n'
+    )
+    tool.chmod(0o755)
+    path = f"{bin_dir}:{os.environ.get('PATH', '')}"
+    return {"PATH": path, "HOME": str(tmp_path), "FAKE_LAUNCHCTL_DIR": str(state), **env}
+
+
+def launchctl_calls(env: dict[str, str]) -> list[dict[str, Any]]:
+    calls = Path(env["FAKE_LAUNCHCTL_DIR"]) / "calls.jsonl"
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+def test_reinstall_over_a_running_agent_waits_for_launchd_to_let_go(tmp_path: Path) -> None:
+    """install, then install again at once: the second waits until launchd has released the
+    label (bootstrap meanwhile fails with error 5), enables it and loads it; status then says
+    it runs (a pid, not just loaded)."""
+    env = fake_launchctl(tmp_path, MSGVOICE_STATE_DIR=str(tmp_path / "state"))
+    first = cli("service", "install", "--launchd", env=env)
+    assert first.returncode == 0, first.stderr
+    again = cli("service", "install", "--launchd", env=env)
+    assert again.returncode == 0, again.stderr
+    calls = launchctl_calls(env)
+    boots = [c["code"] for c in calls if c["args"][0] == "bootstrap"]
+    assert boots[0] == 0 and boots[-1] == 0 and BUSY in boots[1:]
+    enabled = [i for i, c in enumerate(calls) if c["args"][0] == "enable"]
+    assert enabled and enabled[-1] < len(calls) - 1
+    status = cli("service", "status", "--launchd", env=env)
+    assert "loaded and running" in status.stdout
+
+
+def test_without_a_gui_session_install_says_so(tmp_path: Path) -> None:
+    """The gui/UID domain is missing (ssh, no desktop login): one error with the hint, exit 2."""
+    env = fake_launchctl(
+        tmp_path, FAKE_LAUNCHCTL_NO_GUI="1", MSGVOICE_STATE_DIR=str(tmp_path / "s")
+    )
+    done = cli("service", "install", "--launchd", env=env)
+    assert done.returncode == 2 and "logged-in GUI session" in done.stderr
+    assert "125" in done.stderr and "Traceback" not in done.stderr
+
+
+BUSY = service.BOOTSTRAP_BUSY

@@ -24,11 +24,14 @@ import plistlib
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from msgvoice.config import OPEN_FILES, Config
 
 UNIT_NAME = "msgvoice.service"
+BOOTSTRAP_BUSY = 5
+"""What `launchctl bootstrap` exits with while launchd still holds a label just booted out."""
 COMMAND_TIMEOUT_S = 20
 LAUNCHD_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 """The PATH launchd gives an agent that sets none."""
@@ -203,12 +206,7 @@ def install(config: Config, kind: str, config_path: Path | None = None) -> str:
     (config.paths.logs).mkdir(parents=True, exist_ok=True)
     target.write_text(render(config, kind, config_path), encoding="utf-8")
     if kind == "launchd":
-        domain = f"gui/{os.getuid()}"
-        _run(tool, "bootout", f"{domain}/{config.service.label}")
-        done = _run(tool, "bootstrap", domain, str(target))
-        if done.returncode != 0:
-            hint = GUI_SESSION_HINT.format(uid=os.getuid())
-            raise ServiceError(f"launchctl bootstrap failed: {done.stderr.strip()}\n{hint}")
+        _load_agent(tool, config, target)
     else:
         for args in (("daemon-reload",), ("enable", "--now", UNIT_NAME)):
             done = _run(tool, "--user", *args)
@@ -221,6 +219,30 @@ def install(config: Config, kind: str, config_path: Path | None = None) -> str:
         for name, where in programs(config, service_path()).items()
     ]
     return f"installed and started {target}" + "".join(f"\n  {line}" for line in found)
+
+
+def _load_agent(tool: str, config: Config, target: Path) -> None:
+    """bootout the running agent and wait until launchd has let go of its label (bootout
+    returns before it does: a bootstrap meanwhile fails with error 5, for as long as the daemon
+    drains), then enable and bootstrap it, retrying error 5 until the agent's ExitTimeOut."""
+    domain = f"gui/{os.getuid()}"
+    service = f"{domain}/{config.service.label}"
+    deadline = time.monotonic() + _stop_timeout_s(config) + 5
+    _run(tool, "bootout", service)
+    while _run(tool, "print", service).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _run(tool, "enable", service)  # a label once disabled would not load again
+    while True:
+        done = _run(tool, "bootstrap", domain, str(target))
+        if done.returncode != BOOTSTRAP_BUSY or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if done.returncode != 0:
+        why = f"launchctl bootstrap failed: {done.stderr.strip() or done.returncode}"
+        missing = _run(tool, "print", domain).returncode != 0
+        raise ServiceError(
+            why + ("\n" + GUI_SESSION_HINT.format(uid=os.getuid()) if missing else "")
+        )
 
 
 def uninstall(config: Config, kind: str) -> str:
@@ -253,8 +275,9 @@ def loaded(config: Config, kind: str) -> bool | None:
     """Whether the service manager has the service running (None if it cannot tell)."""
     try:
         tool = _tool(kind)
-        if kind == "launchd":
-            return _run(tool, "print", f"gui/{os.getuid()}/{config.service.label}").returncode == 0
+        if kind == "launchd":  # loaded is not running: launchd shows a pid only for the latter
+            shown = _run(tool, "print", f"gui/{os.getuid()}/{config.service.label}")
+            return shown.returncode == 0 and "pid = " in shown.stdout
         return _run(tool, "--user", "is-active", "--quiet", UNIT_NAME).returncode == 0
     except ServiceError:
         return None
