@@ -111,14 +111,15 @@ def test_doctor_flags_a_program_the_service_cannot_find(tmp_path: Path) -> None:
 
 
 def test_printed_unit_has_restart_limits_and_stop_keys() -> None:
-    """`service print --systemd` is a unit with Restart=on-failure, start limits in [Unit],
+    """`service print --systemd` is a unit with Restart=on-failure that never gives up,
     TimeoutStopSec, KillMode, and no environment that was not named."""
     done = cli("service", "print", "--systemd", env={"SECRET_TOKEN": "x"})
     assert done.returncode == 0, done.stderr
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case
     unit.read_string(done.stdout)
-    assert unit["Unit"]["StartLimitIntervalSec"] and unit["Unit"]["StartLimitBurst"]
+    assert unit["Unit"]["StartLimitIntervalSec"] == "0"  # keeps retrying, as launchd does
+    assert int(unit["Service"]["RestartSec"]) >= 1
     assert unit["Service"]["Restart"] == "on-failure"
     assert int(unit["Service"]["TimeoutStopSec"]) >= 35
     assert unit["Service"]["KillMode"] == "mixed" and unit["Service"]["Type"] == "exec"
@@ -217,3 +218,26 @@ def test_without_a_gui_session_install_says_so(tmp_path: Path) -> None:
 
 
 BUSY = service.BOOTSTRAP_BUSY
+
+
+def test_a_dollar_in_the_command_is_not_a_systemd_variable(tmp_path: Path) -> None:
+    """systemd expands `$NAME` in ExecStart=: a literal `$` (in a config path) is `$$`."""
+    config = tmp_path / "my$HOME.toml"
+    config.write_text("")
+    unit = service.unit(load(None, {}), config)
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "my$$HOME.toml" in exec_start
+
+
+def test_the_installed_file_with_a_secret_is_its_owners_alone(tmp_path: Path) -> None:
+    """A token named in service.env goes into the agent, and the agent file is 0600."""
+    env = fake_launchctl(
+        tmp_path,
+        MSGVOICE_STATE_DIR=str(tmp_path / "state"),
+        MSGVOICE_SERVICE_ENV="TELEGRAM_BOT_TOKEN",
+        TELEGRAM_BOT_TOKEN="123:SECRET",
+    )
+    done = cli("service", "install", "--launchd", env=env)
+    assert done.returncode == 0, done.stderr
+    (agent,) = (tmp_path / "Library" / "LaunchAgents").glob("*.plist")
+    assert "123:SECRET" in agent.read_text() and agent.stat().st_mode & 0o777 == 0o600

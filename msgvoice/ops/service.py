@@ -9,33 +9,32 @@ the daemon's drain plus the workers' grace. `LimitLoadToSessionType = Aqua`: Mes
 permissions exist only in the logged-in GUI session. launchd starts agents with a bare PATH
 (/usr/bin:/bin:/usr/sbin:/sbin, launchd.plist(5)), so Homebrew's programs are not found: the
 agent gets the installing shell's PATH plus Homebrew's prefixes, and `imsg` is written in as an
-absolute path (`MSGVOICE_IMESSAGE_COMMAND`). systemd: Type=exec, Restart=on-failure with a
-start limit, KillMode=mixed (SIGTERM to the daemon, which stops its workers; SIGKILL to
-leftovers at the timeout); `%` and quotes escaped as systemd.unit(5) and systemd.exec(5) say.
-Besides PATH, only the environment variables named in `service.env` are written into either
-file. The repository's launchd/ folder holds the agent as a template (launchd/README.md).
+absolute path (`MSGVOICE_IMESSAGE_COMMAND`). systemd: Type=exec, Restart=on-failure for ever
+(StartLimitIntervalSec=0: like launchd, it never gives up), KillMode=mixed (SIGTERM to the
+daemon, which stops its workers; SIGKILL to leftovers at the timeout). Besides PATH, only the
+environment variables named in `service.env` are written into either file, and both files are
+written 0600, since those may be secrets. The files themselves: service_files.py. The
+repository's launchd/ folder holds the agent as a template (launchd/README.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import plistlib
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from msgvoice.config import OPEN_FILES, Config
+from msgvoice.config import Config
+from msgvoice.ops.service_files import programs, render, service_path, stop_timeout_s, unit
+
+__all__ = ["programs", "render", "service_path", "unit"]
 
 UNIT_NAME = "msgvoice.service"
 BOOTSTRAP_BUSY = 5
 """What `launchctl bootstrap` exits with while launchd still holds a label just booted out."""
 COMMAND_TIMEOUT_S = 20
-LAUNCHD_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
-"""The PATH launchd gives an agent that sets none."""
-HOMEBREW_PATHS = ("/opt/homebrew/bin", "/opt/homebrew/sbin", "/usr/local/bin", "/usr/local/sbin")
 GUI_SESSION_HINT = (
     "launchctl could not load the agent into gui/{uid}: that domain exists only in a logged-in "
     "GUI session. Run this from Terminal on the Mac's desktop (not over plain ssh), or log in "
@@ -56,126 +55,11 @@ def default_kind() -> str:
     return "launchd" if sys.platform == "darwin" else "systemd"
 
 
-def _stop_timeout_s(config: Config) -> int:
-    return int(config.daemon.drain_timeout_s + config.worker.term_grace_s + 10)
-
-
-def _program(config_path: Path | None, log_file: Path | None = None) -> list[str]:
-    args = [sys.executable, "-m", "msgvoice", "run"]
-    args += ["--config", str(config_path.resolve())] if config_path else []
-    return args + (["--log-file", str(log_file)] if log_file else [])
-
-
-def service_path(environ: dict[str, str] | None = None) -> str:
-    """The PATH a service gets: the installing shell's, then Homebrew's prefixes, then
-    launchd's own, each once."""
-    shell = (environ if environ is not None else dict(os.environ)).get("PATH", "")
-    seen: dict[str, None] = {}
-    for entry in [*shell.split(os.pathsep), *HOMEBREW_PATHS, *LAUNCHD_PATH]:
-        if entry:
-            seen.setdefault(entry, None)
-    return os.pathsep.join(seen)
-
-
-def programs(config: Config, search: str) -> dict[str, str | None]:
-    """The external programs the daemon will run, resolved on `search` (None: not found)."""
-    if not config.imessage.enabled:
-        return {}
-    imsg = config.imessage.command[0]
-    if os.path.isabs(imsg):
-        return {imsg: imsg if os.access(imsg, os.X_OK) else None}
-    return {imsg: shutil.which(imsg, path=search)}
-
-
-def _environment(config: Config) -> dict[str, str]:
-    """PATH, resolved programs, and the variables named in `service.env` (never the whole
-    environment)."""
-    search = service_path()
-    env = {name: os.environ[name] for name in config.service.env if name in os.environ}
-    env["PATH"] = search
-    resolved = programs(config, search).get(
-        config.imessage.command[0] if config.imessage.enabled else ""
-    )
-    if resolved:
-        env["MSGVOICE_IMESSAGE_COMMAND"] = json.dumps([resolved, *config.imessage.command[1:]])
-    return env
-
-
-def plist(config: Config, config_path: Path | None = None) -> bytes:
-    """The launchd agent's property list."""
-    logs = config.paths.logs
-    body: dict[str, object] = {
-        "Label": config.service.label,
-        "ProgramArguments": _program(config_path, logs / "msgvoice.log"),
-        "EnvironmentVariables": _environment(config),
-        "RunAtLoad": True,
-        "KeepAlive": {"SuccessfulExit": False},
-        "LimitLoadToSessionType": "Aqua",
-        "ThrottleInterval": config.service.throttle_interval_s,
-        "ExitTimeOut": _stop_timeout_s(config),
-        "WorkingDirectory": str(config.state_dir),
-        "StandardOutPath": str(logs / "msgvoice.out.log"),
-        "StandardErrorPath": str(logs / "msgvoice.err.log"),
-        "ProcessType": "Interactive",
-        "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES},
-    }
-    return plistlib.dumps(body)
-
-
-def unit(config: Config, config_path: Path | None = None) -> str:
-    """The systemd user unit."""
-    exec_start = " ".join(_quote(a) for a in _program(config_path))
-    env_lines = [f"Environment={_quote(f'{k}={v}')}" for k, v in _environment(config).items()]
-    return "\n".join(
-        [
-            "[Unit]",
-            "Description=msgvoice voice-reply daemon",
-            "StartLimitIntervalSec=300",
-            "StartLimitBurst=5",
-            "",
-            "[Service]",
-            "Type=exec",
-            f"ExecStart={exec_start}",
-            f"WorkingDirectory={_escape(str(config.state_dir))}",
-            *env_lines,
-            "Restart=on-failure",
-            f"RestartSec={config.service.throttle_interval_s}",
-            f"TimeoutStopSec={_stop_timeout_s(config)}",
-            "KillMode=mixed",
-            "KillSignal=SIGTERM",
-            f"LimitNOFILE={OPEN_FILES}",
-            "",
-            "[Install]",
-            "WantedBy=default.target",
-            "",
-        ]
-    )
-
-
-def _escape(text: str) -> str:
-    """`%` starts a systemd specifier: a literal one is `%%`."""
-    return text.replace("%", "%%")
-
-
-def _quote(arg: str) -> str:
-    """One word for ExecStart= or Environment=: specifiers escaped, quoted when it has
-    spaces, quotes or backslashes (which are escaped inside the quotes)."""
-    arg = _escape(arg)
-    if not any(c in arg for c in " \"\\'"):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def path(config: Config, kind: str) -> Path:
     """Where the service file is installed."""
     if kind == "launchd":
         return Path.home() / "Library" / "LaunchAgents" / f"{config.service.label}.plist"
     return Path.home() / ".config" / "systemd" / "user" / UNIT_NAME
-
-
-def render(config: Config, kind: str, config_path: Path | None = None) -> str:
-    """The service file's text."""
-    return plist(config, config_path).decode() if kind == "launchd" else unit(config, config_path)
 
 
 def _tool(kind: str) -> str:
@@ -204,7 +88,7 @@ def install(config: Config, kind: str, config_path: Path | None = None) -> str:
     target = path(config, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     (config.paths.logs).mkdir(parents=True, exist_ok=True)
-    target.write_text(render(config, kind, config_path), encoding="utf-8")
+    _write_private(target, render(config, kind, config_path))
     if kind == "launchd":
         _load_agent(tool, config, target)
     else:
@@ -221,13 +105,24 @@ def install(config: Config, kind: str, config_path: Path | None = None) -> str:
     return f"installed and started {target}" + "".join(f"\n  {line}" for line in found)
 
 
+def _write_private(target: Path, text: str) -> None:
+    """Write the service file readable by its owner only: it may carry the secrets named in
+    `service.env` (a bot token)."""
+    partial = target.with_name(f".{target.name}.part")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    partial.replace(target)
+
+
 def _load_agent(tool: str, config: Config, target: Path) -> None:
     """bootout the running agent and wait until launchd has let go of its label (bootout
     returns before it does: a bootstrap meanwhile fails with error 5, for as long as the daemon
     drains), then enable and bootstrap it, retrying error 5 until the agent's ExitTimeOut."""
     domain = f"gui/{os.getuid()}"
     service = f"{domain}/{config.service.label}"
-    deadline = time.monotonic() + _stop_timeout_s(config) + 5
+    deadline = time.monotonic() + stop_timeout_s(config) + 5
     _run(tool, "bootout", service)
     while _run(tool, "print", service).returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
