@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import until
 from tests.daemon_util import running
 from tests.test_channels import Imsg, im_settled
@@ -69,3 +71,32 @@ async def test_a_row_without_a_chat_is_passed_over(clean_env: Path, tmp_path: Pa
         await im_settled(daemon, imsg)
         assert not daemon.journal.known_chat("im:0")
     assert [s["chat_id"] for s in imsg.lines("sent.jsonl")] == [2]
+
+
+async def test_a_send_that_timed_out_is_remembered_across_a_restart(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """The daemon stops right after a send timed out (imsg had sent it): the next daemon
+    looks in the chat's history first and does not send it again."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "slow-send").touch()
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        imsg.incoming("/help")
+        await until(lambda: daemon.journal.cursor("imessage.timed_out:im:1:1"), within=30)
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        await until(lambda: imsg.lines("history.jsonl"), within=30)
+        await im_settled(daemon, imsg)
+    assert len(imsg.lines("sent.jsonl")) == 1
+
+
+async def test_missing_full_disk_access_is_said_once_per_episode(
+    clean_env: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """imsg restarted again and again without Full Disk Access: the fix is logged once, not
+    at every restart."""
+    imsg = Imsg(tmp_path / "imsg")
+    (imsg.dir / "no-fda").touch()
+    async with running(clean_env, **imsg.env()):
+        await until(lambda: len(imsg.lines("starts.jsonl")) >= 3)
+    told = [r for r in caplog.records if "cannot read chat.db" in r.getMessage()]
+    assert len(told) == 1

@@ -42,6 +42,8 @@ PREFIX = "im:"
 CURSOR = "imessage.rowid"
 HEALTHY_SESSION_S = 60.0
 HISTORY_LIMIT = 30
+TIMED_OUT = "imessage.timed_out:"
+"""Cursor prefix: a send that timed out (`<chat>:<seq>`) → when it was first tried."""
 
 
 class ImessageChannel:
@@ -56,8 +58,7 @@ class ImessageChannel:
         self.voice_bubbles = False
         """Whether voice notes go as audio messages (`send.attachment as_voice`)."""
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._timed_out: dict[tuple[str, int], str] = {}
-        """(chat, seq) of sends that timed out → when they were first tried (ISO 8601)."""
+        self._told_fda = False
         self.restarts = 0
 
     async def run(self) -> None:
@@ -107,14 +108,16 @@ class ImessageChannel:
             await imsg.close()
         raise ChannelError(f"imsg exited with code {imsg.proc.returncode}")
 
-    @staticmethod
-    async def _subscribe(imsg: ImsgProcess, params: dict[str, Any]) -> None:
+    async def _subscribe(self, imsg: ImsgProcess, params: dict[str, Any]) -> None:
+        """Subscribe; missing Full Disk Access is logged once until a subscription works."""
         try:
             await imsg.request("watch.subscribe", params)
         except RpcError as exc:
-            if exc.needs_permission:
+            if exc.needs_permission and not self._told_fda:
                 log.error("imsg cannot read chat.db: %s", full_disk_access_fix())
+                self._told_fda = True
             raise
+        self._told_fda = False
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
         """One JSON-RPC request to the running imsg."""
@@ -150,15 +153,18 @@ class ImessageChannel:
             params["file"] = str(voice)
             if self.voice_bubbles:
                 method, params["as_voice"] = "send.attachment", True
-        key = (item.chat_id, item.seq)
-        if key in self._timed_out and await self._already_sent(chat_id, params, key):
-            log.info("imsg send to %s (seq %d) had gone out before its timeout", *key)
+        where = (item.chat_id, item.seq)
+        key = f"{TIMED_OUT}{item.chat_id}:{item.seq}"  # journalled: a restart remembers it
+        if (since := self.chat.cursor(key)) and await self._already_sent(chat_id, params, since):
+            log.info("imsg send to %s (seq %d) had gone out before its timeout", *where)
+            self.chat.set_cursor(key, "")
             return
         tried = datetime.datetime.now(datetime.UTC).isoformat()
         try:
             await self.request(method, params)
         except RequestTimeout:
-            self._timed_out.setdefault(key, tried)
+            if not since:
+                self.chat.set_cursor(key, tried)
             raise
         except RpcError as exc:
             if method != "send.attachment":
@@ -167,20 +173,14 @@ class ImessageChannel:
             self.voice_bubbles = False  # until the next session's probe says otherwise
             params.pop("as_voice")
             await self.request("send", params)
-        self._timed_out.pop(key, None)
+        if since:
+            self.chat.set_cursor(key, "")
 
-    async def _already_sent(
-        self, chat_id: int, params: dict[str, Any], key: tuple[str, int]
-    ) -> bool:
+    async def _already_sent(self, chat_id: int, params: dict[str, Any], since: str) -> bool:
         """Whether the chat's history has this text or file from us since the timed-out try."""
         answer = await self.request(
             "messages.history",
-            {
-                "chat_id": chat_id,
-                "limit": HISTORY_LIMIT,
-                "attachments": True,
-                "start": self._timed_out[key],
-            },
+            {"chat_id": chat_id, "limit": HISTORY_LIMIT, "attachments": True, "start": since},
         )
         name = Path(params.get("file") or "").name
         for message in (answer or {}).get("messages", []):
@@ -189,6 +189,5 @@ class ImessageChannel:
             files = {Path(a.get("transfer_name") or a.get("filename") or "").name
                      for a in message.get("attachments") or []}  # fmt: skip
             if (name and name in files) or (not name and message.get("text") == params.get("text")):
-                self._timed_out.pop(key, None)
                 return True
         return False

@@ -178,8 +178,8 @@ class ImessageConfig:
     """Run the iMessage channel through `imsg rpc` (TOML: [channels.imessage])."""
     command: tuple[str, ...] = ("imsg", "rpc")
     """The imsg program and its arguments."""
-    request_timeout_s: float = key(15.0, lo=0.1, hi=600)
-    """Bound on one JSON-RPC request to imsg."""
+    request_timeout_s: float = key(30.0, lo=0.1, hi=600)
+    """Bound on one JSON-RPC request to imsg (its worst send: 15 s to launch Messages + 10 s)."""
     voice_format: str = key("caf", choices=("caf", "mp3"))
     """caf: Opus 24 kHz mono in CAF (Messages' own voice-note format); mp3: MP3 attachments."""
     allow: tuple[str, ...] = ()
