@@ -100,3 +100,27 @@ async def test_missing_full_disk_access_is_said_once_per_episode(
         await until(lambda: len(imsg.lines("starts.jsonl")) >= 3)
     told = [r for r in caplog.records if "cannot read chat.db" in r.getMessage()]
     assert len(told) == 1
+
+
+async def test_rows_handed_over_again_are_not_handled_twice(
+    clean_env: Path, tmp_path: Path
+) -> None:
+    """Rows still queued when imsg restarted come again from the new session: a row at or
+    below the journalled rowid is passed over, and the rowid never steps back."""
+    imsg = Imsg(tmp_path / "imsg")
+    async with running(clean_env, **imsg.env()) as (daemon, _):
+        (channel,) = daemon.channels
+        await until(lambda: channel.imsg is not None)
+        imsg.incoming("/mode style 温柔")  # row 101, through imsg
+        await until(lambda: imsg.lines("sent.jsonl"))
+        row = {"chat_id": 1, "sender": "+15550001", "is_from_me": False, "text": "/help"}
+        for rowid in (101, 99, 101):  # what a new session hands over again
+            channel._messages.put_nowait({**row, "id": rowid})
+        imsg.incoming("/mode")  # row 102
+        await until(lambda: len(imsg.lines("sent.jsonl")) >= 2)
+        await im_settled(daemon, imsg)
+        assert daemon.journal.cursor("imessage.rowid") == "102"
+    assert [s["text"].split("：")[0] for s in imsg.lines("sent.jsonl")] == [
+        "已设置风格",
+        "语音模式",
+    ]
