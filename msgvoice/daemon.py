@@ -72,6 +72,8 @@ class Daemon:
             keep(type(channel).__name__, channel.run)
         keep("storage", lambda: parts.storage.watch(parts.retention.run))
         keep("retention", self._retention)
+        if parts.router.conversations is not None:
+            keep("conversations", parts.router.conversations.run)
         if self.console:
             from msgvoice.channels.console import ConsoleChannel  # noqa: PLC0415
 

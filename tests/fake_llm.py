@@ -9,7 +9,8 @@ command.", "type": "invalid_request_error", "param": "model", "code": null}}`).
 Knobs: `load_s` (the first request loads the model: it answers that much later), `jit`,
 `loaded`, `schema` (False: a 400 for `response_format`, as servers without structured output
 answer), `think` (answers start with a reasoning block), `needs_tokens` (a smaller `max_tokens`
-cuts the answer off: `finish_reason: "length"`), and a script of replies per test.
+cuts the answer off: `finish_reason: "length"`), and a script of replies per test (each may
+take `delay_s` to generate).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Reply:
     status: int = 200
     body: str | None = None
     hang: bool = False
+    delay_s: float = 0.0
+    """Generation time: the answer comes this much later."""
 
 
 def vectors_json(*vectors: list[float]) -> str:
@@ -82,6 +85,7 @@ class FakeLLM:
         reply = self.script.pop(0) if self.script else Reply(vectors_json([0] * 7 + [0.5]))
         if reply.hang:
             await asyncio.sleep(3600)
+        await asyncio.sleep(reply.delay_s)
         if reply.body is not None or reply.status != 200:
             return web.Response(
                 status=reply.status, text=reply.body or "", content_type="application/json"

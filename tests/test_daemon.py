@@ -11,7 +11,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from tests.conftest import run_msgvoice
+from tests.conftest import run_msgvoice, until
 from tests.daemon_util import FAULT_ENGINE, DaemonProcess, outbox, running, wait_job
 from tests.fake_llm import FakeLLM, Reply
 
@@ -124,7 +124,8 @@ async def test_chat_style_applies_to_tts_and_a_one_off_style_wins(clean_env: Pat
 
 
 async def test_responder_answers_plain_messages_when_configured(clean_env: Path) -> None:
-    """With [responder] set, an ordinary message gets the model's answer, voiced per mode."""
+    """With [responder] set, an ordinary message gets the model's answer in the chat's outbox
+    (text, then its voice note with voice on), asked with a token budget."""
     async with (
         FakeLLM([Reply("今天是晴天。")]) as llm,
         running(
@@ -133,9 +134,21 @@ async def test_responder_answers_plain_messages_when_configured(clean_env: Path)
     ):
         await client.post("/v1/messages", json={"chat_id": "r", "text": "/mode voice on"})
         answer = (await client.post("/v1/messages", json={"chat_id": "r", "text": "天气？"})).json()
-        assert answer["replies"] == ["今天是晴天。"]
-        assert (await wait_job(client, answer["jobs"][0]))["state"] == "done"
+        assert answer["replies"] == [] and answer["jobs"] == []  # the answer comes later
+        items = (await client.get("/v1/chats/r/outbox?after=1&wait=30")).json()["items"]
+        assert items[0]["text"] == "今天是晴天。"
+        await until(async_audio(client, "r"))
     assert llm.requests[0]["messages"][-1]["content"] == "天气？"
+    assert llm.requests[0]["max_tokens"] == 400
+
+
+def async_audio(client: httpx.AsyncClient, chat: str) -> Any:
+    """A probe for `until`: whether the chat's outbox holds a voice note yet."""
+
+    async def probe() -> bool:
+        return any(item["kind"] == "audio" for item in await outbox(client, chat))
+
+    return probe
 
 
 async def test_without_responder_plain_messages_get_no_reply(clean_env: Path) -> None:

@@ -25,6 +25,7 @@ class Responder:
         headers = bearer(self.config.api_key)
         body = {
             "model": self.config.model,
+            "max_tokens": self.config.max_tokens,  # a rambling model stops here, not at its context
             "messages": [
                 {"role": "system", "content": self.config.system_prompt},
                 {"role": "user", "content": text},

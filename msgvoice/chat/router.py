@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 
 from msgvoice.chat import commands, phrasebook
+from msgvoice.chat.asks import Answer, Conversations
 from msgvoice.chat.journal import Chat, Journal
 from msgvoice.chat.lane import Lane
 from msgvoice.chat.port import Bell, Incoming, Job, OutboxItem, Outcome, allowed, bad_id
@@ -20,8 +21,6 @@ from msgvoice.speech.text import speakable, truncate
 log = logging.getLogger(__name__)
 
 
-Answer = Callable[[str, str], Awaitable[str | None]]
-"""A responder: (chat id, message) → the bot's answer, or None."""
 VOICES_SHOWN = 30
 ActiveEngine = Callable[[], tuple[str, str | None]]
 """The engine in use, and the main engine when that one is a fallback."""
@@ -55,7 +54,8 @@ class Router:
         self.storage = storage
         self.voices, self.has_voice = voices, has_voice
         """The engine's voice names, and whether it has one."""
-        self.answer = answer
+        self.conversations = Conversations(journal, answer, self.bot_reply) if answer else None
+        """Ordinary messages for the responder, answered off the intake path (asks.py)."""
         self.superseded_at_submit = 0
         self.refused = 0
         """Outbox items the chat apps refused for good (blocked, kicked, unknown chat)."""
@@ -163,10 +163,9 @@ class Router:
         return phrasebook.text("unknown", chat.lang, name=command.name)
 
     async def _converse(self, chat_id: str, text: str) -> Outcome:
-        if self.answer is None or not text:
-            return Outcome()
-        answer = await self.answer(chat_id, text)
-        return self.bot_reply(chat_id, answer) if answer else Outcome()
+        if self.conversations is not None and text:
+            self.conversations.ask(chat_id, text)  # answered as the bot's reply, later
+        return Outcome()
 
     def bot_reply(self, chat_id: str, text: str) -> Outcome:
         """A bot's reply to a chat, voiced per the chat's mode (text first in `both`)."""

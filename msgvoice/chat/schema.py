@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (chat_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_job_once ON outbox (job_id, kind) WHERE job_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS asks (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL

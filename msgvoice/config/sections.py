@@ -236,3 +236,5 @@ class ResponderConfig:
     """System prompt for answers."""
     timeout_s: float = key(60.0, lo=0.1, hi=3600)
     """Bound on one answer."""
+    max_tokens: int = key(400, lo=1, hi=100_000)
+    """Longest answer, in the model's tokens."""
