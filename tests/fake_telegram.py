@@ -25,7 +25,8 @@ Answers are `{"ok": true, "result"}` or `{"ok": false, "error_code", "descriptio
   Request: message is too long".
 - sendVoice to a chat in `no_voice` (a Premium user whose privacy settings forbid voice
   messages) answers 400 "Bad Request: VOICE_MESSAGES_FORBIDDEN"; sendDocument (multipart,
-  `document`) still goes through.
+  `document`) still goes through, unless the chat is in `no_files` (a group whose members may
+  not send documents: 400 "Bad Request: not enough rights to send documents to the chat").
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class FakeTelegram:
     migrated: dict[str, int] = field(default_factory=dict)
     """old group id → the supergroup it became."""
     no_voice: set[str] = field(default_factory=set)
+    no_files: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     url: str = ""
     _new: asyncio.Event = field(default_factory=asyncio.Event)
@@ -161,19 +163,20 @@ class FakeTelegram:
 
     def _refusal(self, method: str, chat: str, params: dict[str, Any]) -> web.Response | None:
         """The error a send gets, if any."""
-        if chat in self.blocked:
-            return _error(403, "Forbidden: bot was blocked by the user")
-        if chat in self.missing:
-            return _error(400, "Bad Request: chat not found")
         if chat in self.migrated:
             upgraded = "Bad Request: group chat was upgraded to a supergroup chat"
             return _error(400, upgraded, migrate_to_chat_id=self.migrated[chat])
-        text = str(params.get("text", ""))
-        if method == "sendMessage" and len(text.encode("utf-16-le")) > 2 * MAX_TEXT_LENGTH:
-            return _error(400, "Bad Request: message is too long")
-        if method == "sendVoice" and chat in self.no_voice:
-            return _error(400, "Bad Request: VOICE_MESSAGES_FORBIDDEN")
-        return None
+        too_long = len(str(params.get("text", "")).encode("utf-16-le")) > 2 * MAX_TEXT_LENGTH
+        refusals = [
+            (chat in self.blocked, 403, "Forbidden: bot was blocked by the user"),
+            (chat in self.missing, 400, "Bad Request: chat not found"),
+            (method == "sendMessage" and too_long, 400, "Bad Request: message is too long"),
+            (method == "sendVoice" and chat in self.no_voice, 400,
+             "Bad Request: VOICE_MESSAGES_FORBIDDEN"),
+            (method == "sendDocument" and chat in self.no_files, 400,
+             "Bad Request: not enough rights to send documents to the chat"),
+        ]  # fmt: skip
+        return next((_error(code, why) for hit, code, why in refusals if hit), None)
 
     def _about(self, method: str) -> Any:
         if method == "getMe":

@@ -87,6 +87,20 @@ async def test_a_user_who_forbids_voice_messages_gets_the_audio_as_a_file(
     assert bot.calls.count("sendVoice") == 1 and bot.sent_by("sendVoice") == []
 
 
+async def test_no_voice_and_no_files_gets_the_words(clean_env: Path) -> None:
+    """Voice messages forbidden and documents refused too: the chat gets the text it asked
+    to hear, rather than nothing."""
+    async with (
+        FakeTelegram(no_voice={"56"}, no_files={"56"}) as bot,
+        running(clean_env, **tg_env(bot)) as (daemon, _),
+    ):
+        bot.text(56, "/tts 晚安，明天见")
+        await until(lambda: bot.sent_by("sendMessage"))
+        await tg_settled(daemon, bot)
+    assert [m["text"] for m in bot.sent_by("sendMessage")] == ["晚安，明天见"]
+    assert bot.calls.count("sendDocument") == 1
+
+
 async def test_a_429_at_part_two_does_not_resend_part_one(clean_env: Path) -> None:
     """A reply in three parts meets a 429 on its second: the retry sends parts 2 and 3, each
     exactly once (the parts of a long voice note go through the same path)."""

