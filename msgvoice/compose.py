@@ -225,7 +225,7 @@ def _chat(
         engine=speaker.chain.active_engine,
         storage=storage,
         voices=speaker.voices,
-        has_voice=speaker.has_voice,
+        voice_named=speaker.voice_named,
         answer=responder.answer if responder else None,
     )
     return lane, router

@@ -290,7 +290,8 @@ def test_json_logs_parse_and_never_carry_the_users_text(clean_env: Path) -> None
 
 
 async def test_chat_speaker_picks_the_voice_of_its_replies(clean_env: Path) -> None:
-    """`/mode speaker en` makes the chat's voice notes use that voice; `off` restores the
+    """`/mode speaker en` makes the chat's voice notes use that voice (`EN-us` is `en-US`);
+    `off` restores the
     configured one; /mode shows it; a name the engine lacks is answered with the list and
     changes nothing, so later voice notes still speak."""
     async with running(clean_env) as (daemon, client):
@@ -305,6 +306,8 @@ async def test_chat_speaker_picks_the_voice_of_its_replies(clean_env: Path) -> N
         assert await spoken() == "en"
         shown = await client.post("/v1/messages", json={"chat_id": "v", "text": "/mode"})
         assert shown.json()["replies"][0].endswith("音色：en")
+        await client.post("/v1/messages", json={"chat_id": "v", "text": "/mode speaker EN-us"})
+        assert await spoken() == "en-US"  # any case; kept as the engine spells it
         await client.post("/v1/messages", json={"chat_id": "v", "text": "/mode speaker off"})
         assert await spoken() is None
         unknown = await client.post(

@@ -165,7 +165,8 @@ def test_emotion_reaches_kokoro_speed_and_loudness(daemon: DaemonProcess) -> Non
 @needs_kokoro
 @pytest.mark.slow
 def test_voices_by_name_blend_and_a_missing_one(daemon: DaemonProcess) -> None:
-    """Another voice, a blend of two, and a voice that is not there (400 naming it)."""
+    """Another voice, a blend of two, a voice that is not there (400 naming it), and each
+    voice's language in the list (from the first letter of its name, as Kokoro names them)."""
     heart, _ = speak(daemon, "你好", voice="af_heart")
     blend, _ = speak(daemon, "你好", voice="af_heart,zf_xiaobei")
     default, _ = speak(daemon, "你好")
@@ -177,6 +178,9 @@ def test_voices_by_name_blend_and_a_missing_one(daemon: DaemonProcess) -> None:
         timeout=30,
     )
     assert refused.status_code == 400 and "zf_nobody" in refused.json()["error"]["message"]
+    listed = httpx.get(daemon.url + "/v1/audio/voices", timeout=10).json()["voices"]
+    languages = {v["id"]: v["languages"] for v in listed}
+    assert languages["af_heart"] == ["en-us"] and languages["zf_xiaobei"] == ["zh"]
 
 
 @needs_kokoro

@@ -173,15 +173,19 @@ async def test_style_emotion_and_speed_change_the_audio(clean_env: Path) -> None
 
 async def test_models_and_voices_are_listed(clean_env: Path) -> None:
     """/v1/models lists msgvoice and the engine; /v1/audio/voices lists eSpeak's voices as
-    {"id", "name"} objects (the shape Open WebUI and Kokoro-FastAPI read) and /v1/audio/models
-    as {"models": [{"id"}]}."""
+    {"id", "name"} objects (the shape Open WebUI and Kokoro-FastAPI read) with the languages
+    each speaks, and /v1/audio/models as {"models": [{"id"}]}."""
     async with running(clean_env) as (daemon, client):
         models = await asyncio.to_thread(client_for(daemon.http.port).models.list)
         voices = (await client.get("/v1/audio/voices")).json()
         audio_models = (await client.get("/v1/audio/models")).json()
     assert {m.id for m in models.data} >= {"msgvoice", "espeak"}
-    assert {"id": "cmn", "name": "cmn"} in voices["voices"]
-    assert {"id": "default", "name": "default"} in voices["voices"]
+    listed = {v["id"]: v for v in voices["voices"]}
+    assert listed["cmn"] == {"id": "cmn", "name": "cmn", "languages": ["cmn", "zh-cmn", "zh"]}
+    assert listed["default"]["languages"] == ["cmn", "zh-cmn", "zh"]  # tts.voice is cmn
+    assert "en-us" in listed["en-US"]["languages"]
+    english = [v for v in listed if any(x.startswith("en") for x in listed[v]["languages"])]
+    assert len(english) < len(listed) / 4  # a front end can offer voices per language
     assert "marin" in voices["aliases"]
     assert {"id": "msgvoice"} in audio_models["models"]
 

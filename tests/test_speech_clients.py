@@ -126,10 +126,12 @@ async def test_sse_events_carry_the_same_audio(clean_env: Path) -> None:
     assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == whole
 
 
-@pytest.mark.parametrize("voice", ["default", "marin", "cedar", {"id": "alloy"}, "cmn", "en+f3"])
+@pytest.mark.parametrize(
+    "voice", ["default", "marin", "cedar", {"id": "alloy"}, "cmn", "en+f3", "en-us", "EN-US+f2"]
+)
 async def test_every_openai_voice_form_is_accepted(clean_env: Path, voice: Any) -> None:
-    """OpenAI's names (old and new), `default`, `{"id": ...}` and the engine's own names all
-    speak."""
+    """OpenAI's names (old and new), `default`, `{"id": ...}` and the engine's own names, in
+    any case (eSpeak's `en-US` as the example config spells it, `en-us`), all speak."""
     async with running(clean_env) as (_, client):
         body = {"model": "tts-1", "input": "你好", "voice": voice, "response_format": "wav"}
         answer = await client.post("/v1/audio/speech", json=body)

@@ -78,7 +78,11 @@ class SpeechApi:
         return json_response({"models": [{"id": n} for n in self._model_ids()]})
 
     async def _voices(self, _request: web.Request) -> web.Response:
-        voices = [{"id": v, "name": v} for v in ["default", *self.speaker.voices()]]
+        spoken = self.speaker.chain.languages()
+        default = spoken.get(self.config.tts.voice, [])
+        voices = [{"id": "default", "name": "default", "languages": default}] + [
+            {"id": v, "name": v, "languages": spoken.get(v, [])} for v in self.speaker.voices()
+        ]
         return json_response({"voices": voices, "aliases": list(OPENAI_VOICES)})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
@@ -88,7 +92,7 @@ class SpeechApi:
                     507, f"msgvoice cannot store audio right now: {why}", None, "server_error"
                 )
             body = await _json(request, self.config.http.body_timeout_s)
-            asked = parse(body, self.config, self.speaker.has_voice)
+            asked = parse(body, self.config, self.speaker.voice_named)
         except ApiError as exc:
             return _error(exc)
         chunks = self.speaker.stream(asked.job, asked.fmt, asked.stream)

@@ -129,8 +129,9 @@ def voice_aliases(config: Config) -> dict[str, str]:
     return dict(item.split("=", 1) for item in config.tts.voice_aliases)
 
 
-def resolve_voice(raw: Any, config: Config, has_voice: Callable[[str], bool]) -> str | None:
-    """The engine voice a request's `voice` names (None: the configured one)."""
+def resolve_voice(raw: Any, config: Config, voice_named: Callable[[str], str | None]) -> str | None:
+    """The engine voice a request's `voice` names, in the engine's spelling (None: the
+    configured one)."""
     name = raw.get("id") if isinstance(raw, dict) else raw
     if name is None or name == "default":
         return None
@@ -139,17 +140,17 @@ def resolve_voice(raw: Any, config: Config, has_voice: Callable[[str], bool]) ->
         return aliases[name]
     if name in OPENAI_VOICES:
         return None
-    if not has_voice(name):
+    if (spelt := voice_named(name)) is None:
         raise ApiError(
             400,
             f"voice {name!r} is not available here; GET /v1/audio/voices lists the voices "
             f"(OpenAI's names and 'default' mean the configured voice)",
             "voice",
         )
-    return str(name)
+    return spelt
 
 
-def parse(body: Any, config: Config, has_voice: Callable[[str], bool]) -> SpeechRequest:
+def parse(body: Any, config: Config, voice_named: Callable[[str], str | None]) -> SpeechRequest:
     """Read a request body; ApiError (400) for anything OpenAI or msgvoice would refuse."""
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
@@ -172,7 +173,7 @@ def parse(body: Any, config: Config, has_voice: Callable[[str], bool]) -> Speech
         f"api-{uuid.uuid4().hex[:12]}",
         text,
         style=style,
-        voice=resolve_voice(got["voice"], config, has_voice),
+        voice=resolve_voice(got["voice"], config, voice_named),
         seed=default_seed if got["seed"] is None else got["seed"],
         speed=float(1.0 if got["speed"] is None else got["speed"]),
         vector=tuple(got["emotion"]) if got["emotion"] else None,

@@ -43,7 +43,7 @@ class Router:
         engine: ActiveEngine,
         storage: Storage | None = None,
         voices: Callable[[], list[str]] = list,
-        has_voice: Callable[[str], bool] = lambda _name: True,
+        voice_named: Callable[[str], str | None] = lambda name: name,
         answer: Answer | None = None,
     ) -> None:
         self.config = config
@@ -52,8 +52,8 @@ class Router:
         self.bell: Bell = journal.bell
         self.engine = engine
         self.storage = storage
-        self.voices, self.has_voice = voices, has_voice
-        """The engine's voice names, and whether it has one."""
+        self.voices, self.voice_named = voices, voice_named
+        """The engine's voice names, and its spelling of one (None: it has no such voice)."""
         self.conversations = Conversations(journal, answer, self.bot_reply) if answer else None
         """Ordinary messages for the responder, answered off the intake path (asks.py)."""
         self.superseded_at_submit = 0
@@ -126,10 +126,12 @@ class Router:
 
     def _set_speaker(self, chat_id: str, speaker: str | None, lang: str) -> str:
         """Choose the chat's voice; a name the engine lacks is answered with the list."""
-        if speaker and not self.has_voice(speaker):
+        spelt = self.voice_named(speaker) if speaker else None
+        if speaker and spelt is None:
             known = self.voices()
             listed = ", ".join(known[:VOICES_SHOWN]) + ("…" if len(known) > VOICES_SHOWN else "")
             return phrasebook.text("speaker_unknown", lang, speaker=speaker, voices=listed)
+        speaker = spelt
         self.journal.update_chat(chat_id, speaker=speaker)
         if speaker:
             return phrasebook.text("speaker_set", lang, speaker=speaker)

@@ -80,6 +80,24 @@ class EngineChain:
         names = [str(v) for v in listed] if isinstance(listed, list) else []
         return names or [self.default_voice]
 
+    def voice_named(self, name: str) -> str | None:
+        """The main engine's spelling of voice `name`, matched regardless of case (`en+f3` is
+        `en` with a variant; `a,b` blends where the engine can), or None if it has none."""
+        spelt = {v.lower(): v for v in self.voices()}
+        parts = [p.strip() for p in name.split(",")] if self.blends_voices() else [name]
+        found = []
+        for part in parts:
+            voice, plus, variant = part.partition("+")
+            if voice.lower() not in spelt:
+                return None
+            found.append(spelt[voice.lower()] + plus + variant)
+        return ",".join(found)
+
+    def languages(self) -> dict[str, list[str]]:
+        """The main engine's voices → the languages each speaks, where the engine says."""
+        listed = self.pools[0].engine_facts.get("languages")
+        return dict(listed) if isinstance(listed, dict) else {}
+
     def blends_voices(self) -> bool:
         """Whether the main engine speaks a blend `a,b` of its voices (Kokoro does)."""
         return bool(self.pools[0].engine_facts.get("voice_blends"))

@@ -79,11 +79,9 @@ class Speaker:
         """The main engine's voice names, as its worker reported them."""
         return self.chain.voices()
 
-    def has_voice(self, name: str) -> bool:
-        """Whether the main engine speaks `name` (`en+f3` is `en`; `a,b` blends where it can)."""
-        voices = self.voices()
-        parts = [p.strip() for p in name.split(",")] if self.chain.blends_voices() else [name]
-        return all(p in voices or p.partition("+")[0] in voices for p in parts)
+    def voice_named(self, name: str) -> str | None:
+        """The main engine's spelling of voice `name` (see EngineChain.voice_named)."""
+        return self.chain.voice_named(name)
 
     def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
         """The segments a message is spoken in; SpeechError when there is nothing to say."""

@@ -208,10 +208,20 @@ class EspeakEngine:
     def facts(self) -> dict[str, Any]:
         """Voices, library path, sample rate and default voice."""
         lang = Path(espeakng_loader.get_data_path()) / "lang"
+        files = {p.name: p for p in lang.rglob("*") if p.is_file()}
         return {
-            "voices": sorted({p.name for p in lang.rglob("*") if p.is_file()}),
+            "voices": sorted(files),
+            "languages": {name: _languages(path) for name, path in files.items()},
             "library": espeakng_loader.get_library_path(),
             "sample_rate": self.sample_rate,
             "voice": self.default_voice,
             "version": "1.52",
         }
+
+
+def _languages(voice_file: Path) -> list[str]:
+    """The languages an eSpeak voice file says it speaks (its `language <code>` lines)."""
+    lines = voice_file.read_text("utf-8", errors="replace").splitlines()
+    return [
+        line.split()[1] for line in lines if line.startswith("language ") and len(line.split()) > 1
+    ]

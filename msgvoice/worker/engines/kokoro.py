@@ -29,6 +29,8 @@ from msgvoice.worker.engines.devices import resolve_device
 from msgvoice.worker.protocol import EngineUnavailable, Prosody
 
 RATE = 24_000
+LANGUAGES = dict(a="en-us", b="en-gb", e="es", f="fr", h="hi", i="it", j="ja", p="pt-br", z="zh")
+"""A Kokoro voice's language, by the first letter of its name (hexgrad/Kokoro-82M VOICES.md)."""
 MAX_PHONEMES = 510
 """The model's context (512 positions) less its two boundary tokens."""
 SOFT_PHONEMES = 250
@@ -217,4 +219,5 @@ class KokoroEngine:
             "chinese_g2p": self.g2p,
             "voices": list(self.voices),  # sorted when found
             "voice_blends": True,  # `a,b` is the mean of two style packs
+            "languages": {v: [LANGUAGES[v[0]]] for v in self.voices if v[:1] in LANGUAGES},
         }
