@@ -225,3 +225,15 @@ async def test_fuzzed_bodies_never_cause_a_5xx_or_a_restart(clean_env: Path) -> 
     assert 200 in statuses and 400 in statuses
     assert restarts == [0] * len(restarts)
     assert not np.isnan(0.0)
+
+
+async def test_an_alias_to_a_voice_in_any_case_speaks_that_voice(clean_env: Path) -> None:
+    """`tts.voice_aliases = ["alloy=en-us"]`, as the example config writes it: `alloy` speaks
+    eSpeak's en-US (a different sound from the configured cmn), not an error."""
+    async with running(clean_env, MSGVOICE_TTS_VOICE_ALIASES="alloy=en-us") as (_, client):
+        body = {"model": "tts-1", "input": "hello there", "response_format": "wav"}
+        alloy = await client.post("/v1/audio/speech", json={**body, "voice": "alloy"})
+        english = await client.post("/v1/audio/speech", json={**body, "voice": "en-US"})
+        default = await client.post("/v1/audio/speech", json={**body, "voice": "default"})
+    assert alloy.status_code == 200 and alloy.content == english.content
+    assert alloy.content != default.content

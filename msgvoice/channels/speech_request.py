@@ -137,7 +137,7 @@ def resolve_voice(raw: Any, config: Config, voice_named: Callable[[str], str | N
         return None
     aliases = voice_aliases(config)
     if name in aliases:
-        return aliases[name]
+        return voice_named(aliases[name]) or aliases[name]
     if name in OPENAI_VOICES:
         return None
     if (spelt := voice_named(name)) is None:
