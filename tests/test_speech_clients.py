@@ -123,6 +123,8 @@ async def test_sse_events_carry_the_same_audio(clean_env: Path) -> None:
     assert kind.startswith("text/event-stream")
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done" and len(events) >= 3
+    usage = events[-1]["usage"]  # OpenAI's SpeechAudioDoneEvent: all three counts required
+    assert usage["input_tokens"] > 0 and usage["total_tokens"] == usage["input_tokens"]
     assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == whole
 
 

@@ -5,7 +5,8 @@ Requests share the speaker's workers with chat jobs. Formats that can stream (op
 pcm) stream by default, as OpenAI and Kokoro-FastAPI do: the first sentence is sent as soon as
 it is spoken; mp3 and flac come whole (`stream: false` asks for the whole file with its length
 in any format). `stream_format: "sse"` sends the audio as `speech.audio.delta` events
-(`{"type", "audio": base64}`) and ends with `speech.audio.done`. The streamed samples equal the
+(`{"type", "audio": base64}`) and ends with `speech.audio.done`, whose `usage` has OpenAI's
+three counts (input characters stand in for tokens). The streamed samples equal the
 whole-file ones: both come from the same pieces through the same encoder. Errors use OpenAI's
 shape; nothing a client sends causes a 5xx.
 """
@@ -131,7 +132,9 @@ class SpeechApi:
             log.warning("speech %s failed mid-stream: %s", asked.job.job_id, exc)
         else:
             if asked.sse:
-                await response.write(_event("speech.audio.done"))
+                chars = len(asked.job.text)  # no tokenizer here: a character is a token
+                usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}
+                await response.write(_event("speech.audio.done", usage=usage))
         await response.write_eof()
         return response
 
