@@ -42,6 +42,7 @@ from msgvoice.channels.telegram_api import (
     Unauthorized,
     VoiceForbidden,
     address,
+    migration,
     split_text,
 )
 from msgvoice.chat.port import (
@@ -184,9 +185,8 @@ class TelegramChannel:
             log.info("telegram update %s ignored: %s", update.get("update_id"), list(update))
             return
         chat = f"{PREFIX}{message['chat']['id']}"
-        if moved := message.get("migrate_to_chat_id") or message.get("migrate_from_chat_id"):
-            old, new = (chat, f"{PREFIX}{moved}")[:: 1 if "migrate_to_chat_id" in message else -1]
-            self._migrated(old, new)
+        if moved := migration(chat, message):
+            self._migrated(*moved)
             return
         if not CONTENT.intersection(message) or message.get("is_automatic_forward"):
             return  # a service message, or a channel's post shown in its discussion group

@@ -60,6 +60,16 @@ def address(chat_id: str) -> dict[str, Any]:
     return {"chat_id": chat} | ({"message_thread_id": thread} if thread else {})
 
 
+def migration(chat_id: str, message: dict[str, Any]) -> tuple[str, str] | None:
+    """(old, new) chat ids when `message` tells of a group upgraded to a supergroup: the old
+    group gets `migrate_to_chat_id`, the new supergroup `migrate_from_chat_id`."""
+    if "migrate_to_chat_id" in message:
+        return chat_id, f"{PREFIX}{message['migrate_to_chat_id']}"
+    if "migrate_from_chat_id" in message:
+        return f"{PREFIX}{message['migrate_from_chat_id']}", chat_id
+    return None
+
+
 def units(text: str) -> int:
     """Length in UTF-16 code units, as Telegram counts it (an emoji is two)."""
     return len(text.encode("utf-16-le")) // 2
