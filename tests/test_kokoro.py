@@ -133,6 +133,7 @@ def test_long_phoneme_strings_are_cut_at_sentences_then_spaces() -> None:
 
 @needs_kokoro
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a checkpoint, torch and the model, more than once
 def test_say_speaks_chinese_with_kokoro_at_24k(weights: Path, tmp_path: Path) -> None:
     """`msgvoice say` end to end on the engine, at Kokoro's own 24 kHz."""
     report, samples, rate = say(weights, tmp_path, f"/tts {TEXT}", "zh.wav")
@@ -199,6 +200,7 @@ def test_a_missing_default_voice_is_one_line_before_torch_loads(
 
 @needs_kokoro
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a checkpoint, torch and the model, more than once
 def test_v1_1_zh_weights_read_zhuyin(weights_v11: Path, tmp_path: Path) -> None:
     """Kokoro-82M-v1.1-zh in a folder (its file name, its voices, a zhuyin vocabulary) is read
     through misaki's v1.1 frontend, as kokoro's pipeline does for that repo; doctor says so."""
@@ -213,6 +215,7 @@ def test_v1_1_zh_weights_read_zhuyin(weights_v11: Path, tmp_path: Path) -> None:
 
 @needs_kokoro
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a checkpoint, torch and the model, more than once
 def test_doctor_names_the_weights_and_how_to_fetch_them(weights: Path, tmp_path: Path) -> None:
     """model_dir, the hub cache (Hugging Face's own layout, offline), or neither: doctor says
     which, and how to pre-fetch when there is nothing."""
