@@ -70,10 +70,15 @@ async def speak_with_llm(
         ([Reply('{"vector": ["0", "0.6", "0", "0", "0", "0", "0", "0"]}')], "llm", "angry"),
         ([Reply(vectors_json(ANGRY))], "llm", "angry"),  # too few: padded
         ([Reply(vectors_json(ANGRY, SAD, SAD, SAD))], "llm", "angry"),  # too many: cut
-        (
+        (  # outside the schema's own range: not an answer, the lexicon speaks
             [Reply('{"vectors": [[NaN, 0.6, -3, 0, 0, 0, 0, 0], [0, 0.6, 0, 0, 0, 0, 0, 0]]}')],
-            "llm",
-            "angry",
+            "lexicon",
+            "happy",
+        ),
+        (
+            [Reply('{"vectors": [[Infinity, 0, 0, 0, 0, 0, 0, 0], [0, 0.6, 0, 0, 0, 0, 0, 0]]}')],
+            "lexicon",
+            "happy",
         ),
         ([Reply(vectors_json([0.1, 0.2, 0.3]))], "lexicon", "happy"),  # wrong length
         ([Reply("I cannot help with that.")], "lexicon", "happy"),
@@ -96,6 +101,7 @@ async def speak_with_llm(
         "too-few",
         "too-many",
         "nan-negative",
+        "infinity",
         "wrong-length",
         "no-json",
         "500-then-ok",

@@ -2,7 +2,8 @@
 
 Answers come in many shapes: structured output (`{"vectors": [[8 numbers], ...]}`), or prose
 with code fences, `vector`/`vectors` keys, numbers as strings; reasoning models put a
-`<think>...</think>` block first. All are read; what cannot be read is a ValueError.
+`<think>...</think>` block first. All are read; what cannot be read, or has a value outside
+the schema's [0, 1], is a ValueError.
 """
 
 from __future__ import annotations
@@ -44,10 +45,19 @@ def without_thinking(content: str) -> str:
     return _THINK.sub("", content).strip()
 
 
+class OutOfRange(ValueError):
+    """A value the schema does not allow: the whole answer is void, not just that vector."""
+
+
 def _number(x: Any) -> float:
+    """One value as the schema has it, a number in [0, 1]; anything else (a boolean, NaN,
+    infinity, -3) means the answer is not one, and the lexicon speaks for that message."""
     if isinstance(x, bool):
         raise ValueError("a boolean is not an emotion value")
-    return float(x)
+    value = float(x)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise OutOfRange(f"an emotion value outside [0, 1]: {x!r:.20}")
+    return value
 
 
 def _as_vector(item: Any) -> Vector:
@@ -74,6 +84,8 @@ def parse_vectors(content: str, count: int) -> list[Vector]:
             continue
         try:
             vectors = _vectors_of(data)
+        except OutOfRange:
+            raise  # a vector further in would be part of the same void answer
         except (ValueError, TypeError):
             continue
         if vectors:
