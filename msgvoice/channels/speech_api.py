@@ -79,7 +79,7 @@ class SpeechApi:
         return json_response({"models": [{"id": n} for n in self._model_ids()]})
 
     async def _voices(self, _request: web.Request) -> web.Response:
-        spoken = self.speaker.chain.languages()
+        spoken = self.speaker.voice_languages()
         default = spoken.get(self.config.tts.voice, [])
         voices = [{"id": "default", "name": "default", "languages": default}] + [
             {"id": v, "name": v, "languages": spoken.get(v, [])} for v in self.speaker.voices()

@@ -54,7 +54,7 @@ class Journal:
 
     @property
     def db(self) -> sqlite3.Connection:
-        """The connection, for queries that serve one reader (retention's)."""
+        """The connection, for queries that serve one reader (retention's, asks')."""
         return self._db
 
     @contextmanager

@@ -78,11 +78,11 @@ class Router:
     async def message(self, incoming: Incoming) -> Outcome:
         """Handle one chat message."""
         chat_id, line = incoming.chat_id, incoming.text
-        if not self._admitted(incoming) or not _for_us(incoming):
+        command = commands.parse(line) if line is not None else None
+        if not self._admitted(incoming) or not _for_us(incoming, command):
             return Outcome(ignored=True)
-        if line is None:
+        if line is None or command is None:
             return Outcome(replies=[self._say(chat_id, self.phrase(chat_id, "text_only"))])
-        command = commands.parse(line)
         log.info(
             "message chat=%s command=%s %s", chat_id, type(command).__name__, fingerprint(line)
         )
@@ -258,11 +258,7 @@ class Router:
         self.journal.move_chat(old, new)
 
 
-def _for_us(incoming: Incoming) -> bool:
+def _for_us(incoming: Incoming, command: commands.Command | None) -> bool:
     """In a group only text for this bot is ours: another bot's command, or a photo people
-    share, is left alone."""
-    if not incoming.group:
-        return True
-    return incoming.text is not None and not isinstance(
-        commands.parse(incoming.text), commands.Unknown
-    )
+    share (no command at all), is left alone."""
+    return not incoming.group or (command is not None and not isinstance(command, commands.Unknown))

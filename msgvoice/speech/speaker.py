@@ -79,16 +79,19 @@ class Speaker:
         """The main engine's voice names, as its worker reported them."""
         return self.chain.voices()
 
+    def voice_languages(self) -> dict[str, list[str]]:
+        """The main engine's voices → the languages each speaks, where the engine says."""
+        return self.chain.languages()
+
     def voice_named(self, name: str) -> str | None:
         """The main engine's spelling of voice `name` (see EngineChain.voice_named)."""
         return self.chain.voice_named(name)
 
     def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
         """The segments a message is spoken in; SpeechError when there is nothing to say."""
-        if len(message) > self.config.text.max_chars:
-            raise SpeechError(
-                f"text is {len(message)} characters; the limit is {self.config.text.max_chars}"
-            )
+        limit = self.config.text.max_chars
+        if len(message) > limit:
+            raise SpeechError(f"text is {len(message)} characters; the limit is {limit}")
         pieces = text.segment(message, self.config.text.segment_chars)
         if not pieces:
             raise SpeechError("nothing to speak")

@@ -221,7 +221,5 @@ class EspeakEngine:
 
 def _languages(voice_file: Path) -> list[str]:
     """The languages an eSpeak voice file says it speaks (its `language <code>` lines)."""
-    lines = voice_file.read_text("utf-8", errors="replace").splitlines()
-    return [
-        line.split()[1] for line in lines if line.startswith("language ") and len(line.split()) > 1
-    ]
+    words = [line.split() for line in voice_file.read_text("utf-8", errors="replace").splitlines()]
+    return [w[1] for w in words if len(w) > 1 and w[0] == "language"]
