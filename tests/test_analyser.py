@@ -189,11 +189,11 @@ async def test_a_cold_model_gets_the_first_call_allowance_then_is_fast() -> None
         config = lm_config(llm.url, **bounds)
         async with httpx.AsyncClient() as client:
             analyser = Analyser(config, client)
-            assert analyser.bound_s() == 15
+            assert analyser.health.bound_s() == 15
             started = time.monotonic()
             first = await analyser.analyse("生气", ["一", "二"])
             cold = time.monotonic() - started
-            assert analyser.bound_s() == 1
+            assert analyser.health.bound_s() == 1
             started = time.monotonic()
             second = await analyser.analyse("难过", ["一", "二"])
             warm = time.monotonic() - started
@@ -216,22 +216,24 @@ async def test_the_daemon_warms_the_model_at_start(clean_env: Path) -> None:
             analyser = daemon.kit.analyser
             assert analyser is not None
             deadline = time.monotonic() + 10
-            while not analyser.warm:
+            while not analyser.health.warm:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
     assert llm.requests[0]["max_tokens"] == 1 and llm.requests[0]["ttl"] == 86_400
 
 
 async def test_a_server_without_structured_output_is_asked_without_it_from_then_on() -> None:
-    """A 400 for `response_format` is retried at once without it, and the endpoint is
-    remembered: the next call does not pay for the refused attempt."""
+    """A 400 for `response_format` is retried at once in the next form (json_object, then
+    none), and the endpoint is remembered: the next call does not pay for the refused
+    attempts, and a free-form answer gets a small budget."""
     llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))] * 2, schema=False)
     async with llm, httpx.AsyncClient() as client:
         analyser = Analyser(lm_config(llm.url), client)
         first = await analyser.analyse("生气", ["一", "二"])
         second = await analyser.analyse("难过", ["三", "四"])
     assert first is not None and second is not None
-    assert ["response_format" in r for r in llm.requests] == [True, False, False]
+    assert llm.formats() == ["json_schema", "json_object", None, None]
+    assert llm.requests[-1]["max_tokens"] < llm.requests[0]["max_tokens"]
 
 
 async def test_a_reasoning_model_cut_off_is_asked_again_with_more_tokens() -> None:

@@ -19,24 +19,20 @@ _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
 
 
 def schema(count: int) -> dict[str, Any]:
-    """`response_format` asking for exactly `count` vectors of 8 numbers in [0, 1]."""
+    """The JSON schema of exactly `count` vectors of 8 numbers in [0, 1]."""
     vector = {
         "type": "array",
         "items": {"type": "number", "minimum": 0, "maximum": 1},
         "minItems": len(NAMES),
         "maxItems": len(NAMES),
     }
-    body = {
+    return {
         "type": "object",
         "properties": {
             "vectors": {"type": "array", "items": vector, "minItems": count, "maxItems": count}
         },
         "required": ["vectors"],
         "additionalProperties": False,
-    }
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": "emotion_vectors", "strict": True, "schema": body},
     }
 
 

@@ -1,20 +1,25 @@
-"""Emotion vectors from a local LLM: LM Studio, or any OpenAI-compatible server.
+"""Emotion vectors from a local LLM: LM Studio, llama.cpp, Ollama, any OpenAI-compatible server.
 
 One chat-completions call per job covers every segment, and any failure returns None so the
-caller falls back to the lexicon: a job is never failed by its emotion. Built for LM Studio as
-its docs describe it (Idle TTL and Auto-Evict, Structured Output, REST API):
+caller falls back to the lexicon: a job is never failed by its emotion, and a server that does
+not answer costs at most one reply its wait (`state` says where it stands):
 
-- JIT loading: the first request loads the model, which takes far longer than a reply may
-  wait. Every request carries a `ttl` (`llm_ttl_s`) so the model stays loaded; the daemon warms
-  the model at start (a one-token request in the background) and again after an idle gap that
-  long; and a call while the model is cold gets the longer `llm_first_call_timeout_s`.
-- Structured output: the request carries a JSON schema for exactly N vectors of 8 numbers; a
-  server that rejects `response_format` is remembered and asked without it from then on (the
-  tolerant parser reads whatever comes back).
-- Reasoning models: `<think>` blocks are removed; an answer cut off by `max_tokens`
-  (`finish_reason: "length"`) is asked once more with a larger budget, inside the same bound.
-- "No models loaded" (JIT off): loaded through LM Studio's REST API when `llm_autoload` is on,
-  else said once in the log (and by doctor).
+- **Cold** (LM Studio's JIT loading, Ollama's first request, llama-server's "Loading model"):
+  every request carries a `ttl` (`llm_ttl_s`) so the model stays loaded. The daemon warms the
+  model in the background at start, and replies use the lexicon until it answers. After an
+  idle gap longer than the ttl, the one next reply may wait `llm_first_call_timeout_s` while
+  the model loads; replies meanwhile use the lexicon.
+- **Down**: after OPEN_AFTER failures of the server in a row (or one cold call), replies do not
+  ask it (the lexicon at once) while a background probe asks with back-off; its first answer
+  brings the LLM back.
+- **Structured output**: `json_schema`, else `json_object` with a `schema` (llama-cpp-python's
+  dialect), else free-form with a small token budget, read tolerantly. A refusal is known by
+  what it says (it names `response_format`), whatever its status; the form that works is
+  remembered and said in one log line, and the better ones are tried again after REPROBE_S.
+- **Reasoning models**: `<think>` blocks are removed; a structured answer cut off by
+  `max_tokens` is asked once more with a larger budget, inside the same bound.
+- **"No models loaded"** (LM Studio with JIT off): loaded through LM Studio's REST API when
+  `llm_autoload` is on, else said once in the log (and by doctor).
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ from msgvoice.config import EmotionConfig
 from msgvoice.net import base_url, bearer
 from msgvoice.speech.emotion import NAMES, Vector
 from msgvoice.speech.emotion_answer import parse_vectors, schema
+from msgvoice.speech.llm_health import SERVER_FAILURES, Liveness
+from msgvoice.speech.llm_server import (
+    FORMS,
+    Refused,
+    ServerDown,
+    complete,
+    content_of,
+    response_format,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +55,28 @@ SYSTEM_PROMPT = (
     "speaker wants to sound and weighs more than the words. Answer with JSON only: "
     '{"vectors": [[8 numbers], ...]} with one vector per segment.'
 )
-NO_MODEL_HINTS = ("no models loaded", "model is unloaded", "not loaded")
-SCHEMA_HINTS = ("response_format", "json_schema", "structured")
+REPROBE_S = 600.0
+"""How long a lesser structured-output form is kept before the better ones are tried again."""
 BUDGET_GROWTH = 4
-
-
-class _Transient(Exception):
-    """Worth one more try: refused connection, 5xx, a model that was just loaded."""
+FORM_LINES = {
+    "json_schema": "structured output as json_schema",
+    "json_object": "structured output as json_object + schema",
+    "text": "no structured output; reading free-form answers",
+}
 
 
 class _CutOff(Exception):
     """The answer ran out of tokens before its JSON (a reasoning model thinking)."""
 
 
-_FAILURES = (TimeoutError, httpx.HTTPError, ValueError, _Transient, _CutOff)
-"""Whatever ends a call without vectors: the reply falls back to the lexicon."""
+_ANSWER_FAILURES = (ValueError, _CutOff, Refused)
+"""The server answered, without vectors: this reply falls back, the server is up."""
+
+
+def budget(form: str, segments: int) -> int:
+    """max_tokens for an answer: room to think for structured output, little for free-form
+    (an answer that is not constrained to JSON is rarely worth many tokens)."""
+    return 80 * segments + 64 if form != "text" else 40 * segments + 32
 
 
 class Analyser:
@@ -66,50 +87,47 @@ class Analyser:
         self.client = client
         self.base = base_url(config.llm_base_url)
         self.url = self.base + "/v1/chat/completions"
-        self.structured = True
-        """Whether this endpoint takes `response_format` (until it says it does not)."""
-        self.warm_until = 0.0
-        """Monotonic time until which the model is taken to be loaded."""
+        self.form = 0
+        """Index into FORMS of the structured-output form this endpoint takes."""
+        self._form_at = 0.0
+        self._form_said: str | None = None
+        self.health = Liveness(
+            f"emotion LLM at {self.base}",
+            config.llm_ttl_s,
+            config.llm_timeout_s,
+            config.llm_first_call_timeout_s,
+            self._ping,
+        )
+        self.last_error: str | None = None
         self._cache: OrderedDict[tuple[str, str, tuple[str, ...]], list[Vector]] = OrderedDict()
-        self._warming: asyncio.Task[None] | None = None
-        self._said_no_model = False
-        self.calls = {"ok": 0, "error": 0, "cached": 0}
+        self._said: set[str] = set()
+        self.calls = {"ok": 0, "error": 0, "cached": 0, "skipped": 0}
 
-    @property
-    def warm(self) -> bool:
-        """Whether the model answered within its idle TTL (so it is still loaded)."""
-        return time.monotonic() < self.warm_until
-
-    def _answered(self) -> None:
-        self.warm_until = time.monotonic() + self.config.llm_ttl_s
-        self._said_no_model = False
-
-    def bound_s(self) -> float:
-        """How long the next call may take: longer while the model may be loading."""
-        return self.config.llm_timeout_s if self.warm else self.config.llm_first_call_timeout_s
+    def facts(self) -> dict[str, Any]:
+        """The analyser in /healthz and doctor."""
+        down = self.health.down_s()
+        return {
+            "state": self.health.state,
+            "url": self.base,
+            "structured_output": FORMS[self.form],
+            "failures_in_a_row": self.health.failures,
+            "down_s": None if down is None else round(down, 1),
+            "last_error": self.last_error,
+            "calls": dict(self.calls),
+        }
 
     def start_warming(self) -> None:
-        """Warm the model in the background (a one-token request), unless it is warm or
-        already warming; never awaited by a reply."""
-        if not self.warm and (self._warming is None or self._warming.done()):
-            self._warming = asyncio.create_task(self._warm_up(), name="emotion-llm-warm-up")
-
-    async def _warm_up(self) -> None:
-        body = self._body([{"role": "user", "content": "hi"}], max_tokens=1)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.config.llm_first_call_timeout_s):
-                await self._post(body)
-        except _FAILURES as exc:
-            log.info("emotion LLM warm-up did not finish: %s", str(exc) or type(exc).__name__)
-            return
-        log.info("emotion LLM warm in %.1fs", time.monotonic() - started)
+        """Warm the model in the background (a one-token request); never awaited by a reply."""
+        self.health.start_warming()
 
     async def close(self) -> None:
-        """Stop a warm-up still running."""
-        if self._warming is not None:
-            self._warming.cancel()
-            await asyncio.gather(self._warming, return_exceptions=True)
+        """Stop a warm-up or probe still running."""
+        await self.health.close()
+
+    async def _ping(self) -> None:
+        await self._post(self._body([{"role": "user", "content": "hi"}], max_tokens=1))
+
+    # -- one reply ---------------------------------------------------------------------------
 
     async def analyse(self, style: str | None, segments: Sequence[str]) -> list[Vector] | None:
         """One vector per segment, or None (logged) when the LLM cannot give them in time."""
@@ -118,19 +136,17 @@ class Analyser:
             self._cache.move_to_end(key)
             self.calls["cached"] += 1
             return self._cache[key]
-        started, bound = time.monotonic(), self.bound_s()
+        bound = self.health.bound_s()
+        if bound is None:
+            self.calls["skipped"] += 1
+            return None
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(bound):
-                vectors = await self._with_retries(style, segments)
-        except _FAILURES as exc:
-            self.calls["error"] += 1
-            log.warning(
-                "emotion LLM failed after %.0f ms (bound %.0fs), falling back: %s",
-                (time.monotonic() - started) * 1000,
-                bound,
-                str(exc) or type(exc).__name__,
-            )
-            self.start_warming()
+            with self.health.call():
+                async with asyncio.timeout(bound):
+                    vectors = await self._with_retries(style, segments)
+        except (*SERVER_FAILURES, *_ANSWER_FAILURES) as exc:
+            self._fell_back(exc, started, bound)
             return None
         self.calls["ok"] += 1
         if self.config.cache_size:
@@ -139,16 +155,31 @@ class Analyser:
                 self._cache.popitem(last=False)
         return vectors
 
+    def _fell_back(self, exc: BaseException, started: float, bound: float) -> None:
+        self.calls["error"] += 1
+        why = str(exc) or type(exc).__name__
+        self.last_error = why
+        # A refusal repeats on every message: said once at warning level, then quietly.
+        level = logging.INFO if isinstance(exc, Refused) and why in self._said else logging.WARNING
+        self._said.add(why)
+        log.log(
+            level,
+            "emotion LLM failed after %.0f ms (bound %.0fs), falling back: %s",
+            (time.monotonic() - started) * 1000,
+            bound,
+            why,
+        )
+
     async def _with_retries(self, style: str | None, segments: Sequence[str]) -> list[Vector]:
-        budget = 80 * len(segments) + 64
+        grown = 0
         for attempt in range(self.config.llm_retries + 1):
             try:
-                return await self._once(style, segments, budget)
+                return await self._once(style, segments, grown)
             except _CutOff:
-                budget *= BUDGET_GROWTH
-                log.info("emotion LLM answer cut off; asking again with %d tokens", budget)
-                return await self._once(style, segments, budget)
-            except _Transient as exc:
+                grown = budget("json_schema", len(segments)) * BUDGET_GROWTH
+                log.info("emotion LLM answer cut off; asking again with %d tokens", grown)
+                return await self._once(style, segments, grown)
+            except ServerDown as exc:
                 if attempt == self.config.llm_retries:
                     raise
                 log.info("emotion LLM transient failure (%s), retrying", exc)
@@ -164,58 +195,66 @@ class Analyser:
             "messages": messages,
         }
 
-    async def _once(self, style: str | None, segments: Sequence[str], budget: int) -> list[Vector]:
+    def _form_now(self) -> str:
+        if self.form and time.monotonic() - self._form_at > REPROBE_S:
+            self.form = 0  # the server may have been upgraded or swapped: ask as best we can
+        return FORMS[self.form]
+
+    async def _once(self, style: str | None, segments: Sequence[str], grown: int) -> list[Vector]:
         numbered = "\n".join(f"{i}. {s}" for i, s in enumerate(segments, 1))
         user = f"Style hint: {style or '(none)'}\nSegments:\n{numbered}"
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-        body = self._body(messages, budget)
-        if self.structured:
-            body["response_format"] = schema(len(segments))
-        choice = await self._post(body)
+        while True:
+            form = self._form_now()
+            body = self._body(messages, grown or budget(form, len(segments)))
+            asked = response_format(form, "emotion_vectors", schema(len(segments)))
+            if asked is not None:
+                body["response_format"] = asked
+            try:
+                choice = await self._post(body)
+                break
+            except Refused as exc:
+                if exc.about != "format" or self.form == len(FORMS) - 1:
+                    raise
+                self.form, self._form_at = self.form + 1, time.monotonic()
+                log.info("%s refuses response_format %s (%s)", self.url, form, exc)
+        if self._form_said != form:
+            self._form_said = form
+            log.info("emotion LLM at %s: %s", self.base, FORM_LINES[form])
         if choice.get("finish_reason") == "length":
-            raise _CutOff(f"answer cut off at {budget} tokens")
-        content = (choice.get("message") or {}).get("content")
-        return parse_vectors(str(content or ""), len(segments))
+            if form == "text":
+                raise ValueError(f"free-form answer cut off at {body['max_tokens']} tokens")
+            raise _CutOff(f"answer cut off at {body['max_tokens']} tokens")
+        return parse_vectors(content_of(choice), len(segments))
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One chat completion; its first choice. Errors classified (see the module doc)."""
+        """One chat completion's first choice (see llm_server.complete); an answer of any
+        kind marks the server up, and LM Studio's "no model loaded" is handled here."""
         try:
-            response = await self.client.post(
-                self.url, json=body, headers=bearer(self.config.llm_api_key), timeout=None
-            )
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-            raise _Transient(f"cannot reach {self.url}: {exc}") from exc
-        text = response.text
-        if response.status_code >= 400:
-            return await self._refused(response.status_code, text, body)
-        try:
-            choice = response.json()["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ValueError(f"not a chat completion: {text[:120]!r}") from exc
-        self._answered()
-        return dict(choice)
+            choice = await complete(self.client, self.url, body, self.config.llm_api_key)
+        except (Refused, ValueError) as exc:
+            self.health.answered()
+            no_model = isinstance(exc, Refused) and exc.about == "model" and "load" in exc.message
+            if no_model and await self._no_model():
+                return await complete(self.client, self.url, body, self.config.llm_api_key)
+            raise
+        self.health.answered()
+        return choice
 
-    async def _refused(self, status: int, text: str, body: dict[str, Any]) -> dict[str, Any]:
-        lowered = text.lower()
-        if "response_format" in body and status < 500 and any(h in lowered for h in SCHEMA_HINTS):
-            self.structured = False
-            log.info("%s does not take response_format; reading free-form answers", self.url)
-            return await self._post({k: v for k, v in body.items() if k != "response_format"})
-        if any(h in lowered for h in NO_MODEL_HINTS):
-            if self.config.llm_autoload:
-                await self._load_model()
-                raise _Transient("the model was not loaded; loaded it")
-            if not self._said_no_model:
-                self._said_no_model = True
-                log.warning(
-                    "LM Studio has no model loaded and does not load one itself (JIT off): "
-                    "load %r in LM Studio, or set emotion.llm_autoload",
-                    self.config.llm_model,
-                )
-            raise ValueError(f"HTTP {status}: no model loaded")
-        if status >= 500:
-            raise _Transient(f"HTTP {status}: {text[:120]}")
-        raise ValueError(f"HTTP {status}: {text[:120]}")
+    async def _no_model(self) -> bool:
+        """LM Studio with JIT off and nothing loaded: load it (llm_autoload; True when loaded),
+        or say once what to do."""
+        if self.config.llm_autoload:
+            await self._load_model()
+            return True
+        if "no model" not in self._said:
+            self._said.add("no model")
+            log.warning(
+                "LM Studio has no model loaded and does not load one itself (JIT off): "
+                "load %r in LM Studio, or set emotion.llm_autoload",
+                self.config.llm_model,
+            )
+        return False
 
     async def _load_model(self) -> None:
         """LM Studio's REST API: POST /api/v1/models/load."""
