@@ -168,7 +168,7 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
             Live(
                 workers=kit.workers,
                 depth=lambda: lane.depth,
-                llm_calls=lambda: dict(kit.analyser.calls) if kit.analyser else {},
+                llm=lambda: kit.analyser.facts() if kit.analyser else None,
                 superseded=lambda: router.superseded_at_submit,
                 refused=lambda: router.refused,
                 task_restarts=lambda: dict(task_restarts),
@@ -242,7 +242,13 @@ def _http(
     supervisor, journal = kit.supervisor, router.journal
 
     async def doctor_report() -> dict[str, Any]:
-        report = await doctor.report(config, engine_options(config), supervisor.facts)
+        analyser = kit.analyser
+        report = await doctor.report(
+            config,
+            engine_options(config),
+            supervisor.facts,
+            live_llm=analyser.facts if analyser else None,
+        )
         return report | {"workers": [w.facts() for w in kit.workers]}
 
     def health() -> dict[str, Any]:
@@ -257,6 +263,7 @@ def _http(
             "jobs": journal.counts(),
             "worker": workers[0],
             "workers": workers,
+            "emotion_llm": kit.analyser.facts() if kit.analyser else None,
         }
 
     return HttpChannel(

@@ -180,7 +180,7 @@ async def test_doctor_times_a_real_analysis_and_reads_lm_studios_state() -> None
     """With LM Studio up, doctor reads its REST model list (loaded or not) and times a real
     one-segment analysis; a model that cannot answer (JIT off, not loaded) is a warning."""
     from msgvoice.config import load  # noqa: PLC0415
-    from msgvoice.ops.probes import check_llm  # noqa: PLC0415
+    from msgvoice.ops.llm_check import check_llm  # noqa: PLC0415
 
     async with FakeLLM() as llm, httpx.AsyncClient() as client:
         config = load(None, {"LMSTUDIO_BASE_URL": llm.url, "LMSTUDIO_EMO_MODEL": "emo-model"})

@@ -6,6 +6,10 @@ so a chat's jobs never overtake each other while other chats proceed. The speake
 bounds how many synthesise at once; one runner more than workers lets a job be encoded while
 the next one is spoken.
 
+A job's emotion is resolved while it waits for its turn (FEEL_AT_ONCE jobs at a time), and a
+runner takes only jobs whose emotion is ready, so no runner sits on an LLM call while a job
+that could be spoken waits behind it.
+
 The journal decides what is stale: a queued automatic reply is superseded in the transaction
 that journals its newer sibling, and a running one still finishes, but `Journal.finish` checks it
 is the chat's latest before delivering, so its audio is never sent.
@@ -25,10 +29,14 @@ from msgvoice.chat import phrasebook
 from msgvoice.chat.journal import Journal
 from msgvoice.chat.port import Job
 from msgvoice.chat.storage import Storage
+from msgvoice.speech.emotion import EmotionResult
 from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError, exhausted
 
 log = logging.getLogger(__name__)
 
+
+FEEL_AT_ONCE = 4
+"""Queued jobs whose emotion is resolved at the same time."""
 
 Listener = Callable[[Job, str], None]
 """Told of every job outcome: (job, state)."""
@@ -62,6 +70,9 @@ class Lane:
         self._running: dict[str, str] = {}
         """job id → chat id of the jobs being made."""
         self._queue: collections.deque[tuple[str, str]] = collections.deque()
+        self._felt: dict[str, asyncio.Task[EmotionResult | None]] = {}
+        """job id → its emotion being resolved (or resolved) while it waits."""
+        self._feeling = asyncio.Semaphore(FEEL_AT_ONCE)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -82,9 +93,24 @@ class Lane:
         return list(self._running)
 
     def submit(self, job_id: str, chat_id: str) -> None:
-        """Queue a journalled job."""
+        """Queue a journalled job; its emotion is resolved while it waits."""
         self._queue.append((job_id, chat_id))
-        self._wake.set()
+        self._felt[job_id] = asyncio.create_task(self._feel(job_id), name=f"feel-{job_id}")
+
+    async def _feel(self, job_id: str) -> EmotionResult | None:
+        """The queued job's emotion, or None: whatever fails here fails again, and is
+        handled, when the job is spoken."""
+        try:
+            async with self._feeling:
+                job = self.journal.job(job_id)
+                if job is None or job.state != "queued":
+                    return None
+                return await self.speaker.feel(self._speech(job))
+        except Exception as exc:  # see the docstring
+            log.debug("job %s: emotion left for its turn: %s", job_id, exc)
+            return None
+        finally:
+            self._wake.set()
 
     def resume(self) -> int:
         """Queue the jobs a crash or restart left open; stale automatic replies are superseded.
@@ -104,9 +130,13 @@ class Lane:
 
     async def run(self) -> None:
         """Serve the queue with `concurrency` runners until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            for n in range(self.concurrency):
-                group.create_task(self._runner(), name=f"lane-{n}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for n in range(self.concurrency):
+                    group.create_task(self._runner(), name=f"lane-{n}")
+        finally:
+            for feeling in self._felt.values():
+                feeling.cancel()
 
     async def _runner(self) -> None:
         while True:
@@ -143,8 +173,9 @@ class Lane:
 
     async def _next(self) -> Job:
         """A job parked by a full disk, else the oldest queued job whose chat has nothing
-        running (waiting for one)."""
+        running and whose emotion is ready (waiting for one)."""
         while True:
+            self._wake.clear()
             busy = set(self._running.values())
             for parked in list(self._parked):
                 if parked.chat_id not in busy:
@@ -154,11 +185,16 @@ class Lane:
                 job_id, chat_id = entry
                 if chat_id in busy:
                     continue
+                busy.add(chat_id)  # the chat's later jobs wait behind this one
+                feeling = self._felt.get(job_id)
+                if feeling is not None and not feeling.done():
+                    continue
                 self._queue.remove(entry)
                 job = self.journal.job(job_id)
                 if job is not None and job.state == "queued":  # not superseded while it waited
                     return job
-            self._wake.clear()
+                self._felt.pop(job_id, None)
+                busy.discard(chat_id)
             await self._wake.wait()
 
     async def wait_idle(self, timeout_s: float) -> bool:
@@ -170,14 +206,20 @@ class Lane:
             return False
         return True
 
+    def _speech(self, job: Job, emotion: EmotionResult | None = None) -> SpeechJob:
+        out = self.audio_dir / f"{job.id}.{self.fmt}"
+        cap = self.auto_timeout_s if job.kind == "auto" else None
+        return SpeechJob(
+            job.id, job.text, out, self.fmt, job.style, job.speaker, cap, emotion=emotion
+        )
+
     async def _execute(self, job: Job) -> None:
         self.journal.set_state(job, "running")
-        out = self.audio_dir / f"{job.id}.{self.fmt}"
         started = time.monotonic()
-        cap = self.auto_timeout_s if job.kind == "auto" else None
-        speech = SpeechJob(
-            job.id, job.text, out, self.fmt, style=job.style, voice=job.speaker, timeout_cap_s=cap
-        )
+        feeling = self._felt.pop(job.id, None)
+        felt = feeling.result() if feeling is not None and feeling.done() else None
+        speech = self._speech(job, felt)
+        out = speech.out
         try:
             result = await self.speaker.speak(speech)
         except (WorkerError, SpeechError, OSError) as exc:

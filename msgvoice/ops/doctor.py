@@ -17,11 +17,11 @@ import httpx
 from msgvoice.config import Config
 from msgvoice.ops import service
 from msgvoice.ops.apps import check_imessage, check_telegram
+from msgvoice.ops.llm_check import check_llm
 from msgvoice.ops.probes import (
     Check,
     check_engine,
     check_engines,
-    check_llm,
     daemon_facts,
     overall,
 )
@@ -157,9 +157,10 @@ async def report(
     engine_options: dict[str, Any],
     live_worker: Callable[[], dict[str, Any]] | None = None,
     probe: Callable[[], Awaitable[Check]] | None = None,
+    live_llm: Callable[[], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """The doctor JSON. In a daemon, `live_worker` gives the worker facts and the engine is
-    not probed again."""
+    not probed again, and `live_llm` the emotion LLM's state as replies see it."""
     checks = [
         Check(
             "config",
@@ -182,10 +183,12 @@ async def report(
             installed = service.path(config, service.default_kind()).exists()
             checks.append(check_daemon(facts, installed))
             worker = (facts or {}).get("worker") or {"state": "not running"}
+            llm = (facts or {}).get("emotion_llm")
         else:
             worker = live_worker()
             checks.append(check_daemon({"worker": worker}, True))
-        checks.append(await check_llm(config, client))
+            llm = live_llm() if live_llm else None
+        checks.append(await check_llm(config, client, llm))
         apps = [await check_telegram(config, client), await check_imessage(config)]
         checks += [check for check in apps if check is not None]
     checks.append(check_service(config))

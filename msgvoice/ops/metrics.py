@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,6 +14,8 @@ from msgvoice.chat.journal import Journal
 from msgvoice.chat.port import Job
 from msgvoice.speech.supervisor import Supervisor
 
+LLM_STATES = ("ready", "cold", "warming", "down")
+
 
 @dataclass(frozen=True)
 class Live:
@@ -21,7 +24,8 @@ class Live:
     workers: list[Supervisor]
     depth: Callable[[], int]
     """Jobs waiting in the lane."""
-    llm_calls: Callable[[], dict[str, int]]
+    llm: Callable[[], dict[str, Any] | None]
+    """The emotion LLM's facts (Analyser.facts), None without one."""
     superseded: Callable[[], int]
     """Automatic replies replaced while queued."""
     refused: Callable[[], int]
@@ -71,12 +75,26 @@ class _Live(Collector):
         for task, count in self.live.task_restarts().items():
             tasks.add_metric([task], count)
         yield tasks
-        llm = CounterMetricFamily(
+        yield from self._llm()
+
+    def _llm(self) -> Iterator[Metric]:
+        facts = self.live.llm() or {}
+        calls = CounterMetricFamily(
             "msgvoice_llm_calls", "Emotion LLM calls by outcome", labels=["outcome"]
         )
-        for outcome, count in self.live.llm_calls().items():
-            llm.add_metric([outcome], count)
-        yield llm
+        for outcome, count in facts.get("calls", {}).items():
+            calls.add_metric([outcome], count)
+        yield calls
+        if facts:
+            state = GaugeMetricFamily(
+                "msgvoice_emotion_llm_state",
+                "The emotion LLM's state (1 for the current one): replies ask it only when ready"
+                " or cold",
+                labels=["state"],
+            )
+            for name in LLM_STATES:
+                state.add_metric([name], float(facts["state"] == name))
+            yield state
 
 
 class Metrics:

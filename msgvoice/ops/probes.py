@@ -7,15 +7,13 @@ import asyncio
 import contextlib
 import json
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from msgvoice.config import Config
-from msgvoice.net import base_url, bearer
-from msgvoice.speech.emotion_llm import Analyser
+from msgvoice.net import bearer
 from msgvoice.speech.supervisor import Supervisor, SynthRequest, WorkerError
 from msgvoice.worker.protocol import ENGINES
 
@@ -127,74 +125,6 @@ async def check_engines(config: Config) -> Check:
         for name, ok in found.items()
     ]
     return Check("engines", "pass", f"under {python}: " + "; ".join(parts))
-
-
-async def check_llm(config: Config, client: httpx.AsyncClient) -> Check:
-    """The emotion LLM answers /v1/models and lists the configured model; LM Studio's REST
-    list says whether it is loaded; a real one-segment analysis is timed."""
-    emotion = config.emotion
-    if not emotion.llm_base_url:
-        return Check("llm", "pass", "no LLM configured: styles use the built-in lexicon")
-    base = base_url(emotion.llm_base_url)
-    headers = bearer(emotion.llm_api_key)
-    try:
-        response = await client.get(
-            base + "/v1/models", headers=headers, timeout=HTTP_PROBE_TIMEOUT_S
-        )
-        response.raise_for_status()
-        models = [m.get("id") for m in response.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        return Check(
-            "llm",
-            "warning",
-            f"{base}/v1/models unreachable ({exc}); styles fall back to the lexicon",
-            "start LM Studio's server or fix emotion.llm_base_url / LMSTUDIO_BASE_URL",
-        )
-    if emotion.llm_model and emotion.llm_model not in models:
-        return Check(
-            "llm",
-            "warning",
-            f"model {emotion.llm_model!r} not listed at {base}/v1/models",
-            f"download it in LM Studio, or set LMSTUDIO_EMO_MODEL to one of {models[:5]}",
-        )
-    state = await _lm_studio_state(client, base, headers, emotion.llm_model)
-    started = time.monotonic()
-    analyser = Analyser(emotion, client)
-    try:
-        found = await analyser.analyse("开心", ["你好"])
-    finally:
-        await analyser.close()
-    took = (time.monotonic() - started) * 1000
-    if found is None:
-        return Check(
-            "llm",
-            "warning",
-            f"{emotion.llm_model or '(default)'} at {base} did not give vectors in {took:.0f} ms"
-            f"{state}; styles fall back to the lexicon",
-            "load the model in LM Studio (or set emotion.llm_autoload); see the log for why",
-        )
-    return Check(
-        "llm",
-        "pass",
-        f"{emotion.llm_model or '(default)'} at {base}{state}: analysis in {took:.0f} ms",
-    )
-
-
-async def _lm_studio_state(
-    client: httpx.AsyncClient, base: str, headers: dict[str, str], model: str
-) -> str:
-    """ ", loaded" / ", not loaded (...)" from LM Studio's REST model list; "" elsewhere."""
-    try:
-        response = await client.get(
-            base + "/api/v0/models", headers=headers, timeout=HTTP_PROBE_TIMEOUT_S
-        )
-        listed = {m.get("id"): m.get("state") for m in response.json().get("data", [])}
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return ""
-    state = listed.get(model)
-    if state == "not-loaded":
-        return ", not loaded (LM Studio loads it at the first request, or at msgvoice's start)"
-    return ", loaded" if state == "loaded" else ""
 
 
 async def daemon_facts(config: Config, client: httpx.AsyncClient) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ not answer costs at most one reply its wait (`state` says where it stands):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -99,6 +100,7 @@ class Analyser:
             self._ping,
         )
         self.last_error: str | None = None
+        self.last_failure: BaseException | None = None
         self._cache: OrderedDict[tuple[str, str, tuple[str, ...]], list[Vector]] = OrderedDict()
         self._said: set[str] = set()
         self.calls = {"ok": 0, "error": 0, "cached": 0, "skipped": 0}
@@ -123,6 +125,15 @@ class Analyser:
     async def close(self) -> None:
         """Stop a warm-up or probe still running."""
         await self.health.close()
+
+    async def warm_up(self) -> float:
+        """One one-token request, bounded by the first-call allowance; its seconds (any answer
+        counts; TimeoutError or ServerDown when there is none)."""
+        started = time.monotonic()
+        async with asyncio.timeout(self.config.llm_first_call_timeout_s):
+            with contextlib.suppress(*_ANSWER_FAILURES):
+                await self._ping()
+        return time.monotonic() - started
 
     async def _ping(self) -> None:
         await self._post(self._body([{"role": "user", "content": "hi"}], max_tokens=1))
@@ -158,7 +169,7 @@ class Analyser:
     def _fell_back(self, exc: BaseException, started: float, bound: float) -> None:
         self.calls["error"] += 1
         why = str(exc) or type(exc).__name__
-        self.last_error = why
+        self.last_error, self.last_failure = why, exc
         # A refusal repeats on every message: said once at warning level, then quietly.
         level = logging.INFO if isinstance(exc, Refused) and why in self._said else logging.WARNING
         self._said.add(why)

@@ -6,9 +6,12 @@ import errno
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msgvoice.speech.emotion import EmotionResult
+
+if TYPE_CHECKING:
+    from msgvoice.speech.synthesis import Synthesis
 
 EXHAUSTED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE})
 """The machine ran out of something that comes back by itself: disk space, open files."""
@@ -54,6 +57,8 @@ class SpeechJob:
     """An explicit emotion vector for this job (wins over style and LLM)."""
     lead_sentence: bool = False
     """Speak the first sentence as a segment of its own (sooner first audio when streaming)."""
+    emotion: EmotionResult | None = None
+    """The job's emotion when it was resolved ahead of its turn (`Speaker.feel`)."""
 
 
 @dataclass
@@ -65,6 +70,14 @@ class Report:
     engines: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {"encode_ms": 0.0})
     unseeded_why: str | None = None
+
+    def add(self, synthesis: Synthesis) -> None:
+        """Count one spoken segment's worker figures (and engine stages) in."""
+        self.timings["synth_ms"] += synthesis.synth_s * 1000
+        self.timings["worker_ms"] += synthesis.wall_s * 1000
+        for stage, ms in synthesis.stages.items():
+            self.timings[stage] = self.timings.get(stage, 0.0) + ms
+        self.unseeded_why = self.unseeded_why or synthesis.unseeded_why
 
 
 @dataclass

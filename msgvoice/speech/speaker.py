@@ -21,7 +21,7 @@ import numpy as np
 from msgvoice.config import Config
 from msgvoice.speech import audio, process_memory, text
 from msgvoice.speech.chain import EngineChain
-from msgvoice.speech.emotion import Emotions, to_prosody
+from msgvoice.speech.emotion import EmotionResult, Emotions, to_prosody
 from msgvoice.speech.encoder import AudioWriter, Encoder, EncodeSettings
 from msgvoice.speech.formats import Format, output_rate
 from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult, exhausted
@@ -266,11 +266,16 @@ class Speaker:
 
     # -- synthesis ---------------------------------------------------------------------------
 
+    async def feel(self, job: SpeechJob) -> EmotionResult:
+        """The job's emotion, resolved ahead of its turn (SpeechError: nothing to speak)."""
+        pieces = self.segments(job.text, job.lead_sentence)
+        return await self.emotions.resolve(job.style, pieces, job.vector)
+
     async def syntheses(self, job: SpeechJob, report: Report) -> AsyncIterator[Synthesis]:
         """The job's segments as the worker speaks them, one at a time, in order."""
         started = time.perf_counter()
         pieces = self.segments(job.text, job.lead_sentence)
-        emotion = await self.emotions.resolve(job.style, pieces, job.vector)
+        emotion = job.emotion or await self.emotions.resolve(job.style, pieces, job.vector)
         report.emotion, report.segments = emotion, len(pieces)
         report.timings.update(
             emotion_ms=(time.perf_counter() - started) * 1000, synth_ms=0.0, worker_ms=0.0
@@ -286,15 +291,6 @@ class Speaker:
                 synthesis = await self.chain.synthesize(request, report.engines)
             except RequestRefused as exc:
                 raise SpeechError(str(exc)) from None
-            _add_times(report.timings, synthesis)
-            report.unseeded_why = report.unseeded_why or synthesis.unseeded_why
+            report.add(synthesis)
             if synthesis.samples.size:  # a segment the engine made no sound for is left out
                 yield synthesis
-
-
-def _add_times(timings: dict[str, float], synthesis: Synthesis) -> None:
-    """Add one segment's worker figures (and engine stages) to the job's timings."""
-    timings["synth_ms"] += synthesis.synth_s * 1000
-    timings["worker_ms"] += synthesis.wall_s * 1000
-    for stage, ms in synthesis.stages.items():
-        timings[stage] = timings.get(stage, 0.0) + ms
