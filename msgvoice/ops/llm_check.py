@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 
 from msgvoice.config import Config, EmotionConfig
+from msgvoice.llm import Refused, ServerDown, identify
 from msgvoice.net import base_url, bearer
 from msgvoice.ops.probes import HTTP_PROBE_TIMEOUT_S, Check
 from msgvoice.speech.emotion_llm import Analyser
-from msgvoice.speech.llm_server import Refused, ServerDown, identify
 
 MODEL_FIXES = {
     "LM Studio": "download it in LM Studio (`lms get`), or set LMSTUDIO_EMO_MODEL to one of {}",

@@ -12,10 +12,10 @@ import json
 import re
 from typing import Any
 
+from msgvoice.llm import without_thinking
 from msgvoice.speech.emotion import NAMES, Vector, safe
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
 
 
 def schema(count: int) -> dict[str, Any]:
@@ -34,11 +34,6 @@ def schema(count: int) -> dict[str, Any]:
         "required": ["vectors"],
         "additionalProperties": False,
     }
-
-
-def without_thinking(content: str) -> str:
-    """The answer with reasoning blocks (`<think>...</think>`, even an unfinished one) removed."""
-    return _THINK.sub("", content).strip()
 
 
 class OutOfRange(ValueError):

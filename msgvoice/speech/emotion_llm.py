@@ -35,11 +35,7 @@ from typing import Any
 import httpx
 
 from msgvoice.config import EmotionConfig
-from msgvoice.net import base_url, bearer
-from msgvoice.speech.emotion import NAMES, Vector
-from msgvoice.speech.emotion_answer import parse_vectors, schema
-from msgvoice.speech.llm_health import SERVER_FAILURES, Liveness
-from msgvoice.speech.llm_server import (
+from msgvoice.llm import (
     FORMS,
     Refused,
     ServerDown,
@@ -47,6 +43,10 @@ from msgvoice.speech.llm_server import (
     content_of,
     response_format,
 )
+from msgvoice.net import base_url, bearer
+from msgvoice.speech.emotion import NAMES, Vector
+from msgvoice.speech.emotion_answer import parse_vectors, schema
+from msgvoice.speech.llm_health import SERVER_FAILURES, Liveness
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
+from msgvoice.llm import ServerDown
 from msgvoice.net import Backoff
-from msgvoice.speech.llm_server import ServerDown
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from msgvoice.speech.worker_process import RequestRefused, WorkerError
 from msgvoice.worker.protocol import Samples
 
 __all__ = [
+    "EmotionResult",
     "Report",
     "Speaker",
     "SpeechError",

@@ -1,4 +1,5 @@
-"""An OpenAI-compatible chat server as msgvoice meets it: one completion, how a server says
+"""An OpenAI-compatible chat server as msgvoice meets it (the emotion analyser and the
+responder both): one completion, how a server says
 no, which structured-output dialect it speaks, and which kind of server it is.
 
 The kinds differ where it matters (doctor names them, and their fixes differ):
@@ -23,6 +24,7 @@ message names `response_format` (the request, not the server, is at fault).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ LOADING_HINTS = ("loading model",)
 SINGLE_MODEL = ("llama.cpp", "llama-cpp-python")
 """Kinds that serve their one model whatever `model` a request names."""
 PROBE_TIMEOUT_S = 3.0
+_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
 
 
 class ServerDown(Exception):
@@ -120,6 +123,11 @@ async def complete(
 def content_of(choice: dict[str, Any]) -> str:
     """A choice's message text ("" when there is none)."""
     return str((choice.get("message") or {}).get("content") or "")
+
+
+def without_thinking(content: str) -> str:
+    """The answer with reasoning blocks (`<think>...</think>`, even an unfinished one) removed."""
+    return _THINK.sub("", content).strip()
 
 
 @dataclass
