@@ -10,10 +10,10 @@ its own docs or source (`kind`):
   error while no model is loaded and JIT is off (HTTP 404, "No models loaded. ...").
 - **llama.cpp's llama-server** (`"llama-server"`), after tools/server/README.md: `/health`
   and `/props`; `/v1/models` with `owned_by: "llamacpp"`; one model, whatever `model` names;
-  `json_schema` and `json_object` (+ `schema`) both honoured; while the model loads (`load_s`
-  from start) every endpoint answers 503 `{"error": {"code": 503, "message": "Loading model",
-  "type": "unavailable_error"}}`; a wrong key is a 401 "Invalid API Key"
-  (`authentication_error`).
+  `json_schema` and `json_object` (+ `schema`) both honoured; while the model loads
+  (`loaded=False`, until the test sets it) every endpoint answers 503 `{"error": {"code": 503,
+  "message": "Loading model", "type": "unavailable_error"}}`; a wrong key is a 401 "Invalid
+  API Key" (`authentication_error`).
 - **llama-cpp-python's server** (`"llama-cpp-python"`), after llama_cpp/server (app.py,
   errors.py, types.py, model.py at 3691546): `/v1/models` with `owned_by: "me"`; an unknown
   model name is served by the default model; `response_format` is a TypedDict of `type`
@@ -29,7 +29,9 @@ its own docs or source (`kind`):
   request (the request waits, like JIT); a model not pulled is a 404 `{"error": {"message":
   "model 'x' not found", "type": "not_found_error"}}`.
 
-Faults no server at hand gives on demand: `frozen` (accepts connections and never answers,
+Every chat request is recorded as it arrives (`requests`). A one-token request (a warm-up) is
+answered at once and takes no scripted reply. Faults no server at hand gives on demand:
+`frozen` (accepts connections and never answers,
 as a machine swapping a model in does; settable while running), a script of replies (each
 may take `delay_s`, hang, or be a raw status and body), `think` (answers start with a
 reasoning block), `needs_tokens` (a smaller `max_tokens` cuts the answer off:
@@ -41,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,15 @@ class Reply:
 
 def vectors_json(*vectors: list[float]) -> str:
     return json.dumps({"vectors": [list(v) for v in vectors]})
+
+
+def answer(data: dict[str, Any]) -> Any:
+    """A handler that answers `data` as JSON."""
+
+    async def handler(_request: web.Request) -> web.Response:
+        return web.json_response(data)
+
+    return handler
 
 
 def validation_error(kind: str) -> str:
@@ -105,7 +115,6 @@ class FakeLLM:
     _loading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _serial: asyncio.Lock = field(default_factory=asyncio.Lock)
     _thawed: asyncio.Event = field(default_factory=asyncio.Event)
-    _started: float = 0.0
 
     @property
     def frozen(self) -> bool:
@@ -127,9 +136,11 @@ class FakeLLM:
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/v1/chat/completions":
+            self.requests.append(await request.json())
         if self._frozen:
             await self._thawed.wait()
-        if self.kind == "llama-server" and time.monotonic() - self._started < self.load_s:
+        if self.kind == "llama-server" and not self.loaded:
             return web.json_response(LOADING, status=503)
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._unauthorised()
@@ -184,11 +195,12 @@ class FakeLLM:
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append(body)
         refused = await self._ensure_loaded(str(body.get("model")))
         refused = refused or self._format_refused(body.get("response_format"))
         if refused is not None:
             return refused
+        if body.get("max_tokens") == 1:
+            return web.json_response(self._completion(body, "hi"))
         if self.needs_tokens and int(body.get("max_tokens", 0)) < self.needs_tokens:
             return web.json_response(self._completion(body, "", cut_off=True))
         reply = self.script.pop(0) if self.script else Reply(vectors_json([0] * 7 + [0.5]))
@@ -252,16 +264,14 @@ class FakeLLM:
             app.router.add_get("/api/v0/models", self._rest_models)
             app.router.add_post("/api/v1/models/load", self._load)
         elif self.kind == "llama-server":
-            app.router.add_get("/health", lambda _r: web.json_response({"status": "ok"}))
+            app.router.add_get("/health", answer({"status": "ok"}))
             app.router.add_get("/props", self._props)
         elif self.kind == "ollama":
-            version = {"version": "0.12.0"}
-            app.router.add_get("/api/version", lambda _r: web.json_response(version))
+            app.router.add_get("/api/version", answer({"version": "0.12.0"}))
             tags = {"models": [{"name": m, "model": m} for m in self.models]}
-            app.router.add_get("/api/tags", lambda _r: web.json_response(tags))
+            app.router.add_get("/api/tags", answer(tags))
 
     async def __aenter__(self) -> FakeLLM:
-        self._started = time.monotonic()
         self.frozen = self._frozen
         app = web.Application(middlewares=[self._gate])
         self._routes(app)

@@ -206,17 +206,19 @@ class Analyser:
             "messages": messages,
         }
 
-    def _form_now(self) -> str:
+    def _reprobe(self) -> None:
+        """Ask in the best form again once a lesser one has served REPROBE_S (the server
+        may have been upgraded or swapped)."""
         if self.form and time.monotonic() - self._form_at > REPROBE_S:
-            self.form = 0  # the server may have been upgraded or swapped: ask as best we can
-        return FORMS[self.form]
+            self.form = 0
 
     async def _once(self, style: str | None, segments: Sequence[str], grown: int) -> list[Vector]:
         numbered = "\n".join(f"{i}. {s}" for i, s in enumerate(segments, 1))
         user = f"Style hint: {style or '(none)'}\nSegments:\n{numbered}"
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        self._reprobe()
         while True:
-            form = self._form_now()
+            form = FORMS[self.form]
             body = self._body(messages, grown or budget(form, len(segments)))
             asked = response_format(form, "emotion_vectors", schema(len(segments)))
             if asked is not None:
