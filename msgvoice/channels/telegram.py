@@ -66,8 +66,7 @@ NO_VOICE = "telegram.no_voice:"
 """Cursor prefix: a chat whose user forbids voice messages."""
 VOICE_RATE = 48_000
 VOICE_NOTE_MAX_BYTES = 1_000_000
-ACTION_EVERY_S = 4.0
-ACTION_FOR_AT_MOST_S = 600.0
+ACTION_EVERY_S, ACTION_FOR_AT_MOST_S = 4.0, 600.0
 
 
 class TelegramChannel:
@@ -218,16 +217,18 @@ class TelegramChannel:
         return address(self.chat.cursor(MOVED + chat_id) or chat_id)
 
     async def _recording(self, chat: str, jobs: list[str]) -> None:
-        """Show "recording voice" until the chat's voice notes are made (bounded)."""
+        """Show "recording voice" every ACTION_EVERY_S until the voice notes are made."""
+        due, clock = 0.0, asyncio.get_running_loop().time
+        action = {"action": "record_voice", **address(chat)}
         with self.chat.bell.listening() as changes, contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ACTION_FOR_AT_MOST_S):
                 while not all((j := self.chat.job(job)) is None or j.state in FINAL_STATES
                               for job in jobs):  # fmt: skip
-                    try:
-                        await self.call("sendChatAction", action="record_voice", **address(chat))
-                    except ChannelError as exc:
-                        log.info("telegram sendChatAction failed: %s", exc)
-                    await next_ring(changes, chat.__eq__, ACTION_EVERY_S)
+                    if clock() >= due:
+                        due = clock() + ACTION_EVERY_S
+                        with contextlib.suppress(ChannelError):  # a hint: not worth a retry
+                            await self.call("sendChatAction", **action)
+                    await next_ring(changes, chat.__eq__, due - clock())  # or when one is made
 
     async def _send(self, item: OutboxItem) -> None:
         try:
