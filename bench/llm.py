@@ -4,7 +4,7 @@ Each server is one of tests/fake_llm.py's (which follow the real servers): warm 
 answering in 50 ms), cold (LM Studio with JIT loading that takes 3 s), hung (accepts
 connections, never answers) and refusing (llama-cpp-python, whose 500 refuses `json_schema`).
 The analyser starts as the daemon starts it (a warm-up in the background), then REPLIES
-replies come one after another, each with new text. Printed per server: each reply's wait
+replies come GAP_S apart, each with new text. Printed per server: each reply's wait
 (median and worst), the total over all replies, how many got the LLM's vectors and how many
 requests the server saw. With --compare-with, another checkout's analyser meets the same
 servers in the same run, side by side.
@@ -28,6 +28,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 REPLIES = 8
+GAP_S = 0.5
 BOUNDS = {"MSGVOICE_EMOTION_LLM_TIMEOUT_S": "1", "MSGVOICE_EMOTION_LLM_FIRST_CALL_TIMEOUT_S": "4"}
 SERVERS: dict[str, dict[str, Any]] = {
     "warm": {"delay_s": 0.05},
@@ -64,6 +65,7 @@ async def _one_server(name: str) -> dict[str, Any]:
         analyser = Analyser(load(None, env).emotion, client)
         analyser.start_warming()
         for n in range(REPLIES):
+            await asyncio.sleep(GAP_S)
             started = time.perf_counter()
             found = await analyser.analyse("生气", [f"第{n}条消息。"])
             waits.append((time.perf_counter() - started) * 1000)
@@ -90,7 +92,10 @@ def measure(checkout: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def bench_llm(compare_with: Path | None) -> dict[str, Any]:
     """Print and return the analyser's cost per reply for each server (and the other's)."""
-    print(f"\n== emotion LLM: {REPLIES} replies in a row per server (bounds 1 s warm, 4 s cold) ==")
+    print(
+        f"\n== emotion LLM: {REPLIES} replies {GAP_S:g} s apart from start, per server "
+        "(bounds 1 s warm, 4 s cold) =="
+    )
     runs = {"now": measure()}
     if compare_with is not None:
         runs[compare_with.name] = measure(compare_with)
