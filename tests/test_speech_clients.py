@@ -168,8 +168,8 @@ async def test_aac_is_adts(clean_env: Path, tmp_path: Path) -> None:
 
 
 async def test_streamable_formats_stream_by_default(clean_env: Path) -> None:
-    """opus, aac, wav and pcm come chunked (no Content-Length) unless `stream: false`;
-    mp3 and flac come whole."""
+    """Every format comes chunked (no Content-Length) unless `stream: false`, as OpenAI
+    streams mp3."""
     async with running(clean_env) as (_, client):
         kinds = {}
         for fmt in ("opus", "aac", "wav", "pcm", "mp3", "flac"):
@@ -185,8 +185,8 @@ async def test_streamable_formats_stream_by_default(clean_env: Path) -> None:
         "aac": False,
         "wav": False,
         "pcm": False,
-        "mp3": True,
-        "flac": True,
+        "mp3": False,
+        "flac": False,
     }
     assert "content-length" in whole.headers
 

@@ -23,11 +23,15 @@ class Format:
     """FFmpeg's encoder."""
     content_type: str
     streams: bool
-    """Whether bytes can be sent as they are encoded (the muxer never seeks back)."""
+    """Whether bytes can be sent as they are encoded (the muxer needs no seeking back)."""
     api_name: str = ""
     """The name OpenAI's `response_format` uses for it (empty: not offered there)."""
     rates: tuple[int, ...] = ()
     """The sample rates the codec takes (empty: any)."""
+    completes_header: bool = False
+    """Whether the muxer, given a seekable file, goes back to complete its header (FLAC's
+    STREAMINFO: total samples, MD5; MP3's Xing frame: length and gapless delay): a whole
+    file is written seekable, a stream is not."""
 
     @property
     def suffix(self) -> str:
@@ -43,8 +47,8 @@ _ALL = (
     Format("ogg", (".ogg", ".opus", ".oga"), "ogg", "libopus", "audio/ogg", True, "opus",
            OPUS_RATES),
     Format("wav", (".wav",), "raw", "pcm_s16le", "audio/wav", True, "wav"),
-    Format("flac", (".flac",), "flac", "flac", "audio/flac", False, "flac"),
-    Format("mp3", (".mp3",), "mp3", "libmp3lame", "audio/mpeg", False, "mp3", MP3_RATES),
+    Format("flac", (".flac",), "flac", "flac", "audio/flac", True, "flac", (), True),
+    Format("mp3", (".mp3",), "mp3", "libmp3lame", "audio/mpeg", True, "mp3", MP3_RATES, True),
     Format("aac", (".aac",), "adts", "aac", "audio/aac", True, "aac", AAC_RATES),
     Format("m4a", (".m4a",), "ipod", "aac", "audio/mp4", False, "", AAC_RATES),
     Format("caf", (".caf",), "caf", "libopus", "audio/x-caf", False, "", OPUS_RATES),
