@@ -82,6 +82,38 @@ async def test_every_format_streaming_and_not_decodes_with_the_right_duration(
     assert float(np.sqrt(np.mean(a**2))) > 0.03
 
 
+def ffmpeg_samples(data: bytes) -> np.ndarray:
+    """The samples FFmpeg decodes from a body (what most players and clients use)."""
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
+    return np.concatenate(frames).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac"])
+async def test_streamed_mp3_and_flac_hold_the_whole_files_samples(
+    clean_env: Path, fmt: str
+) -> None:
+    """A streamed mp3 or flac of several sentences decodes to the non-streamed file's samples.
+    FLAC: the same samples. MP3: the same samples after the encoder's delay, which only the
+    whole file's Xing frame tells a decoder to skip (a stream cannot carry it)."""
+    async with running(clean_env) as (daemon, _):
+        client = client_for(daemon.http.port)
+        whole = ffmpeg_samples(await asyncio.to_thread(create, client, fmt, False, seed=3))
+        streamed = ffmpeg_samples(await asyncio.to_thread(create, client, fmt, True, seed=3))
+    assert whole.size > 22_050 * 3 and float(np.sqrt(np.mean(whole**2))) > 0.03
+    if fmt == "flac":
+        assert np.array_equal(whole, streamed)
+        return
+    delay = next(
+        k
+        for k in range(0, 4096)
+        if np.allclose(streamed[k : k + 2048], whole[:2048], atol=1e-6)
+        and k + whole.size <= streamed.size
+    )
+    assert delay == 576 + 529  # LAME's encoder delay and the decoder's, 50 ms at 22 kHz
+    assert np.allclose(streamed[delay : delay + whole.size], whole, atol=1e-6)
+
+
 @pytest.mark.parametrize("fmt", ["pcm", "wav"])
 async def test_streamed_samples_equal_the_offline_ones(clean_env: Path, fmt: str) -> None:
     """For a deterministic engine the streamed audio equals the non-streamed audio (MAE 0, so
