@@ -13,8 +13,10 @@ from msgvoice.speech import audio
 from msgvoice.speech.convert import decode, describe
 from msgvoice.speech.encoder import AudioError, AudioWriter
 from msgvoice.speech.formats import output_rate
+from msgvoice.worker.engines.espeak import EspeakEngine
+from msgvoice.worker.protocol import Prosody
 from msgvoice.worker.samples import SampleError, to_float32
-from tests.conftest import rms
+from tests.conftest import pitch_hz, rms
 
 RATE = 22_050
 
@@ -175,3 +177,17 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
     """Only the formats in the table are written."""
     with pytest.raises(AudioError, match="unknown format"):
         AudioWriter(tmp_path / "x.wma", "wma", 44_100)
+
+
+@pytest.mark.parametrize("factor", [4.0, 2.0, 0.5, 0.25])
+def test_stretch_keeps_the_pitch_and_makes_the_length_exact(factor: float) -> None:
+    """WSOLA on real eSpeak speech with a flat intonation (so one F0 throughout): exactly
+    round(len × factor) samples, the same F0 (±2 %), and no join sharper than the speech."""
+    samples, rate = EspeakEngine("cmn").synthesize(
+        "今天天气很好，我们一起去公园散步吧。", None, Prosody(range=0.0), None
+    )
+    x = to_float32(samples)
+    y = audio.stretch(x, rate, factor)
+    assert y.size == round(x.size * factor) and y.dtype == np.float32
+    assert pitch_hz(y, rate) == pytest.approx(pitch_hz(x, rate), rel=0.02)
+    assert audio.max_jump(y) <= audio.max_jump(x) * 1.05

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from msgvoice.speech import audio
+from tests.conftest import pitch_hz
 from tests.daemon_util import running
 
 TEXT = "今天天气很好。我们下午一起去公园散步吧！Then we can have tea."
@@ -210,6 +211,25 @@ async def test_style_emotion_and_speed_change_the_audio(clean_env: Path) -> None
         angry = await length(emotion=[0, 0.7, 0, 0, 0, 0, 0, 0])
         sad = await length(style="难过")
     assert fast < 0.7 * plain and angry < plain < sad
+
+
+async def test_speed_means_what_openai_means(clean_env: Path) -> None:
+    """`speed` 0.25 is four times as long as 1.0 and 4.0 a quarter (±5 %), past eSpeak's own
+    80-450 wpm, with the voice's pitch kept (±5 %): the daemon stretches the time. (At 4.0
+    half of a tonal contour is left out, so its median F0 is not the whole one's: the pitch
+    of faster speech is checked on a flat contour, test_audio's stretch test.)"""
+    text = "今天天气很好，我们一起去公园散步吧，路上还能买一杯热咖啡。"
+    async with running(clean_env) as (_, client):
+
+        async def samples(speed: float) -> np.ndarray:
+            body = {"model": "m", "input": text, "response_format": "pcm", "speed": speed}
+            data = (await client.post("/v1/audio/speech", json=body)).content
+            return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0
+
+        plain, slow, fast = await samples(1.0), await samples(0.25), await samples(4.0)
+    assert slow.size / plain.size == pytest.approx(4.0, rel=0.05)
+    assert fast.size / plain.size == pytest.approx(0.25, rel=0.05)
+    assert pitch_hz(slow, 24_000) == pytest.approx(pitch_hz(plain, 24_000), rel=0.05)
 
 
 async def test_models_and_voices_are_listed(clean_env: Path) -> None:

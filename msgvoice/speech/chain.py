@@ -98,6 +98,15 @@ class EngineChain:
         listed = self.pools[0].engine_facts.get("languages")
         return dict(listed) if isinstance(listed, dict) else {}
 
+    def speeds(self, speed: float) -> tuple[float, float]:
+        """A job's `speed` as (the engine's part, the time stretch the daemon adds). An engine
+        scales durations exactly only within the `exact_speed` range its facts give (Kokoro's
+        and FastSpeech2's duration divisors; eSpeak's rate is not proportional, so none):
+        the rest is stretched, so the length is always exactly 1/speed."""
+        lo, hi = self.pools[0].engine_facts.get("exact_speed") or (1.0, 1.0)
+        engine = min(max(speed, lo), hi)
+        return engine, engine / speed
+
     def blends_voices(self) -> bool:
         """Whether the main engine speaks a blend `a,b` of its voices (Kokoro does)."""
         return bool(self.pools[0].engine_facts.get("voice_blends"))

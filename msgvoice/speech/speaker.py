@@ -109,7 +109,7 @@ class Speaker:
         report = Report()
 
         def open_file(rate: int) -> AudioWriter:
-            rate = output_rate(job.fmt, rate, self._opus_rate)
+            rate = output_rate(job.fmt, rate, self.config.audio.opus_rate_hz)
             return AudioWriter(job.out, job.fmt, rate, self.encoding)
 
         def tick(_data: bytes) -> None:
@@ -178,7 +178,7 @@ class Speaker:
         emit = chunks.put_nowait if streaming else pending.append
 
         def open_encoder(rate: int) -> Encoder:
-            rate = output_rate(fmt.name, rate, self._opus_rate)
+            rate = output_rate(fmt.name, rate, self.config.audio.opus_rate_hz)
             return Encoder(fmt, rate, streaming, self.encoding)
 
         try:
@@ -216,7 +216,7 @@ class Speaker:
         `emit` its bytes as soon as they are encoded. Returns the sink, not yet finished."""
         sink: _Sink | None = None
         encoding: asyncio.Future[tuple[bytes, float]] | None = None
-        loop = asyncio.get_running_loop()
+        loop, stretch = asyncio.get_running_loop(), self.chain.speeds(job.speed)[1]
 
         def done(task: asyncio.Future[tuple[bytes, float]]) -> None:
             if not task.cancelled() and task.exception() is None:
@@ -234,7 +234,8 @@ class Speaker:
                     await asyncio.shield(encoding)  # a cancel must not mark it done early
                 # A bare executor future, not a task: nothing cancels it (stopping cancels
                 # every task), so it is done only when its thread is done with the sink.
-                encoding = loop.run_in_executor(None, self._encode, sink, synthesis, after_gap)
+                args = (sink, synthesis, after_gap, stretch)
+                encoding = loop.run_in_executor(None, self._encode, *args)
                 encoding.add_done_callback(done)
             if sink is None:
                 raise SpeechError("the engine made no sound for this text")
@@ -248,22 +249,22 @@ class Speaker:
             raise
         return sink
 
-    def _encode(self, sink: _Sink, synthesis: Synthesis, after_gap: bool) -> tuple[bytes, float]:
+    def _encode(
+        self, sink: _Sink, spoken: Synthesis, gap: bool, stretch: float
+    ) -> tuple[bytes, float]:
         """Feed one segment to the sink (in a thread): its bytes and the milliseconds spent."""
         started = time.perf_counter()
-        data = sink.feed(self.piece(synthesis, sink.rate, after_gap))
+        data = sink.feed(self.piece(spoken, sink.rate, gap, stretch))
         return data, (time.perf_counter() - started) * 1000
 
-    def piece(self, synthesis: Synthesis, rate: int, after_gap: bool) -> Samples:
-        """One segment as it goes into the joined output at `rate`: trimmed, faded, resampled,
-        after the gap that separates it from the one before."""
+    def piece(self, synthesis: Synthesis, rate: int, after_gap: bool, stretch: float) -> Samples:
+        """One segment as it goes into the joined output at `rate`: trimmed, faded, made
+        `stretch` times as long (pitch kept), resampled, after the gap before it."""
         shaped = audio.shape_segment(synthesis.samples, synthesis.sample_rate, self.shaping)
+        shaped = audio.stretch(shaped, synthesis.sample_rate, stretch)
         joined = audio.resample(shaped, synthesis.sample_rate, rate)
-        return np.concatenate([audio.gap(rate, self.shaping), joined]) if after_gap else joined
-
-    @property
-    def _opus_rate(self) -> int:
-        return self.config.audio.opus_rate_hz
+        pause = audio.gap(rate, self.shaping, stretch)
+        return np.concatenate([pause, joined]) if after_gap else joined
 
     # -- synthesis ---------------------------------------------------------------------------
 
@@ -284,7 +285,7 @@ class Speaker:
         voice = job.voice or self.chain.default_voice
         for piece, vector in zip(pieces, emotion.vectors, strict=True):
             prosody = to_prosody(vector)
-            prosody = replace(prosody, rate=prosody.rate * job.speed)
+            prosody = replace(prosody, rate=prosody.rate * self.chain.speeds(job.speed)[0])
             request = SynthRequest(
                 job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed
             )

@@ -219,5 +219,6 @@ class KokoroEngine:
             "chinese_g2p": self.g2p,
             "voices": list(self.voices),  # sorted when found
             "voice_blends": True,  # `a,b` is the mean of two style packs
+            "exact_speed": [0.5, 2.0],  # the model divides its predicted durations by it
             "languages": {v: [LANGUAGES[v[0]]] for v in self.voices if v[:1] in LANGUAGES},
         }

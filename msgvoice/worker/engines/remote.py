@@ -116,6 +116,7 @@ class RemoteEngine:
             "servers": {u: "down" if self._down_until[u] > now else "up" for u in self.urls},
             "sample_rate": PCM_RATE,
             "voices": self._voices(),
+            "exact_speed": [0.25, 4.0],  # the server's own `speed`
         }
 
     def _voices(self) -> list[str]:

@@ -129,4 +129,5 @@ class ZhttsEngine:
             "text2mel": self.tts.text2mel_name,
             "latin_voice": self.latin_voice,
             "voices": ["default"],
+            "exact_speed": [0.5, 2.0],  # FastSpeech2's duration multiplier
         }
