@@ -1,5 +1,6 @@
-"""Every speech API format for a long text: first byte and total, and each total against
-opus's, in one run (and another checkout's daemon side by side with --compare-with)."""
+"""Every speech API format for a 30-character and a 3,000-character text: first byte and
+total, and each total against opus's, in one run (and another checkout's daemon side by side
+with --compare-with)."""
 
 from __future__ import annotations
 
@@ -26,23 +27,24 @@ def long_text(chars: int = 3000) -> str:
     return text[:chars].rsplit("。", 1)[0] + "。"
 
 
-async def _figures(url: str, text: str, runs: int) -> dict[str, dict[str, float]]:
+async def _figures(url: str, texts: dict[str, str], runs: int) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         await stream(client, "你好。", "opus")  # the worker warm
-        rows = {}
-        for fmt in FORMATS:
-            firsts, totals = [], []
-            for _ in range(runs):
-                first, total, _body = await stream(client, text, fmt)
-                firsts.append(first)
-                totals.append(total)
-            rows[fmt] = {"first_byte_s": median(firsts), "total_s": median(totals)}
+        rows: dict[str, Any] = {}
+        for name, text in texts.items():
+            for fmt in FORMATS:
+                firsts, totals = [], []
+                for _ in range(runs if name == "30ch" else max(1, min(runs, 2))):
+                    first, total, _body = await stream(client, text, fmt)
+                    firsts.append(first)
+                    totals.append(total)
+                rows[f"{name} {fmt}"] = {"first_byte_s": median(firsts), "total_s": median(totals)}
     return rows
 
 
 def bench_formats(runs: int, tmp: Path, compare: Path | None) -> dict[str, Any]:
-    """Print and return first byte and total per format for a 3,000-character text."""
-    text = long_text()
+    """Print and return first byte and total per format for a short and a long text."""
+    texts = {"30ch": TEXTS["medium"], "3000ch": long_text()}
     checkouts = {"now": Path(__file__).resolve().parent.parent}
     if compare is not None:
         checkouts[compare.name] = compare
@@ -50,21 +52,19 @@ def bench_formats(runs: int, tmp: Path, compare: Path | None) -> dict[str, Any]:
     for label, repo in checkouts.items():
         proc, url = start_daemon(tmp / f"formats-{label}", repo)
         try:
-            results[label] = asyncio.run(_figures(url, text, max(1, min(runs, 2))))
+            results[label] = asyncio.run(_figures(url, texts, runs))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    print(f"\n== speech API formats, {len(text)} characters of Chinese and English, streamed ==")
-    print(
-        f"{'format':<7}"
-        + "".join(f"{label + ' first':>14}{'total':>9}{'× opus':>8}" for label in results)
-    )
-    for fmt in FORMATS:
-        line = f"{fmt:<7}"
-        for rows in results.values():
-            row, opus = rows[fmt], rows["opus"]["total_s"]
-            line += (
-                f"{row['first_byte_s']:>13.3f}s{row['total_s']:>8.2f}s{row['total_s'] / opus:>8.2f}"
-            )
-        print(line)
+    print("\n== speech API formats, streamed (30 and 3,000 characters of Chinese and English) ==")
+    header = "".join(f"{label + ' first':>15}{'total':>9}{'x opus':>8}" for label in results)
+    print(f"{'text format':<14}{header}")
+    for name in texts:
+        for fmt in FORMATS:
+            line = f"{name + ' ' + fmt:<14}"
+            for rows in results.values():
+                row, opus = rows[f"{name} {fmt}"], rows[f"{name} opus"]["total_s"]
+                ratio = row["total_s"] / opus
+                line += f"{row['first_byte_s']:>14.3f}s{row['total_s']:>8.2f}s{ratio:>8.2f}"
+            print(line)
     return results

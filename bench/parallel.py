@@ -24,13 +24,18 @@ from msgvoice.worker.engines.espeak import EspeakEngine
 from msgvoice.worker.protocol import Prosody, to_float32
 
 
-def floor_ms(engine: EspeakEngine, text: str, runs: int) -> float:
-    """Raw eSpeak (child forked ahead, as in the worker) + soxr to 48 kHz + libopus, in-process."""
+def floor_ms(engine: EspeakEngine, text: str, runs: int, fork: bool = False) -> float:
+    """The physical floor: raw libespeak-ng synthesis in this process + soxr to 48 kHz +
+    libopus at complexity 0. With `fork`, eSpeak speaks in the child the worker forks ahead
+    for reproducibility (`synthesize`), so the difference is that fork's cost."""
     times = []
     for _ in range(runs):
         engine.prepare()
         started = time.perf_counter()
-        samples, rate = engine.synthesize(text, None, Prosody(), None)
+        if fork:
+            samples, rate = engine.synthesize(text, None, Prosody(), None)
+        else:  # the utterance itself, without the pristine child
+            samples, rate = engine._speak(text, None, Prosody(), None), engine.sample_rate
         encoder = Encoder(FILE_FORMATS["ogg"], 48_000, False, EncodeSettings())
         encoder.feed(resample(to_float32(samples), rate, 48_000))
         encoder.finish()
@@ -81,9 +86,9 @@ def bench_parallel(runs: int, tmp: Path, compare: Path | None) -> dict[str, dict
     """Daemon figures for worker.count 1 and 2 (and another checkout's daemon), side by side:
     all of them running, asked in turn for `runs` rounds (at least 3), medians printed."""
     engine = EspeakEngine("cmn")
-    floors = {
-        name: floor_ms(engine, TEXTS[name], max(runs, 5)) for name in ("short", "medium", "300ch")
-    }
+    names = ("short", "medium", "300ch")
+    floors = {name: floor_ms(engine, TEXTS[name], max(runs, 5)) for name in names}
+    forked = {name: floor_ms(engine, TEXTS[name], max(runs, 5), fork=True) for name in names}
     setups = {"count 1": (REPO, "1"), "count 2": (REPO, "2")}
     if compare is not None:
         setups[f"{compare.name}"] = (compare, "1")
@@ -109,6 +114,8 @@ def bench_parallel(runs: int, tmp: Path, compare: Path | None) -> dict[str, dict
             proc.terminate()
             proc.wait(timeout=60)
     print("\n== /tts over HTTP against the floor (raw eSpeak + soxr + libopus in-process) ==")
+    fork = ", ".join(f"{forked[n] - floors[n]:+.1f} ms for {len(TEXTS[n])} chars" for n in names)
+    print(f"the worker's reproducibility fork (eSpeak in a pristine child) costs {fork}")
     head = "".join(f" {label:>16}" for label in rows)
     print(f"{'figure':28}{head}")
     for name in ("short", "medium", "300ch"):
@@ -133,7 +140,7 @@ def bench_parallel(runs: int, tmp: Path, compare: Path | None) -> dict[str, dict
         ("worker_rss_max_mb", "largest worker RSS MB"),
     ):
         print(f"{label:28}" + "".join(f" {r[key]:16.0f}" for r in rows.values()))
-    return {"floor_ms": floors, **rows}  # type: ignore[dict-item]  # a report, not a schema
+    return {"floor_ms": floors, "forked_floor_ms": forked, **rows}  # type: ignore[dict-item]  # a report, not a schema
 
 
 # -- soak: thousands of jobs under a small retention limit ---------------------------------------
