@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -52,9 +53,13 @@ class PeakRss:
             try:
                 root = psutil.Process(self.pid)
                 main = root.memory_info().rss
-                tree = main + sum(c.memory_info().rss for c in root.children(recursive=True))
+                children = root.children(recursive=True)
             except psutil.Error:
-                break
+                break  # the process is gone
+            tree = main
+            for child in children:  # a worker's eSpeak child may be gone by now
+                with contextlib.suppress(psutil.Error):
+                    tree += child.memory_info().rss
             self.main_mb = max(self.main_mb, main / 2**20)
             self.tree_mb = max(self.tree_mb, tree / 2**20)
             time.sleep(0.01)
