@@ -123,7 +123,20 @@ class _Av:
             raise AudioError(f"cannot encode {fmt.name} at {rate} Hz: {exc}") from exc
 
     def write(self, samples: Samples | None) -> bytes:
-        """Encode `samples` (None: flush); the bytes the muxer let go of so far."""
+        """Encode `samples` (None: flush); the bytes the muxer let go of so far. A piece goes
+        in as 200 ms frames: one frame of a whole 30 s segment made PyAV hold several copies
+        of it at once (its frame, its FIFO, the codec's format), per request under way."""
+        step = self.rate // 5
+        frames = (
+            [None]
+            if samples is None
+            else [samples[i : i + step] for i in range(0, samples.size, step)]
+        )
+        for chunk in frames:
+            self._encode(chunk)
+        return self.out.take() if isinstance(self.out, _Sink) else b""
+
+    def _encode(self, samples: Samples | None) -> None:
         frame = None
         if samples is not None:
             frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
@@ -134,7 +147,6 @@ class _Av:
                 self._container.mux(packet)
             else:
                 self._packets.append(bytes(packet))
-        return self.out.take() if isinstance(self.out, _Sink) else b""
 
     def finish(self) -> bytes:
         """Flush the encoder and close the container; the remaining bytes."""

@@ -16,8 +16,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Protocol
 
-import numpy as np
-
 from msgvoice.config import Config
 from msgvoice.speech import audio, process_memory, text
 from msgvoice.speech.chain import EngineChain
@@ -252,19 +250,19 @@ class Speaker:
     def _encode(
         self, sink: _Sink, spoken: Synthesis, gap: bool, stretch: float
     ) -> tuple[bytes, float]:
-        """Feed one segment to the sink (in a thread): its bytes and the milliseconds spent."""
+        """Feed one segment to the sink (in a thread), after the gap before it (fed on its
+        own: no copy of the segment to join them); its bytes and the milliseconds spent."""
         started = time.perf_counter()
-        data = sink.feed(self.piece(spoken, sink.rate, gap, stretch))
+        data = sink.feed(audio.gap(sink.rate, self.shaping, stretch)) if gap else b""
+        data += sink.feed(self.piece(spoken, sink.rate, stretch))
         return data, (time.perf_counter() - started) * 1000
 
-    def piece(self, synthesis: Synthesis, rate: int, after_gap: bool, stretch: float) -> Samples:
+    def piece(self, synthesis: Synthesis, rate: int, stretch: float = 1.0) -> Samples:
         """One segment as it goes into the joined output at `rate`: trimmed, faded, made
-        `stretch` times as long (pitch kept), resampled, after the gap before it."""
+        `stretch` times as long (pitch kept), resampled."""
         shaped = audio.shape_segment(synthesis.samples, synthesis.sample_rate, self.shaping)
         shaped = audio.stretch(shaped, synthesis.sample_rate, stretch)
-        joined = audio.resample(shaped, synthesis.sample_rate, rate)
-        pause = audio.gap(rate, self.shaping, stretch)
-        return np.concatenate([pause, joined]) if after_gap else joined
+        return audio.resample(shaped, synthesis.sample_rate, rate)
 
     # -- synthesis ---------------------------------------------------------------------------
 
