@@ -179,14 +179,23 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
         AudioWriter(tmp_path / "x.wma", "wma", 44_100)
 
 
-@pytest.mark.parametrize("factor", [4.0, 2.0, 0.5, 0.25])
-def test_stretch_keeps_the_pitch_and_makes_the_length_exact(factor: float) -> None:
-    """WSOLA on real eSpeak speech with a flat intonation (so one F0 throughout): exactly
-    round(len × factor) samples, the same F0 (±2 %), and no join sharper than the speech."""
+@pytest.fixture(scope="module")
+def flat_speech() -> tuple[np.ndarray, int]:
+    """Real eSpeak speech with a flat intonation (one F0 throughout), made once: eSpeak is one
+    library per process, and a worker makes one engine, never several."""
     samples, rate = EspeakEngine("cmn").synthesize(
         "今天天气很好，我们一起去公园散步吧。", None, Prosody(range=0.0), None
     )
-    x = to_float32(samples)
+    return to_float32(samples), rate
+
+
+@pytest.mark.parametrize("factor", [4.0, 2.0, 0.5, 0.25])
+def test_stretch_keeps_the_pitch_and_makes_the_length_exact(
+    flat_speech: tuple[np.ndarray, int], factor: float
+) -> None:
+    """WSOLA on speech with one F0: exactly round(len × factor) samples, the same F0 (±2 %),
+    and no join sharper than the speech."""
+    x, rate = flat_speech
     y = audio.stretch(x, rate, factor)
     assert y.size == round(x.size * factor) and y.dtype == np.float32
     assert pitch_hz(y, rate) == pytest.approx(pitch_hz(x, rate), rel=0.02)

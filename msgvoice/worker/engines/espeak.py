@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -54,6 +55,49 @@ def espeak_parameters(prosody: Prosody) -> dict[str, int]:
     return out | {"punctuation": 0, "capitals": 0, "wordgap": 0}
 
 
+_SPOKEN: list[npt.NDArray[np.int16]] = []
+"""What the library's callback collects during one utterance (one library per process)."""
+
+
+def _collect(wav: Any, count: int, _events: Any) -> int:
+    if wav and count > 0:
+        _SPOKEN.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+    return 0
+
+
+_CALLBACK = _Callback(_collect)  # referenced for the process's life: the library holds it
+
+
+@cache
+def _library() -> tuple[Any, int]:
+    """libespeak-ng, initialised once per process, and its sample rate. Its state is global
+    (voice, parameters, the synth callback): a second espeak_Initialize, or a callback freed
+    with an engine while another still speaks, crashed the process."""
+    try:
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    except OSError as exc:
+        raise EngineUnavailable(f"libespeak-ng cannot be loaded: {exc}") from exc
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    data = espeakng_loader.get_data_path().encode()
+    rate = int(lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0))
+    if rate <= 0:
+        raise EngineUnavailable(f"espeak_Initialize failed with {rate}")
+    lib.espeak_SetSynthCallback(_CALLBACK)
+    return lib, rate
+
+
 @dataclass(frozen=True)
 class _Child:
     """A forked, pristine copy of the engine waiting for one request."""
@@ -72,38 +116,9 @@ class EspeakEngine:
         self.default_voice = voice
         self._lock = threading.Lock()
         self._ready: _Child | None = None
-        self._chunks: list[npt.NDArray[np.int16]] = []
-        try:
-            lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        except OSError as exc:
-            raise EngineUnavailable(f"libespeak-ng cannot be loaded: {exc}") from exc
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
-        data = espeakng_loader.get_data_path().encode()
-        self.sample_rate = int(lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0))
-        if self.sample_rate <= 0:
-            raise EngineUnavailable(f"espeak_Initialize failed with {self.sample_rate}")
-        self._callback = _Callback(self._collect)  # keep referenced: the library holds it
-        lib.espeak_SetSynthCallback(self._callback)
-        self._lib = lib
+        self._lib, self.sample_rate = _library()
         self._libc = ctypes.CDLL(None)  # eSpeak also draws on libc's rand()
         self._set_voice(voice)
-
-    def _collect(self, wav: Any, count: int, _events: Any) -> int:
-        if wav and count > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
-        return 0
 
     def _set_voice(self, voice: str) -> None:
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
@@ -194,7 +209,7 @@ class EspeakEngine:
         self._set_voice(voice or self.default_voice)
         for name, value in espeak_parameters(prosody).items():
             self._lib.espeak_SetParameter(_PARAMS[name], value, 0)
-        self._chunks = []
+        _SPOKEN.clear()
         data = text.encode("utf-8")
         status = self._lib.espeak_Synth(
             data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
@@ -202,7 +217,8 @@ class EspeakEngine:
         self._lib.espeak_Synchronize()
         if status != 0:
             raise RuntimeError(f"espeak_Synth failed with status {status}")
-        chunks, self._chunks = self._chunks, []
+        chunks = list(_SPOKEN)
+        _SPOKEN.clear()
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
     def facts(self) -> dict[str, Any]:
