@@ -179,3 +179,34 @@ async def test_an_llm_client_fault_falls_back_to_the_lexicon(clean_env: Path, ki
         posted = await client.post("/v1/messages", json={"chat_id": "a", "text": "/tts 开心：好"})
         job = await wait_job(client, posted.json()["jobs"][0])
     assert job["state"] == "done" and job["emotion"]["source"] == "lexicon"
+
+
+@pytest.mark.parametrize("kind", ["enospc", "emfile"])
+async def test_an_answer_that_meets_a_full_disk_is_asked_again_not_dropped(
+    clean_env: Path, kind: str
+) -> None:
+    """Handing the responder's answer on fails with an exhausted resource: the question stays
+    journalled, the state dir is marked full until writes work, and the chat then gets its
+    answer exactly once."""
+    from tests.fake_llm import FakeLLM, Reply  # noqa: PLC0415
+
+    env = {"MSGVOICE_RESPONDER_MODEL": "chat"}
+    async with FakeLLM([Reply("好的。"), Reply("好的。")]) as llm:
+        env["MSGVOICE_RESPONDER_BASE_URL"] = llm.url
+        async with running(clean_env, **env) as (daemon, client):
+            conversations = daemon.router.conversations
+            assert conversations is not None
+            real_reply, failures = conversations.reply, []
+
+            def reply(chat_id: str, text: str) -> Any:
+                if not failures:
+                    failures.append(chat_id)
+                    raise FAULTS[kind]()
+                return real_reply(chat_id, text)
+
+            conversations.reply = reply
+            await client.post("/v1/messages", json={"chat_id": "a", "text": "在吗？"})
+            items = (await client.get("/v1/chats/a/outbox?wait=30")).json()["items"]
+            await until(lambda: not conversations.waiting())
+    assert failures == ["a"] and [i["text"] for i in items] == ["好的。"]
+    assert len(llm.requests) == 2  # asked again once there was room

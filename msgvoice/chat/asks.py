@@ -4,7 +4,9 @@ A chat model may take seconds or a minute to answer, and the channels take messa
 a time, so an answer asked for while a message is routed would hold every other chat's `/tts`.
 Instead the message is journalled (`asks`) and the router returns at once; `Conversations.run`
 asks the model for each chat's oldest question, chats side by side and each chat in order, and
-the answer goes out as the bot's reply. A restart mid-answer asks again: nothing is lost.
+the answer goes out as the bot's reply. A restart mid-answer asks again: nothing is lost, and
+a full disk (or no file descriptors left) while the answer is handed on is a state: the
+question stays journalled and is asked again once there is room.
 
 Each chat's conversation is journalled too (`turns`, the last HISTORY_TURNS messages, at most
 HISTORY_CHARS of them), so the model sees what was said before, across restarts.
@@ -21,6 +23,8 @@ from typing import Any
 from msgvoice.chat.journal import Journal
 from msgvoice.chat.port import next_ring
 from msgvoice.chat.schema import now_ms
+from msgvoice.chat.storage import Storage
+from msgvoice.speech.speaker import exhausted
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,14 @@ Answer = Callable[[str, str, list[Turn]], Awaitable[str | None]]
 class Conversations:
     """The journalled questions and the loop that has them answered."""
 
-    def __init__(self, journal: Journal, answer: Answer, reply: Callable[[str, str], Any]) -> None:
-        self.journal, self.answer, self.reply = journal, answer, reply
+    def __init__(
+        self,
+        journal: Journal,
+        answer: Answer,
+        reply: Callable[[str, str], Any],
+        storage: Storage | None = None,
+    ) -> None:
+        self.journal, self.answer, self.reply, self.storage = journal, answer, reply, storage
         self._busy: dict[str, asyncio.Task[None]] = {}
 
     def ask(self, chat_id: str, text: str) -> None:
@@ -98,6 +108,8 @@ class Conversations:
         try:
             with self.journal.bell.listening() as bell:
                 while True:
+                    if self.storage is not None:
+                        await self.storage.room.wait()
                     for n, chat_id, text in self.waiting():
                         if chat_id not in self._busy and len(self._busy) < AT_ONCE:
                             task = asyncio.create_task(self._answer(n, chat_id, text))
@@ -116,7 +128,10 @@ class Conversations:
             if answer:
                 self.reply(chat_id, answer)
             self._remember(n, chat_id, text, answer)
-        except Exception:
+        except Exception as exc:
+            if self.storage is not None and exhausted(exc):
+                self.storage.mark_full(f"answering chat={chat_id}: {exc}")  # asked again later
+                return
             log.exception("answering chat=%s failed; the question is dropped", chat_id)
             self.journal.db.execute("DELETE FROM asks WHERE n = ?", (n,))
         finally:

@@ -54,7 +54,9 @@ class Router:
         self.storage = storage
         self.voices, self.voice_named = voices, voice_named
         """The engine's voice names, and its spelling of one (None: it has no such voice)."""
-        self.conversations = Conversations(journal, answer, self.bot_reply) if answer else None
+        self.conversations = (
+            Conversations(journal, answer, self.bot_reply, storage) if answer else None
+        )
         """Ordinary messages for the responder, answered off the intake path (asks.py)."""
         self.superseded_at_submit = 0
         self.refused = 0
