@@ -44,6 +44,16 @@ async def im_settled(daemon: DaemonParts, imsg: Imsg) -> None:
     await settled(daemon, "im:", "imessage.rowid", imsg.rowid)
 
 
+async def one_voice_note(state: Path, imsg: Imsg) -> dict[str, Any]:
+    """`/tts 你好` through a daemon on `imsg`: the one line imsg was asked to send."""
+    async with running(state, **imsg.env()) as (daemon, _):
+        imsg.incoming("/tts 你好")
+        await until(lambda: imsg.lines("sent.jsonl"))
+        await im_settled(daemon, imsg)
+    (voice,) = imsg.lines("sent.jsonl")
+    return voice
+
+
 # -- Telegram ----------------------------------------------------------------------------------
 
 
@@ -258,11 +268,13 @@ async def test_a_token_revoked_while_running_stops_the_channel(
 
 
 class Imsg:
-    """The fake imsg's state folder."""
+    """The fake imsg's state folder, with `steering` files in it (see tests/fake_imsg.py)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *steering: str) -> None:
         self.dir = root
         root.mkdir(parents=True, exist_ok=True)
+        for name in steering:
+            (root / name).touch()
         self.rowid = 100
 
     def incoming(self, text: str, chat_id: int = 1, is_from_me: bool = False) -> int:
@@ -371,13 +383,7 @@ async def test_imessage_daemon_restart_resumes_from_the_saved_rowid(
 async def test_imessage_voice_bubbles_through_the_bridge(clean_env: Path, tmp_path: Path) -> None:
     """With imsg's IMCore bridge up (`imsg status --json`: advanced_features), voice notes go
     through `send.attachment` with `as_voice: true`, which marks them as audio messages."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "bridge").touch()
-    async with running(clean_env, **imsg.env()) as (daemon, _):
-        imsg.incoming("/tts 你好")
-        await until(lambda: imsg.lines("sent.jsonl"))
-        await im_settled(daemon, imsg)
-    (voice,) = imsg.lines("sent.jsonl")
+    voice = await one_voice_note(clean_env, Imsg(tmp_path / "imsg", "bridge"))
     assert voice["method"] == "send.attachment" and voice["as_voice"] is True
     assert describe(Path(voice["file"]))[:2] == ("caf", "opus")
 
@@ -389,8 +395,7 @@ async def test_imessage_failed_watch_restarts_and_the_next_message_is_answered(
     ends that session (logged), restarts imsg, resubscribes from the journalled rowid, and the
     next message is answered; imsg's stderr is in msgvoice's log."""
     caplog.set_level(logging.INFO, logger="msgvoice")
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "watch-fails").touch()
+    imsg = Imsg(tmp_path / "imsg", "watch-fails")
     async with running(clean_env, **imsg.env()) as (daemon, _):
         await until(lambda: len(imsg.lines("subscribes.jsonl")) >= 2)
         imsg.incoming("/help")
@@ -406,8 +411,7 @@ async def test_imessage_send_that_timed_out_is_not_sent_twice(
 ) -> None:
     """A send whose answer comes after the request timeout may have gone out: before trying
     again msgvoice reads the chat's `messages.history`, finds it, and does not send it again."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "slow-send").touch()
+    imsg = Imsg(tmp_path / "imsg", "slow-send")
     async with running(clean_env, **imsg.env()) as (daemon, _):
         imsg.incoming("/help")
         await until(lambda: imsg.lines("history.jsonl"), within=30)
@@ -437,8 +441,7 @@ async def test_imessage_without_full_disk_access_says_what_to_grant(
     """When imsg cannot read chat.db, the log says to grant Full Disk Access to the program
     that starts imsg (this Python under launchd), by its path."""
     python = str(Path(sys.executable).resolve())  # noqa: ASYNC240 (a test's set-up)
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "no-fda").touch()
+    imsg = Imsg(tmp_path / "imsg", "no-fda")
     async with running(clean_env, **imsg.env()):
         await until(lambda: "Full Disk Access" in caplog.text)
     assert python in caplog.text

@@ -9,28 +9,20 @@ import pytest
 
 from tests.conftest import until
 from tests.daemon_util import running
-from tests.test_channels import Imsg, im_settled
+from tests.test_channels import Imsg, im_settled, one_voice_note
 
 
 async def test_a_stale_bridge_is_not_used(clean_env: Path, tmp_path: Path) -> None:
     """`advanced_features` true from a stale lock file but no live answer (`v2_ready` false):
     voice notes go out with `send` and a file, never `send.attachment`."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "stale-bridge").touch()
-    async with running(clean_env, **imsg.env()) as (daemon, _):
-        imsg.incoming("/tts 你好")
-        await until(lambda: imsg.lines("sent.jsonl"))
-        await im_settled(daemon, imsg)
-    (voice,) = imsg.lines("sent.jsonl")
+    voice = await one_voice_note(clean_env, Imsg(tmp_path / "imsg", "stale-bridge"))
     assert voice["method"] == "send" and "as_voice" not in voice and voice["file"]
 
 
 async def test_a_bridge_that_breaks_falls_back_to_send(clean_env: Path, tmp_path: Path) -> None:
     """The bridge answered the probe, then fails at `send.attachment`: that voice note and the
     next go out with `send` and the file, none is lost or held."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "bridge").touch()
-    (imsg.dir / "bridge-breaks").touch()
+    imsg = Imsg(tmp_path / "imsg", "bridge", "bridge-breaks")
     async with running(clean_env, **imsg.env()) as (daemon, _):
         imsg.incoming("/tts 你好")
         await until(lambda: imsg.lines("sent.jsonl"))
@@ -46,8 +38,7 @@ async def test_attachment_not_found_fails_that_item_and_the_next_text_arrives(
 ) -> None:
     """ "Attachment not found" (-32603) is that voice note's end, not a retry for ever: it is
     marked failed and the chat's next message (a text) is delivered."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "attachment-gone").touch()
+    imsg = Imsg(tmp_path / "imsg", "attachment-gone")
     async with running(clean_env, **imsg.env()) as (daemon, client):
         imsg.incoming("/tts 你好")
         await until(lambda: [i for i in daemon.journal.outbox("im:1") if i.kind == "audio"])
@@ -78,8 +69,7 @@ async def test_a_send_that_timed_out_is_remembered_across_a_restart(
 ) -> None:
     """The daemon stops right after a send timed out (imsg had sent it): the next daemon
     looks in the chat's history first and does not send it again."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "slow-send").touch()
+    imsg = Imsg(tmp_path / "imsg", "slow-send")
     async with running(clean_env, **imsg.env()) as (daemon, _):
         imsg.incoming("/help")
         await until(lambda: daemon.journal.cursor("imessage.timed_out:im:1:1"), within=30)
@@ -94,8 +84,7 @@ async def test_missing_full_disk_access_is_said_once_per_episode(
 ) -> None:
     """imsg restarted again and again without Full Disk Access: the fix is logged once, not
     at every restart."""
-    imsg = Imsg(tmp_path / "imsg")
-    (imsg.dir / "no-fda").touch()
+    imsg = Imsg(tmp_path / "imsg", "no-fda")
     async with running(clean_env, **imsg.env()):
         await until(lambda: len(imsg.lines("starts.jsonl")) >= 3)
     told = [r for r in caplog.records if "cannot read chat.db" in r.getMessage()]
