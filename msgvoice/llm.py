@@ -52,7 +52,8 @@ class ServerDown(Exception):
 @dataclass
 class Refused(Exception):
     """The server answered and said no to this request. `about`: "auth" (a 401/403: the API
-    key), "model" (not there, not loaded), "format" (`response_format`) or "request"."""
+    key), "model" (not there), "unloaded" (there, but no model is loaded: LM Studio with JIT
+    off), "format" (`response_format`) or "request"."""
 
     status: int
     message: str
@@ -85,7 +86,9 @@ def failure(status: int, text: str) -> Exception:
         return Refused(status, message, "format")
     if status in (401, 403):
         return Refused(status, message, "auth")
-    if any(h in lowered for h in NO_MODEL_HINTS) or (status == 404 and "model" in lowered):
+    if any(h in lowered for h in NO_MODEL_HINTS):
+        return Refused(status, message, "unloaded")
+    if status == 404 and "model" in lowered:
         return Refused(status, message, "model")
     if status >= 500 or status == 429 or any(h in lowered for h in LOADING_HINTS):
         return ServerDown(f"HTTP {status}: {message[:160]}")

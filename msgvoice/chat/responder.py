@@ -2,7 +2,7 @@
 
 Each answer sees the chat's conversation so far (journalled by `asks`), is bounded in time
 (`timeout_s`) and in length (`max_tokens`), and has a reasoning model's `<think>` blocks
-removed. Failures are told apart as the emotion analyser tells them (llm_server): a refused
+removed. Failures are told apart as the emotion analyser tells them (msgvoice/llm.py): a refused
 key, model or request is said once with its fix; a server that does not answer, each time.
 """
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 FIXES = {
     "auth": "set responder.api_key to the key the server wants",
     "model": "set responder.model to a model the server has",
+    "unloaded": "load responder.model in the server (LM Studio with JIT off loads none itself)",
     "format": "the server refused the request's form: see its log",
     "request": "the server refused the request: see its log",
 }

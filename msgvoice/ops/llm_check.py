@@ -3,7 +3,7 @@ long a real analysis takes against the bound replies really have.
 
 The model is warmed first (a one-token request within `llm_first_call_timeout_s`), so the
 analysis is timed as a reply meets a warm server: within `llm_timeout_s`, or it did not make
-it. Fixes are for the kind of server found (see llm_server).
+it. Fixes are for the kind of server found (see msgvoice/llm.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ START_FIXES = {
     "llama-cpp-python": "start `python -m llama_cpp.server --model MODEL.gguf`",
 }
 KEY_FIX = "the server wants another API key: set emotion.llm_api_key (LMSTUDIO_API_KEY)"
+REFUSAL_FIXES = {
+    "auth": KEY_FIX,
+    "unloaded": "load the model in LM Studio (or set emotion.llm_autoload)",
+    "model": "check emotion.llm_model ({model!r}) against the server's",
+    "request": "the server refused the request: check emotion.llm_model and its log",
+}
+"""A refused analysis's fix, by what was refused (llm.Refused.about)."""
 
 
 async def check_llm(
@@ -77,7 +84,7 @@ async def _analyse(
     analyser = Analyser(emotion, client)
     try:
         try:
-            await analyser.warm_up()
+            await analyser.health.ping_once()
         except (TimeoutError, ServerDown) as exc:
             what = "no answer" if isinstance(exc, TimeoutError) else str(exc)
             return Check(
@@ -108,15 +115,9 @@ def _why_not(analyser: Analyser, where: str) -> tuple[str, str]:
             "use a smaller or faster model, or raise emotion.llm_timeout_s",
         )
     message = f"{where} gave no emotion vectors ({analyser.last_error}); styles use the lexicon"
-    if isinstance(failure, Refused) and failure.about == "auth":
-        return message, KEY_FIX
-    if isinstance(failure, Refused) and failure.about == "model":
-        fix = "load the model in LM Studio (or set emotion.llm_autoload)"
-        if "LM Studio" not in where:
-            fix = f"check emotion.llm_model ({emotion.llm_model!r}) against what the server has"
-        return message, fix
     if isinstance(failure, Refused):
-        return message, "the server refused the request: check emotion.llm_model and its log"
+        fix = REFUSAL_FIXES.get(failure.about, REFUSAL_FIXES["request"])
+        return message, fix.format(model=emotion.llm_model)
     if isinstance(failure, ServerDown):
         return message, "the server failed: see its log"
     return (

@@ -25,7 +25,6 @@ not answer costs at most one reply its wait (`state` says where it stands):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -74,6 +73,10 @@ _ANSWER_FAILURES = (ValueError, _CutOff, Refused)
 """The server answered, without vectors: this reply falls back, the server is up."""
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def budget(form: str, segments: int) -> int:
     """max_tokens for an answer: room to think for structured output, little for free-form
     (an answer that is not constrained to JSON is rarely worth many tokens)."""
@@ -99,11 +102,16 @@ class Analyser:
             config.llm_first_call_timeout_s,
             self._ping,
         )
-        self.last_error: str | None = None
         self.last_failure: BaseException | None = None
+        """Why the last reply fell back."""
         self._cache: OrderedDict[tuple[str, str, tuple[str, ...]], list[Vector]] = OrderedDict()
         self._said: set[str] = set()
         self.calls = {"ok": 0, "error": 0, "cached": 0, "skipped": 0}
+
+    @property
+    def last_error(self) -> str | None:
+        """The last fall-back's reason, as logged."""
+        return None if self.last_failure is None else _reason(self.last_failure)
 
     def facts(self) -> dict[str, Any]:
         """The analyser in /healthz and doctor."""
@@ -125,15 +133,6 @@ class Analyser:
     async def close(self) -> None:
         """Stop a warm-up or probe still running."""
         await self.health.close()
-
-    async def warm_up(self) -> float:
-        """One one-token request, bounded by the first-call allowance; its seconds (any answer
-        counts; TimeoutError or ServerDown when there is none)."""
-        started = time.monotonic()
-        async with asyncio.timeout(self.config.llm_first_call_timeout_s):
-            with contextlib.suppress(*_ANSWER_FAILURES):
-                await self._ping()
-        return time.monotonic() - started
 
     async def _ping(self) -> None:
         await self._post(self._body([{"role": "user", "content": "hi"}], max_tokens=1))
@@ -168,8 +167,7 @@ class Analyser:
 
     def _fell_back(self, exc: BaseException, started: float, bound: float) -> None:
         self.calls["error"] += 1
-        why = str(exc) or type(exc).__name__
-        self.last_error, self.last_failure = why, exc
+        self.last_failure, why = exc, _reason(exc)
         # A refusal repeats on every message: said once at warning level, then quietly.
         level = logging.INFO if isinstance(exc, Refused) and why in self._said else logging.WARNING
         self._said.add(why)
@@ -241,14 +239,14 @@ class Analyser:
         return parse_vectors(content_of(choice), len(segments))
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One chat completion's first choice (see llm_server.complete); an answer of any
+        """One chat completion's first choice (see llm.complete); an answer of any
         kind marks the server up, and LM Studio's "no model loaded" is handled here."""
         try:
             choice = await complete(self.client, self.url, body, self.config.llm_api_key)
         except (Refused, ValueError) as exc:
             self.health.answered()
-            no_model = isinstance(exc, Refused) and exc.about == "model" and "load" in exc.message
-            if no_model and await self._no_model():
+            unloaded = isinstance(exc, Refused) and exc.about == "unloaded"
+            if unloaded and await self._no_model():
                 return await complete(self.client, self.url, body, self.config.llm_api_key)
             raise
         self.health.answered()

@@ -125,21 +125,29 @@ class Liveness:
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._probe_until_answered(), name="llm-probe")
 
+    async def ping_once(self) -> None:
+        """One ping within the cold allowance. Any answer, a refusal too, marks the server
+        up; SERVER_FAILURES (no answer) are raised."""
+        try:
+            async with asyncio.timeout(self.cold_bound_s):
+                await self.ping()
+        except SERVER_FAILURES:
+            raise
+        except Exception:  # any answer at all: the server is up
+            pass
+        self.answered()
+
     async def _probe_until_answered(self) -> None:
-        """Pings bounded by the cold allowance, backing off, until the server answers."""
+        """Pings, backing off, until the server answers."""
         backoff = Backoff(PROBE_FIRST_S, PROBE_MAX_S)
         started = time.monotonic()
         while True:
             try:
-                async with asyncio.timeout(self.cold_bound_s):
-                    await self.ping()
+                await self.ping_once()
             except SERVER_FAILURES as exc:
                 self.went_down(exc)
                 await asyncio.sleep(backoff.failed())
                 continue
-            except Exception:  # any answer at all: the server is up
-                pass
-            self.answered()
             log.info("%s warm in %.1fs", self.name, time.monotonic() - started)
             return
 
