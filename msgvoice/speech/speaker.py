@@ -280,10 +280,10 @@ class Speaker:
         report.timings.update(
             emotion_ms=(time.perf_counter() - started) * 1000, synth_ms=0.0, worker_ms=0.0
         )
-        voice = job.voice or self.chain.default_voice
+        voice, speed = job.voice or self.chain.default_voice, self.chain.speeds(job.speed)[0]
         for piece, vector in zip(pieces, emotion.vectors, strict=True):
             prosody = to_prosody(vector)
-            prosody = replace(prosody, rate=prosody.rate * self.chain.speeds(job.speed)[0])
+            prosody = replace(prosody, rate=prosody.rate * speed)
             request = SynthRequest(
                 job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed
             )
