@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class Channel(Protocol):
-    """A push channel (Telegram, iMessage): runs until cancelled; its chats' ids start with
+    """A push channel (Telegram, iMessage, Matrix): runs until cancelled; its chats' ids start with
     `prefix`."""
 
     prefix: str
@@ -292,4 +292,8 @@ def _push_channels(config: Config, router: Router, client: httpx.AsyncClient) ->
         )
     if config.imessage.enabled:
         channels.append(ImessageChannel(config.imessage, router))
+    if config.matrix.enabled:
+        from msgvoice.channels.matrix import MatrixChannel  # noqa: PLC0415 (nio: only if used)
+
+        channels.append(MatrixChannel(config.matrix, router))
     return channels

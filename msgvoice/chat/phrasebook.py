@@ -46,6 +46,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "storage_full": "存储空间或系统资源已用尽，暂时无法生成语音，请稍后再试",
         "nothing_to_speak": "这段文字里没有可以读出来的内容（只有表情、标点或空白）",
         "style_too_long": "风格描述太长了：最多 {max} 个字符",
+        "encrypted": "这个房间是加密的，我读不了加密消息。请在未加密的房间里使用我",
         "console_banner": "msgvoice console: 输入 /tts 你好 或 /help；Ctrl-D 退出",
         "console_text": "机器人: {text}",
         "console_voice": "机器人: [语音] {path}{seconds}",
@@ -88,6 +89,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "nothing_to_speak": "There is nothing to speak in that: only emoji, punctuation or "
         "blank characters",
         "style_too_long": "That style description is too long: at most {max} characters",
+        "encrypted": "This room is encrypted and I cannot read encrypted messages. "
+        "Please use me in a room without encryption",
         "console_banner": "msgvoice console: type /tts hello or /help; Ctrl-D quits",
         "console_text": "bot: {text}",
         "console_voice": "bot: [voice] {path}{seconds}",

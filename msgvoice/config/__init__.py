@@ -24,6 +24,7 @@ from msgvoice.config.sections import (
     EmotionConfig,
     HttpConfig,
     ImessageConfig,
+    MatrixConfig,
     ResponderConfig,
     RetentionConfig,
     ServiceConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "ImessageConfig",
     "IndexTtsConfig",
     "KokoroConfig",
+    "MatrixConfig",
     "RemoteConfig",
     "ResponderConfig",
     "RetentionConfig",
@@ -116,6 +118,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     imessage: ImessageConfig = field(default_factory=ImessageConfig)
+    matrix: MatrixConfig = field(default_factory=MatrixConfig)
     kokoro: KokoroConfig = field(default_factory=KokoroConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
@@ -173,7 +176,7 @@ ALIAS_VALUES: dict[str, dict[str, str]] = {
 }
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
-CHANNEL_SECTIONS = ("telegram", "imessage")
+CHANNEL_SECTIONS = ("telegram", "imessage", "matrix")
 """Sections written as [channels.<name>] in TOML."""
 OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent

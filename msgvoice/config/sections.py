@@ -187,6 +187,24 @@ class ImessageConfig:
 
 
 @dataclass(frozen=True)
+class MatrixConfig:
+    enabled: bool = False
+    """Run the Matrix channel (TOML: [channels.matrix])."""
+    homeserver: str = ""
+    """The bot account's homeserver, e.g. "https://matrix.example.org"."""
+    user_id: str = ""
+    """The bot's Matrix ID, e.g. "@msgvoice:example.org"."""
+    password: str = ""
+    """Its password (logs in once; the session is kept in the state dir), or:"""
+    access_token: str = ""
+    """an access token of the bot account (used instead of the password)."""
+    allow: tuple[str, ...] = ()
+    """Matrix user or room ids allowed to use commands and to invite the bot (empty = all)."""
+    sync_timeout_s: int = key(30, lo=0, hi=120)
+    """Long-polling wait of /sync."""
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     drain_timeout_s: float = key(30.0, lo=0, hi=3600)
     """On SIGTERM, how long a running synthesis may finish before it is cancelled."""

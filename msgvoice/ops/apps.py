@@ -1,6 +1,6 @@
 """doctor's look at the chat apps: Telegram's token and webhook (getMe, getWebhookInfo, as the
-Bot API answers them) and imsg (can it read chat.db; is its IMCore bridge up for voice
-bubbles), each bounded and read-only."""
+Bot API answers them), the Matrix homeserver and the bot's credentials, and imsg (can it read
+chat.db; is its IMCore bridge up for voice bubbles), each bounded and read-only."""
 
 from __future__ import annotations
 
@@ -48,6 +48,47 @@ async def check_telegram(config: Config, client: httpx.AsyncClient) -> Check | N
         )
     note = f"; its webhook {webhook} is deleted at start" if webhook else ""
     return Check("telegram", "pass", f"bot @{name}, polling{note}")
+
+
+async def check_matrix(config: Config, client: httpx.AsyncClient) -> Check | None:
+    """The homeserver answers as one, and takes the access token (whoami) or offers the
+    password login (doctor does not log in: that would add a device each time)."""
+    mx = config.matrix
+    if not mx.enabled:
+        return None
+    fix = "set [channels.matrix] homeserver to the bot's homeserver URL (https://...)"
+    base = mx.homeserver.rstrip("/") + "/_matrix/client"
+    auth = {"Authorization": f"Bearer {mx.access_token}"} if mx.access_token else {}
+    try:
+        versions = (await client.get(f"{base}/versions", timeout=HTTP_PROBE_TIMEOUT_S)).json()
+        path = "v3/account/whoami" if auth else "v3/login"
+        answer = await client.get(f"{base}/{path}", headers=auth, timeout=HTTP_PROBE_TIMEOUT_S)
+        body = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        if not mx.homeserver:
+            return Check("matrix", "error", "matrix.homeserver is not set", fix)
+        return Check("matrix", "warning", f"homeserver {mx.homeserver} unreachable: {exc}")
+    if not isinstance(versions, dict) or "versions" not in versions:
+        return Check("matrix", "error", f"{mx.homeserver} is not a Matrix homeserver", fix)
+    flows = [f.get("type") for f in body.get("flows", [])] if not auth else []
+    if auth:
+        ok = answer.status_code == 200
+        what = (
+            f"bot {body.get('user_id')} (access token)"
+            if ok
+            else (f"the homeserver refused matrix.access_token: {body.get('errcode')}")
+        )
+    elif "m.login.password" not in flows:
+        ok, what = False, "this homeserver offers no password login"
+    else:
+        ok = bool(mx.user_id and mx.password)
+        what = (
+            f"bot {mx.user_id} logs in with its password"
+            if ok
+            else ("matrix.user_id and matrix.password (or matrix.access_token) are not set")
+        )
+    fix = "set matrix.user_id and matrix.password, or matrix.access_token, of the bot account"
+    return Check("matrix", "pass", what) if ok else Check("matrix", "error", what, fix)
 
 
 async def check_imessage(config: Config) -> Check | None:

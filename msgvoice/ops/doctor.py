@@ -16,7 +16,7 @@ import httpx
 
 from msgvoice.config import Config
 from msgvoice.ops import service
-from msgvoice.ops.apps import check_imessage, check_telegram
+from msgvoice.ops.apps import check_imessage, check_matrix, check_telegram
 from msgvoice.ops.llm_check import check_llm
 from msgvoice.ops.probes import (
     Check,
@@ -189,7 +189,11 @@ async def report(
             checks.append(check_daemon({"worker": worker}, True))
             llm = live_llm() if live_llm else None
         checks.append(await check_llm(config, client, llm))
-        apps = [await check_telegram(config, client), await check_imessage(config)]
+        apps = [
+            await check_telegram(config, client),
+            await check_matrix(config, client),
+            await check_imessage(config),
+        ]
         checks += [check for check in apps if check is not None]
     checks.append(check_service(config))
     return {

@@ -18,7 +18,7 @@ from msgvoice.speech.formats import FILE_FORMATS
 from msgvoice.speech.job import transient
 from msgvoice.worker.protocol import Samples, to_float32
 
-__all__ = ["AudioError", "convert", "decode", "describe", "fit_voice_note"]
+__all__ = ["AudioError", "convert", "decode", "describe", "fit_voice_note", "levels"]
 
 
 @contextlib.contextmanager
@@ -57,6 +57,18 @@ def describe(path: Path) -> tuple[str, str, int]:
     with _reading(path), av.open(str(path)) as container:
         stream = container.streams.audio[0]
         return container.format.name, stream.codec_context.name, int(stream.rate or 0)
+
+
+def levels(path: Path, points: int) -> tuple[float, list[float]]:
+    """A voice note's length in seconds and its loudness as `points` levels from 0 to 1 (the
+    RMS of each stretch, the loudest 1): the waveform chat apps draw on a voice bubble."""
+    samples, rate = decode(path)
+    if not samples.size:
+        return 0.0, [0.0] * points
+    stretches = np.array_split(samples.astype(np.float64), points)
+    rms = np.array([np.sqrt(np.mean(np.square(s))) if s.size else 0.0 for s in stretches])
+    top = float(rms.max()) or 1.0
+    return samples.size / rate, [float(v) for v in rms / top]
 
 
 def convert(src: Path, fmt: str, rate: int, settings: EncodeSettings | None = None) -> Path:
