@@ -83,8 +83,10 @@ class Homeserver:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "homeserver.yaml"
         config.write_text(CONFIG.format(root=self.root, port=self.port, secret=SECRET))
-        seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")  # signedjson's format
-        (self.root / "signing.key").write_text(f"ed25519 a_test {seed}\n")
+        key = self.root / "signing.key"
+        if not key.exists():  # a restart keeps the server's key
+            seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")  # signedjson's format
+            key.write_text(f"ed25519 a_test {seed}\n")
         log = open(self.root / "homeserver.log", "ab")  # noqa: SIM115 (the process keeps it)
         self.proc = subprocess.Popen(
             [str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "-c", str(config)],

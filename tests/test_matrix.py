@@ -221,6 +221,34 @@ def test_a_room_the_bot_was_kicked_from_never_holds_another(
     assert "refused for good" in log_of(tmp_path / "state")
 
 
+def test_a_homeserver_outage_is_waited_out_and_the_voice_note_arrives_once(
+    tmp_path: Path,
+) -> None:
+    """The homeserver goes down while a voice note is made: sync and delivery retry with
+    back-off (warnings, no traceback), and once it is back the note arrives, once."""
+    with homeserver(tmp_path / "synapse") as server:
+        bot, alice = people(server, "alice")
+        state = tmp_path / "state"
+        daemon = bot_daemon(state, server, bot).start()
+        try:
+            room = alice.create_room(bot.user_id)
+            alice.wait_joined(room, bot.user_id)
+            alice.say(room, f"/tts {LONG}")
+            daemon.wait_health(lambda h: bool(h["running_jobs"]))
+            server.stop()
+            deadline = time.monotonic() + 60
+            while "failed, retrying" not in log_of(state):
+                assert time.monotonic() < deadline, log_of(state)
+                time.sleep(0.05)
+            server.start()
+            alice.wait_for(room, bot.user_id, 1)
+            alice.say(room, "/tts 又好了")
+            voices = alice.wait_for(room, bot.user_id, 2)
+        finally:
+            assert daemon.signal(signal.SIGTERM) == 0
+    assert len(voices) == 2 and "Traceback" not in log_of(state)
+
+
 def test_rate_limited_voice_notes_wait_retry_after_and_arrive_once(
     server: Homeserver, tmp_path: Path
 ) -> None:
