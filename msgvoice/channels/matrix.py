@@ -56,11 +56,17 @@ from msgvoice.channels.matrix_api import (
     text_of,
     voice_content,
 )
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
+from msgvoice.channels.outbox import (
+    ChannelError,
+    OutboxPump,
+    prefixed,
+    serve,
+    take_in,
+    wait_out,
+)
 from msgvoice.channels.telegram_api import split_text
-from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, allowed, keep_running
+from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, allowed
 from msgvoice.config import MatrixConfig
-from msgvoice.net import next_backoff
 from msgvoice.speech.convert import AudioError, fit_voice_note, levels
 
 log = logging.getLogger(__name__)
@@ -95,11 +101,7 @@ class MatrixChannel:
         """Log in, then sync and push the outbox until cancelled."""
         try:
             await self.api.log_in()
-            async with asyncio.TaskGroup() as group:  # intake and delivery: apart
-                group.create_task(
-                    keep_running("matrix intake", self._sync, stop_on=(LoginRefused,))
-                )
-                group.create_task(keep_running("matrix delivery", self.pump.run))
+            await serve("matrix", self._sync, self.pump.run, (LoginRefused,))
         except* LoginRefused as group:
             log.error(
                 "matrix channel stopped: %s; set matrix.password or matrix.access_token of the "
@@ -136,10 +138,7 @@ class MatrixChannel:
                 await self.api.log_in()
                 continue
             except ChannelError as exc:
-                backoff = next_backoff(backoff)
-                wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
-                log.warning("matrix sync failed, retrying in %.1fs: %s", wait, exc)
-                await asyncio.sleep(wait)
+                backoff = await wait_out("matrix sync", exc, backoff)
                 continue
             backoff, since, done = 0.0, answer.next_batch, set()
             self.chat.set_cursor(key, json.dumps({"since": since, "done": []}))

@@ -17,7 +17,6 @@ makes Element draw a voice bubble. MSC3246's waveform is 30-120 integers from 0 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -28,10 +27,9 @@ from typing import Any, TypeVar
 import aiohttp
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse
 
-from msgvoice.channels.outbox import ChannelError
+from msgvoice.channels.outbox import ChannelError, wait_out
 from msgvoice.chat.port import ChatPort
 from msgvoice.config import MatrixConfig
-from msgvoice.net import next_backoff
 
 log = logging.getLogger(__name__)
 logging.getLogger("nio").setLevel(logging.ERROR)  # every event at INFO; every error answer twice
@@ -115,10 +113,7 @@ class MatrixApi:
             except ChannelError as exc:
                 if exc.permanent:
                     raise LoginRefused(str(exc)) from exc
-                backoff = next_backoff(backoff)
-                wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
-                log.warning("matrix login failed, retrying in %.1fs: %s", wait, exc)
-                await asyncio.sleep(wait)
+                backoff = await wait_out("matrix login", exc, backoff)
         log.info("matrix bot %s (device %s)", self.client.user_id, self.client.device_id)
         with contextlib.suppress(ChannelError):
             media = await self.call("media config", self.client.content_repository_config())

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from msgvoice.chat.port import ChatPort, OutboxItem, next_ring
+from msgvoice.chat.port import ChatPort, OutboxItem, keep_running, next_ring
 from msgvoice.net import next_backoff
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,29 @@ UNEXPECTED_TRIES = 3
 def prefixed(allow: tuple[str, ...], prefix: str) -> tuple[str, ...]:
     """An allow-list names the app's own ids; chats are journalled as <prefix><id>."""
     return allow + tuple(f"{prefix}{a}" for a in allow)
+
+
+async def serve(
+    name: str,
+    intake: Callable[[], Awaitable[None]],
+    delivery: Callable[[], Awaitable[None]],
+    stop_on: tuple[type[Exception], ...],
+) -> None:
+    """A channel's intake and delivery, each under `keep_running`, so neither can stop the
+    other; one of `stop_on` raised by the intake (credentials the app refuses) ends both."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(keep_running(f"{name} intake", intake, stop_on=stop_on))
+        group.create_task(keep_running(f"{name} delivery", delivery))
+
+
+async def wait_out(what: str, exc: ChannelError, backoff: float) -> float:
+    """After a failed poll or login: sleep the app's `retry_after`, else the next back-off
+    (logged); returns the back-off, for the next failure to grow."""
+    backoff = next_backoff(backoff)
+    wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
+    log.warning("%s failed, retrying in %.1fs: %s", what, wait, exc)
+    await asyncio.sleep(wait)
+    return backoff
 
 
 INTAKE_TRIES = 3

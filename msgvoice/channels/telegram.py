@@ -31,7 +31,14 @@ from typing import Any
 
 import httpx
 
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
+from msgvoice.channels.outbox import (
+    ChannelError,
+    OutboxPump,
+    prefixed,
+    serve,
+    take_in,
+    wait_out,
+)
 from msgvoice.channels.telegram_api import (
     CONTENT,
     GROUPS,
@@ -50,7 +57,6 @@ from msgvoice.chat.port import (
     ChatPort,
     Incoming,
     OutboxItem,
-    keep_running,
     next_ring,
 )
 from msgvoice.config import TelegramConfig
@@ -97,11 +103,7 @@ class TelegramChannel:
         the server refuses stops the channel (logged once), not the daemon."""
         try:
             await self._identify()
-            async with asyncio.TaskGroup() as group:  # intake and delivery: apart
-                group.create_task(
-                    keep_running("telegram intake", self._poll, stop_on=(Unauthorized,))
-                )
-                group.create_task(keep_running("telegram delivery", self.pump.run))
+            await serve("telegram", self._poll, self.pump.run, (Unauthorized,))
         except* Unauthorized as group:
             log.error(
                 "telegram channel stopped: the Bot API refused the token from %s (%s); "
@@ -153,10 +155,7 @@ class TelegramChannel:
             except Unauthorized:
                 raise
             except ChannelError as exc:
-                backoff = next_backoff(backoff)
-                wait = exc.retry_after_s if exc.retry_after_s is not None else backoff
-                log.warning("telegram getUpdates failed, retrying in %.1fs: %s", wait, exc)
-                await asyncio.sleep(wait)
+                backoff = await wait_out("telegram getUpdates", exc, backoff)
                 continue
             backoff = 0.0
             for update in updates or []:
