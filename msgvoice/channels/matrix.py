@@ -94,8 +94,8 @@ class MatrixChannel:
         self.api = MatrixApi(config, chat)
         self.client, self.call = self.api.client, self.api.call
         self.pump = OutboxPump(chat, PREFIX, self._send)
-        self._uploaded: dict[str, tuple[str, int]] = {}
-        """A voice note's part already in the media repository → (mxc URL, size)."""
+        self._uploaded: dict[str, dict[str, Any]] = {}
+        """A voice note's part already in the media repository → its voice message."""
 
     async def run(self) -> None:
         """Log in, then sync and push the outbox until cancelled."""
@@ -130,7 +130,7 @@ class MatrixChannel:
                         full_state=not since,
                     ),
                 )
-                await self._batch(answer, since, done)
+                await self._batch(answer, key, since, done)
             except SessionLost as exc:
                 if self.config.access_token:
                     raise LoginRefused(f"matrix.access_token was logged out ({exc})") from exc
@@ -143,9 +143,9 @@ class MatrixChannel:
             backoff, since, done = 0.0, answer.next_batch, set()
             self.chat.set_cursor(key, json.dumps({"since": since, "done": []}))
 
-    async def _batch(self, answer: SyncResponse, since: str, done: set[str]) -> None:
-        """One sync's invites and (after the first start) its rooms' new events."""
-        key = SYNC + self.client.user_id
+    async def _batch(self, answer: SyncResponse, key: str, since: str, done: set[str]) -> None:
+        """One sync's invites and (after the first start) its rooms' new events, each
+        handled one recorded under the cursor `key`."""
         for room_id, invite in answer.rooms.invite.items():
             await take_in(f"matrix invite to {room_id}", self._invited, (room_id, invite))
         for room_id in answer.rooms.leave:
@@ -257,18 +257,23 @@ class MatrixChannel:
             self._uploaded.pop(str(part), None)
 
     async def _voice(self, part: Path, body: str) -> dict[str, Any]:
-        """The voice message of one part, its audio uploaded once."""
+        """The voice message of one part: its audio measured and uploaded once, however often
+        the item is retried."""
+        if (content := self._uploaded.get(str(part))) is not None:
+            return content
         seconds, loudness = await asyncio.to_thread(levels, part, WAVEFORM_POINTS)
-        if (uploaded := self._uploaded.get(str(part))) is None:
-            data = await asyncio.to_thread(part.read_bytes)
-            answer, _ = await self.call(
-                "upload",
-                self.client.upload(lambda *_: data, "audio/ogg", f"{body}.ogg", filesize=len(data)),
-            )
-            uploaded = self._uploaded[str(part)] = (answer.content_uri, len(data))
-            while len(self._uploaded) > 64:  # refused items leave theirs: keep a few
-                self._uploaded.pop(next(iter(self._uploaded)))
-        return voice_content(*uploaded, round(seconds * 1000), loudness, body)
+        data = await asyncio.to_thread(part.read_bytes)
+        answer, _ = await self.call(
+            "upload",
+            self.client.upload(lambda *_: data, "audio/ogg", f"{body}.ogg", filesize=len(data)),
+        )
+        content = voice_content(
+            answer.content_uri, len(data), round(seconds * 1000), loudness, body
+        )
+        self._uploaded[str(part)] = content
+        while len(self._uploaded) > 64:  # refused items leave theirs: keep a few
+            self._uploaded.pop(next(iter(self._uploaded)))
+        return content
 
     async def _post(self, item: OutboxItem, part: int, content: dict[str, Any]) -> None:
         """One event; resent with the same transaction id, the homeserver posts it once."""
