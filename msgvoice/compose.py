@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class Channel(Protocol):
-    """A push channel (Telegram, iMessage, Matrix): runs until cancelled; its chats' ids start with
-    `prefix`."""
+    """A push channel (Telegram, iMessage, Matrix, Discord): runs until cancelled; its chats'
+    ids start with `prefix`."""
 
     prefix: str
 
@@ -296,4 +296,8 @@ def _push_channels(config: Config, router: Router, client: httpx.AsyncClient) ->
         from msgvoice.channels.matrix import MatrixChannel  # noqa: PLC0415 (nio: only if used)
 
         channels.append(MatrixChannel(config.matrix, router))
+    if config.discord.enabled:
+        from msgvoice.channels.discord_bot import DiscordChannel  # noqa: PLC0415 (only if used)
+
+        channels.append(DiscordChannel(config.discord, router))
     return channels

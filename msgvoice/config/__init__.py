@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msgvoice.config.channels import DiscordConfig, ImessageConfig, MatrixConfig, TelegramConfig
 from msgvoice.config.engines import IndexTtsConfig, KokoroConfig, RemoteConfig
 from msgvoice.config.sections import (
     AudioConfig,
@@ -23,13 +24,10 @@ from msgvoice.config.sections import (
     DaemonConfig,
     EmotionConfig,
     HttpConfig,
-    ImessageConfig,
-    MatrixConfig,
     ResponderConfig,
     RetentionConfig,
     ServiceConfig,
     StateConfig,
-    TelegramConfig,
     TextConfig,
     TtsConfig,
     WorkerConfig,
@@ -44,6 +42,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaemonConfig",
+    "DiscordConfig",
     "EmotionConfig",
     "HttpConfig",
     "ImessageConfig",
@@ -119,6 +118,7 @@ class Config:
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     imessage: ImessageConfig = field(default_factory=ImessageConfig)
     matrix: MatrixConfig = field(default_factory=MatrixConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     kokoro: KokoroConfig = field(default_factory=KokoroConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
@@ -169,6 +169,7 @@ ALIASES: dict[str, str] = {
     "LMSTUDIO_EMO_MODEL": "emotion.llm_model",
     "LMSTUDIO_API_KEY": "emotion.llm_api_key",
     "TELEGRAM_BOT_TOKEN": "telegram.token",
+    "DISCORD_BOT_TOKEN": "discord.token",
 }
 
 ALIAS_VALUES: dict[str, dict[str, str]] = {
@@ -176,7 +177,7 @@ ALIAS_VALUES: dict[str, dict[str, str]] = {
 }
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
-CHANNEL_SECTIONS = ("telegram", "imessage", "matrix")
+CHANNEL_SECTIONS = ("telegram", "imessage", "matrix", "discord")
 """Sections written as [channels.<name>] in TOML."""
 OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent

@@ -157,54 +157,6 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
-class TelegramConfig:
-    enabled: bool = False
-    """Run the Telegram channel (TOML: [channels.telegram])."""
-    token: str = ""
-    """Bot API token from @BotFather."""
-    base_url: str = "https://api.telegram.org"
-    """Bot API server (a local telegram-bot-api server works too)."""
-    poll_timeout_s: int = key(30, lo=0, hi=50)
-    """Long-polling wait of getUpdates."""
-    allow: tuple[str, ...] = ()
-    """Telegram chat or user ids allowed to use commands (empty = everyone)."""
-    delete_webhook: bool = True
-    """When a webhook blocks polling (409), delete it once and poll."""
-
-
-@dataclass(frozen=True)
-class ImessageConfig:
-    enabled: bool = False
-    """Run the iMessage channel through `imsg rpc` (TOML: [channels.imessage])."""
-    command: tuple[str, ...] = ("imsg", "rpc")
-    """The imsg program and its arguments."""
-    request_timeout_s: float = key(30.0, lo=0.1, hi=600)
-    """Bound on one JSON-RPC request to imsg (its worst send: 15 s to launch Messages + 10 s)."""
-    voice_format: str = key("caf", choices=("caf", "mp3"))
-    """caf: Opus 24 kHz mono in CAF (Messages' own voice-note format); mp3: MP3 attachments."""
-    allow: tuple[str, ...] = ()
-    """Chat ids or sender handles allowed to use commands (empty = everyone)."""
-
-
-@dataclass(frozen=True)
-class MatrixConfig:
-    enabled: bool = False
-    """Run the Matrix channel (TOML: [channels.matrix])."""
-    homeserver: str = ""
-    """The bot account's homeserver, e.g. "https://matrix.example.org"."""
-    user_id: str = ""
-    """The bot's Matrix ID, e.g. "@msgvoice:example.org"."""
-    password: str = ""
-    """Its password (logs in once; the session is kept in the state dir), or:"""
-    access_token: str = ""
-    """an access token of the bot account (used instead of the password)."""
-    allow: tuple[str, ...] = ()
-    """Matrix user or room ids allowed to use commands and to invite the bot (empty = all)."""
-    sync_timeout_s: int = key(30, lo=0, hi=120)
-    """Long-polling wait of /sync."""
-
-
-@dataclass(frozen=True)
 class DaemonConfig:
     drain_timeout_s: float = key(30.0, lo=0, hi=3600)
     """On SIGTERM, how long a running synthesis may finish before it is cancelled."""

@@ -1,5 +1,6 @@
 """doctor's look at the chat apps: Telegram's token and webhook (getMe, getWebhookInfo, as the
-Bot API answers them), the Matrix homeserver and the bot's credentials, and imsg (can it read
+Bot API answers them), the Matrix homeserver and the bot's credentials, the Discord bot's token
+and intents, and imsg (can it read
 chat.db; is its IMCore bridge up for voice bubbles), each bounded and read-only."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from msgvoice.config import Config
 from msgvoice.ops.probes import HTTP_PROBE_TIMEOUT_S, Check
 
 IMSG_PROBE_TIMEOUT_S = 10.0
+GATEWAY_MESSAGE_CONTENT, GATEWAY_MESSAGE_CONTENT_LIMITED = 1 << 19, 1 << 18
+"""Application flags: the Message Content intent is switched on (resources/application.mdx)."""
 
 
 async def check_telegram(config: Config, client: httpx.AsyncClient) -> Check | None:
@@ -48,6 +51,46 @@ async def check_telegram(config: Config, client: httpx.AsyncClient) -> Check | N
         )
     note = f"; its webhook {webhook} is deleted at start" if webhook else ""
     return Check("telegram", "pass", f"bot @{name}, polling{note}")
+
+
+async def check_discord(config: Config, client: httpx.AsyncClient) -> Check | None:
+    """The token is the bot's (GET /users/@me), and the Message Content intent, if asked for,
+    is switched on for its application (GET /applications/@me: GATEWAY_MESSAGE_CONTENT)."""
+    dc = config.discord
+    if not dc.enabled:
+        return None
+    headers = {"Authorization": f"Bot {dc.token}"}
+    base = dc.api_base.rstrip("/")
+    try:
+        me = await client.get(f"{base}/users/@me", headers=headers, timeout=HTTP_PROBE_TIMEOUT_S)
+        app = await client.get(
+            f"{base}/applications/@me", headers=headers, timeout=HTTP_PROBE_TIMEOUT_S
+        )
+        bot, flags = me.json(), int(app.json().get("flags") or 0) if app.is_success else 0
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        return Check("discord", "warning", f"Discord API at {base} unreachable: {exc}")
+    if me.status_code == 401 or not dc.token:
+        return Check(
+            "discord",
+            "error",
+            "Discord refused discord.token" if dc.token else "discord.token is not set",
+            "set discord.token (or DISCORD_BOT_TOKEN) to the bot's token: Developer Portal → "
+            "your application → Bot → Reset Token",
+        )
+    if not me.is_success:
+        return Check("discord", "warning", f"Discord answered {me.status_code} for the bot")
+    name = f"{bot.get('username')} ({bot.get('id')})"
+    content = bool(flags & (GATEWAY_MESSAGE_CONTENT | GATEWAY_MESSAGE_CONTENT_LIMITED))
+    if dc.message_content and not content:
+        return Check(
+            "discord",
+            "error",
+            f"bot {name}: discord.message_content is on, but the intent is not granted",
+            "switch on Message Content (Developer Portal → Bot → Privileged Gateway Intents), "
+            "or set discord.message_content = false (slash commands and DMs still work)",
+        )
+    plain = "every /tts in servers" if dc.message_content else "slash commands, DMs, mentions"
+    return Check("discord", "pass", f"bot {name}: {plain}")
 
 
 async def check_matrix(config: Config, client: httpx.AsyncClient) -> Check | None:

@@ -16,7 +16,7 @@ import httpx
 
 from msgvoice.config import Config
 from msgvoice.ops import service
-from msgvoice.ops.apps import check_imessage, check_matrix, check_telegram
+from msgvoice.ops.apps import check_discord, check_imessage, check_matrix, check_telegram
 from msgvoice.ops.llm_check import check_llm
 from msgvoice.ops.probes import (
     Check,
@@ -192,6 +192,7 @@ async def report(
         apps = [
             await check_telegram(config, client),
             await check_matrix(config, client),
+            await check_discord(config, client),
             await check_imessage(config),
         ]
         checks += [check for check in apps if check is not None]

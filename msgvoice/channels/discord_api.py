@@ -1,0 +1,185 @@
+"""What Discord's REST API answers mean for msgvoice, and the requests it makes.
+
+Requests go through discord.py's HTTP client, which keeps Discord's rate limits
+(topics/rate-limits.mdx): it waits a 429's `retry_after` on that route's bucket, and on every
+route while the global limit is hit, then tries again; a wait over `RATE_LIMIT_WAIT_MAX_S`
+is raised instead (`RateLimited`), so the pump holds only that chat for it. It also retries a
+500/502/504 a few times itself. What it then raises becomes (opcodes-and-status-codes.mdx):
+- 50173 (the channel takes no voice messages): `NoVoice`, and the note goes as an ordinary
+  audio attachment;
+- any other 4xx: that item never will be accepted: Missing Access (50001), Missing
+  Permissions (50013), Unknown Channel (10003), Cannot send messages to this user (50007);
+- a 5xx, a 401 (a token reset while running: the Gateway says so in the log), a request with
+  no answer: transient.
+
+A voice message (resources/message.mdx "Voice Messages") is a message with the
+IS_VOICE_MESSAGE flag and one OGG/Opus attachment whose metadata carries `duration_secs` and
+a base64 `waveform` of at most 256 bytes, one per datapoint; nothing else. Each create carries
+a `nonce` made of the chat, seq and part with `enforce_nonce`, so a retry after a lost answer
+posts nothing twice: Discord answers with the message it already made.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import aiohttp
+import discord
+from discord.http import HTTPClient, Route
+
+from msgvoice.channels.outbox import ChannelError
+
+T = TypeVar("T")
+PREFIX = "dc:"
+IS_VOICE_MESSAGE = 1 << 13
+NO_VOICE = 50173
+TEXT_LIMIT = 2000
+"""Characters of a message's content."""
+UPLOAD_MAX = 10 * 2**20
+"""The default upload limit per file (reference.mdx "Uploading Files")."""
+WAVEFORM_POINTS = 256
+RATE_LIMIT_WAIT_MAX_S = 30.0
+"""discord.py's least `max_ratelimit_timeout`: longer waits are the pump's."""
+COMMANDS: list[dict[str, Any]] = [
+    {
+        "name": "tts",
+        "type": 1,
+        "description": "Say it as a voice message (style：text for a one-off style)",
+        "description_localizations": {"zh-CN": "把这句话说成语音（风格：文字）"},
+        "options": [
+            {"name": "text", "type": 3, "required": True, "description": "What to say"},
+        ],
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
+    },
+    {
+        "name": "mode",
+        "type": 1,
+        "description": "Show or set this channel's voice: voice on|off, style …, speaker …",
+        "description_localizations": {"zh-CN": "查看或设置本频道的声音"},
+        "options": [
+            {"name": "setting", "type": 3, "required": False, "description": "e.g. style 温柔"},
+        ],
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
+    },
+    {
+        "name": "help",
+        "type": 1,
+        "description": "What this bot can do",
+        "options": [],
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
+    },
+]
+"""The global slash commands (interactions/application-commands.mdx): each stands for the
+chat command of its name, its one option the rest of the line."""
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+Body = dict[str, Any] | list[dict[str, Any]]
+"""A request's JSON body, or its multipart parts (`voice_form`)."""
+
+
+class NoVoice(ChannelError):
+    """The channel takes no voice messages (50173)."""
+
+
+def failure(exc: Exception, what: str) -> ChannelError:
+    """The ChannelError an exception of discord.py's HTTP client stands for."""
+    if isinstance(exc, discord.RateLimited):
+        return ChannelError(f"discord {what}: rate limited", exc.retry_after)
+    if not isinstance(exc, discord.HTTPException):
+        return ChannelError(f"discord {what}: {type(exc).__name__}: {exc}")
+    text = f"discord {what}: {exc.status} {exc.code} {exc.text}".rstrip()
+    if exc.code == NO_VOICE:
+        return NoVoice(text, permanent=True)
+    permanent = 400 <= exc.status < 500 and exc.status not in (401, 408, 429)
+    return ChannelError(text, permanent=permanent)
+
+
+class Rest:
+    """The bot's REST calls, over the HTTP client of its Gateway connection."""
+
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    async def call(self, what: str, request: Awaitable[T]) -> T:
+        try:
+            return await request
+        except (discord.HTTPException, discord.RateLimited, *TRANSPORT_ERRORS) as exc:
+            raise failure(exc, what) from exc
+
+    async def gateway(self) -> str:
+        """The Gateway's URL (GET /gateway/bot)."""
+        answer = await self.call("gateway", self.http.request(Route("GET", "/gateway/bot")))
+        return str(answer["url"])
+
+    async def register(self, application_id: int) -> None:
+        route = Route("PUT", "/applications/{app}/commands", app=application_id)
+        await self.call("command registration", self.http.request(route, json=COMMANDS))
+
+    async def defer(self, interaction_id: int, token: str) -> None:
+        """DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "thinking…" until the answer replaces it."""
+        route = Route("POST", "/interactions/{id}/{token}/callback", id=interaction_id, token=token)
+        await self.call("deferral", self.http.request(route, json={"type": 5}))
+
+    async def answer(self, app: int, token: str, body: Body) -> None:
+        """Replace an interaction's "thinking…" (its original response)."""
+        route = Route("PATCH", "/webhooks/{app}/{token}/messages/@original", app=app, token=token)
+        await self.call("interaction answer", self._request(route, body))
+
+    async def withdraw(self, app: int, token: str) -> None:
+        """Delete an interaction's "thinking…", now that the answer is in the channel."""
+        route = Route("DELETE", "/webhooks/{app}/{token}/messages/@original", app=app, token=token)
+        await self.call("interaction withdrawal", self.http.request(route))
+
+    async def post(self, channel_id: str, body: Body) -> None:
+        route = Route("POST", "/channels/{channel_id}/messages", channel_id=channel_id)
+        await self.call("send", self._request(route, body))
+
+    def _request(self, route: Route, body: Body) -> Awaitable[Any]:
+        """JSON, or multipart/form-data (payload_json and files[n]) for a list of parts."""
+        if isinstance(body, list):
+            return self.http.request(route, form=body)
+        return self.http.request(route, json=body)
+
+
+def nonce(chat_id: str, seq: int, part: int) -> str:
+    """At most 25 characters, the same for every try of one part."""
+    return f"{zlib.crc32(chat_id.encode()):08x}.{seq}.{part}"[:25]
+
+
+def text_body(content: str, once: str | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"content": content, "allowed_mentions": {"parse": []}}
+    if once:
+        payload |= {"nonce": once, "enforce_nonce": True}
+    return payload
+
+
+def voice_form(
+    data: bytes, seconds: float, levels: list[float], once: str | None, voice: bool = True
+) -> list[dict[str, Any]]:
+    """A voice message (`voice`), or the same audio as an ordinary attachment."""
+    attachment: dict[str, Any] = {"id": 0, "filename": "voice-message.ogg"}
+    payload: dict[str, Any] = {"attachments": [attachment], "allowed_mentions": {"parse": []}}
+    if voice:
+        waveform = bytes(min(255, round(level * 255)) for level in levels[:WAVEFORM_POINTS])
+        attachment |= {
+            "duration_secs": round(seconds, 3),
+            "waveform": base64.b64encode(waveform).decode(),
+        }
+        payload["flags"] = IS_VOICE_MESSAGE
+    if once:
+        payload |= {"nonce": once, "enforce_nonce": True}
+    return [
+        {"name": "payload_json", "value": json.dumps(payload)},
+        {
+            "name": "files[0]",
+            "value": data,
+            "filename": "voice-message.ogg",
+            "content_type": "audio/ogg",
+        },
+    ]
