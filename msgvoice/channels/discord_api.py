@@ -17,14 +17,20 @@ IS_VOICE_MESSAGE flag and one OGG/Opus attachment whose metadata carries `durati
 a base64 `waveform` of at most 256 bytes, one per datapoint; nothing else. Each create carries
 a `nonce` made of the chat, seq and part with `enforce_nonce`, so a retry after a lost answer
 posts nothing twice: Discord answers with the message it already made.
+
+Slash commands waiting for their answer ("thinking…") are journalled per chat (`Deferrals`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
+import time
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -32,6 +38,9 @@ import discord
 from discord.http import HTTPClient, Route
 
 from msgvoice.channels.outbox import ChannelError
+from msgvoice.chat.port import ChatPort, OutboxItem
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PREFIX = "dc:"
@@ -83,6 +92,30 @@ Body = dict[str, Any] | list[dict[str, Any]]
 """A request's JSON body, or its multipart parts (`voice_form`)."""
 
 
+DEFERRED = "discord.deferred:"
+"""Cursor per chat: its slash commands still "thinking…" (application, token, when)."""
+TOKEN_LIFETIME_MS = 14 * 60 * 1000
+"""An interaction's token works for 15 minutes; what is left after this is not used."""
+
+
+class _OneLine(logging.Filter):
+    """discord.py logs a reconnect after a network error with its traceback: one line is
+    enough for what is not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__}: "
+            record.msg += f"{record.exc_info[1]})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+logging.getLogger("discord").setLevel(logging.WARNING)  # every connection and resume at INFO
+logging.getLogger("discord").addFilter(_OneLine())
+logging.getLogger("discord.client").addFilter(_OneLine())
+discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice channels here
+
+
 class NoVoice(ChannelError):
     """The channel takes no voice messages (50173)."""
 
@@ -131,6 +164,17 @@ class Rest:
         route = Route("PATCH", "/webhooks/{app}/{token}/messages/@original", app=app, token=token)
         await self.call("interaction answer", self._request(route, body))
 
+    async def answer_text(self, deferred: Deferred, text: str) -> bool:
+        """A text in place of a command's "thinking…"; False when its token no longer works
+        (the text then goes to the channel)."""
+        try:
+            await self.answer(deferred.app, deferred.token, text_body(text))
+        except ChannelError as exc:
+            if not exc.permanent:
+                raise
+            return False
+        return True
+
     async def withdraw(self, app: int, token: str) -> None:
         """Delete an interaction's "thinking…", now that the answer is in the channel."""
         route = Route("DELETE", "/webhooks/{app}/{token}/messages/@original", app=app, token=token)
@@ -145,6 +189,67 @@ class Rest:
         if isinstance(body, list):
             return self.http.request(route, form=body)
         return self.http.request(route, json=body)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A slash command acknowledged with "thinking…", waiting for its answer."""
+
+    app: int
+    token: str
+    at_ms: int
+
+
+class Deferrals:
+    """The slash commands still "thinking…", per chat, in the journal (a restart still
+    answers them). A reply answers the latest one made before it; older ones it leaves
+    behind were superseded."""
+
+    def __init__(self, chat: ChatPort) -> None:
+        self.chat = chat
+
+    def waiting(self, chat_id: str) -> list[Deferred]:
+        """The chat's deferred commands whose tokens still work."""
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            saved = json.loads(self.chat.cursor(DEFERRED + chat_id) or "[]")
+            fresh = now_ms() - TOKEN_LIFETIME_MS
+            return [Deferred(**d) for d in saved if d["at_ms"] > fresh]
+        return []
+
+    def add(self, chat_id: str, deferred: Deferred) -> None:
+        self._keep(chat_id, [*self.waiting(chat_id), deferred])
+
+    def drop(self, chat_id: str, deferred: Deferred) -> None:
+        self._keep(chat_id, [d for d in self.waiting(chat_id) if d != deferred])
+
+    def answered_by(self, item: OutboxItem) -> tuple[Deferred | None, list[Deferred]]:
+        """The command `item` answers, and the older ones it leaves behind."""
+        before = [d for d in self.waiting(item.chat_id) if d.at_ms <= item.created_at_ms]
+        return (before[-1], before[:-1]) if before else (None, [])
+
+    def settle(self, item: OutboxItem) -> None:
+        """`item` is sent: the commands made before it are answered or withdrawn."""
+        later = [d for d in self.waiting(item.chat_id) if d.at_ms > item.created_at_ms]
+        self._keep(item.chat_id, later)
+
+    def _keep(self, chat_id: str, waiting: list[Deferred]) -> None:
+        self.chat.set_cursor(DEFERRED + chat_id, json.dumps([asdict(d) for d in waiting]))
+
+
+def contained(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+    """discord.py's reading of one Gateway event, whose failure is that event's alone."""
+
+    def reading(data: Any) -> None:
+        try:
+            parse(data)
+        except Exception as exc:
+            log.warning("discord: a %s event could not be read, passed over (%r)", event, exc)
+
+    return reading
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def nonce(chat_id: str, seq: int, part: int) -> str:

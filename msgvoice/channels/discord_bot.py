@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +44,14 @@ from msgvoice.channels.discord_api import (
     TRANSPORT_ERRORS,
     UPLOAD_MAX,
     WAVEFORM_POINTS,
+    Deferrals,
+    Deferred,
     NoVoice,
     Rest,
+    contained,
     failure,
     nonce,
+    now_ms,
     text_body,
     voice_form,
 )
@@ -69,10 +69,6 @@ from msgvoice.config import DiscordConfig
 from msgvoice.speech.convert import AudioError, fit_voice_note, levels
 
 log = logging.getLogger(__name__)
-DEFERRED = "discord.deferred:"
-"""Cursor per chat: its slash commands still "thinking…" (application, token, when)."""
-TOKEN_LIFETIME_MS = 14 * 60 * 1000
-"""An interaction's token works for 15 minutes; what is left after this is not used."""
 VOICE_RATE = 48_000
 REFUSED_LOGIN = {4004: "the bot token was refused", 4013: "invalid intents", 4012: "old API"}
 _MENTION = re.compile(r"\A\s*<@!?(\d+)>[\s,:]*")
@@ -80,33 +76,6 @@ _MENTION = re.compile(r"\A\s*<@!?(\d+)>[\s,:]*")
 
 class LoginRefused(RuntimeError):
     """Discord refused the bot's token or intents: the channel stops (not the daemon)."""
-
-
-class _OneLine(logging.Filter):
-    """discord.py logs a reconnect after a network error with its traceback: one line is
-    enough for what is not a bug."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__}: "
-            record.msg += f"{record.exc_info[1]})"
-            record.args, record.exc_info, record.exc_text = (), None, None
-        return True
-
-
-logging.getLogger("discord").setLevel(logging.WARNING)  # every connection and resume at INFO
-logging.getLogger("discord").addFilter(_OneLine())
-logging.getLogger("discord.client").addFilter(_OneLine())
-discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice channels here
-
-
-@dataclass(frozen=True)
-class Deferred:
-    """A slash command acknowledged with "thinking…", waiting for its answer."""
-
-    app: int
-    token: str
-    at_ms: int
 
 
 class _Client(discord.Client):
@@ -117,7 +86,7 @@ class _Client(discord.Client):
         # end the connection (and the session). It is that event's failure alone.
         parsers = self._connection.parsers
         for event, parse in list(parsers.items()):
-            parsers[event] = _contained(event, parse)
+            parsers[event] = contained(event, parse)
 
     async def setup_hook(self) -> None:
         await self.channel.logged_in(self)
@@ -141,6 +110,7 @@ class DiscordChannel:
         self.allow = prefixed(config.allow, PREFIX)
         self.rest: Rest | None = None
         self.me = 0
+        self.deferrals = Deferrals(chat)
         self._events: asyncio.Queue[tuple[str, Incoming, Deferred | None]] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -237,7 +207,7 @@ class DiscordChannel:
         except ChannelError as exc:
             log.warning("discord: /%s could not be acknowledged: %s", name, exc)
             return
-        deferred = Deferred(interaction.application_id, interaction.token, _now_ms())
+        deferred = Deferred(interaction.application_id, interaction.token, now_ms())
         chat = PREFIX + str(interaction.channel_id)
         incoming = Incoming(chat, text, str(interaction.user.id), self.allow, group=False)
         self._events.put_nowait((f"discord /{name} {interaction.id}", incoming, deferred))
@@ -250,43 +220,23 @@ class DiscordChannel:
     async def _take(self, event: tuple[Incoming, Deferred | None]) -> None:
         incoming, deferred = event
         if deferred is not None:
-            self._remember(incoming.chat_id, [*self._waiting(incoming.chat_id), deferred])
+            self.deferrals.add(incoming.chat_id, deferred)
         outcome = await self.chat.message(incoming)
         if deferred is not None and not outcome.jobs and not outcome.replies:
-            self._remember(
-                incoming.chat_id, [d for d in self._waiting(incoming.chat_id) if d != deferred]
-            )
+            self.deferrals.drop(incoming.chat_id, deferred)
             if self.rest is not None:
                 with contextlib.suppress(ChannelError):
                     await self.rest.withdraw(deferred.app, deferred.token)
-
-    def _waiting(self, chat_id: str) -> list[Deferred]:
-        """The chat's slash commands still "thinking…" whose tokens still work."""
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            saved = json.loads(self.chat.cursor(DEFERRED + chat_id) or "[]")
-            fresh = _now_ms() - TOKEN_LIFETIME_MS
-            return [Deferred(**d) for d in saved if d["at_ms"] > fresh]
-        return []
-
-    def _remember(self, chat_id: str, waiting: list[Deferred]) -> None:
-        self.chat.set_cursor(DEFERRED + chat_id, json.dumps([asdict(d) for d in waiting]))
-
-    def _answered_by(self, item: OutboxItem) -> tuple[Deferred | None, list[Deferred]]:
-        """The slash command `item` answers (the latest one made before it), and the older
-        ones it leaves behind (superseded: their "thinking…" goes)."""
-        waiting = self._waiting(item.chat_id)
-        before = [d for d in waiting if d.at_ms <= item.created_at_ms]
-        return (before[-1], before[:-1]) if before else (None, [])
 
     async def _send(self, item: OutboxItem) -> None:
         rest = self.rest
         if rest is None or rest.http.token is None:
             raise ChannelError("discord: not logged in yet")
-        deferred, older = self._answered_by(item)
+        deferred, older = self.deferrals.answered_by(item)
         channel = item.chat_id.removeprefix(PREFIX)
         if item.audio is None:
             texts = split_text(item.text or "", TEXT_LIMIT)
-            if deferred is not None and await _answered(rest.answer, deferred, texts[0]):
+            if deferred is not None and await rest.answer_text(deferred, texts[0]):
                 texts, deferred = texts[1:], None
             for n, text in enumerate(texts):
                 await rest.post(channel, text_body(text, nonce(item.chat_id, item.seq, n)))
@@ -301,9 +251,7 @@ class DiscordChannel:
         for done in [*older, *([deferred] if deferred else [])]:
             with contextlib.suppress(ChannelError):
                 await rest.withdraw(done.app, done.token)
-        self._remember(
-            item.chat_id, [d for d in self._waiting(item.chat_id) if d.at_ms > item.created_at_ms]
-        )
+        self.deferrals.settle(item)
 
     async def _voice(
         self, rest: Rest, item: OutboxItem, n: int, part: Path, deferred: Deferred | None
@@ -326,29 +274,3 @@ class DiscordChannel:
             await rest.answer(deferred.app, deferred.token, form)
             return True
         return False
-
-
-async def _answered(answer: Any, deferred: Deferred, text: str) -> bool:
-    """A text put in place of a slash command's "thinking…"; False when its token no longer
-    works (the text then goes to the channel)."""
-    try:
-        await answer(deferred.app, deferred.token, text_body(text))
-    except ChannelError as exc:
-        if not exc.permanent:
-            raise
-        return False
-    return True
-
-
-def _contained(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
-    def contained(data: Any) -> None:
-        try:
-            parse(data)
-        except Exception as exc:
-            log.warning("discord: a %s event could not be read, passed over (%r)", event, exc)
-
-    return contained
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -65,7 +65,6 @@ class DiscordConfig:
     allow: tuple[str, ...] = ()
     """Discord user or channel ids allowed to use commands (empty = everyone)."""
     message_content: bool = False
-    """Ask for the Message Content intent (switch it on in the Developer Portal first) to read
-    plain `/tts ...` messages in servers; slash commands and DMs work without it."""
+    """Read every plain `/tts ...` in servers (the Message Content intent: switch it on first)."""
     api_base: str = "https://discord.com/api/v10"
     """The REST API's base URL (the Gateway's comes from its /gateway/bot)."""
