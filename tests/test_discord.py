@@ -242,3 +242,26 @@ async def test_an_event_the_library_cannot_read_is_passed_over_alone(clean_env: 
         fake.say(DM, ALICE, "/tts 还在")
         await until(lambda: fake.voice_messages(DM))
     assert (fake.identifies, fake.resumes) == (1, 0)
+
+
+async def test_a_slash_command_deferred_before_a_restart_is_answered_after_it(
+    clean_env: Path,
+) -> None:
+    """/tts is deferred, and the daemon stops during its synthesis (no drain); started
+    again, it makes the voice note, posts it once and withdraws the "thinking…": the
+    interaction's token was in the journal."""
+    async with FakeDiscord() as fake:
+        env = dc_env(
+            fake,
+            MSGVOICE_TTS_ENGINE=FAULT_ENGINE,
+            FAULT_DELAY_S="1",
+            MSGVOICE_DAEMON_DRAIN_TIMEOUT_S="0",
+        )
+        async with running(clean_env, **env) as (daemon, _):
+            await ready(fake)
+            asked = fake.slash(DM, ALICE, "tts", "晚安")
+            await until(lambda: daemon.journal.cursor(f"discord.deferred:dc:{DM}"))
+        assert not fake.messages and not asked.deleted
+        async with running(clean_env, **env):
+            await until(lambda: fake.voice_messages(DM) and asked.deleted)
+    assert len(fake.messages) == 1 and fake.identifies == 2
