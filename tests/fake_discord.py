@@ -176,7 +176,8 @@ class FakeDiscord:
     ) -> Interaction:
         """Someone uses a slash command: INTERACTION_CREATE (type 2, APPLICATION_COMMAND)."""
         command = next(c for c in self.commands if c["name"] == name)
-        options = [{"name": command["options"][0]["name"], "type": 3, "value": value}]
+        named = [o["name"] for o in command["options"]][:1]
+        options = [{"name": n, "type": 3, "value": value} for n in named]
         who = user(author, f"user{author}")
         where: dict[str, Any] = (
             {

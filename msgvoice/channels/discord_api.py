@@ -53,37 +53,36 @@ UPLOAD_MAX = 10 * 2**20
 WAVEFORM_POINTS = 256
 RATE_LIMIT_WAIT_MAX_S = 30.0
 """discord.py's least `max_ratelimit_timeout`: longer waits are the pump's."""
-COMMANDS: list[dict[str, Any]] = [
-    {
-        "name": "tts",
+
+
+def _command(name: str, about: str, zh: str, option: dict[str, Any] | None) -> dict[str, Any]:
+    """A global slash command usable in servers, the bot's DMs and other DMs (contexts), when
+    installed to a server or to a user (integration_types)."""
+    return {
+        "name": name,
         "type": 1,
-        "description": "Say it as a voice message (style：text for a one-off style)",
-        "description_localizations": {"zh-CN": "把这句话说成语音（风格：文字）"},
-        "options": [
-            {"name": "text", "type": 3, "required": True, "description": "What to say"},
-        ],
+        "description": about,
+        "description_localizations": {"zh-CN": zh},
+        "options": [{"type": 3, **option}] if option else [],
         "contexts": [0, 1, 2],
         "integration_types": [0, 1],
-    },
-    {
-        "name": "mode",
-        "type": 1,
-        "description": "Show or set this channel's voice: voice on|off, style …, speaker …",
-        "description_localizations": {"zh-CN": "查看或设置本频道的声音"},
-        "options": [
-            {"name": "setting", "type": 3, "required": False, "description": "e.g. style 温柔"},
-        ],
-        "contexts": [0, 1, 2],
-        "integration_types": [0, 1],
-    },
-    {
-        "name": "help",
-        "type": 1,
-        "description": "What this bot can do",
-        "options": [],
-        "contexts": [0, 1, 2],
-        "integration_types": [0, 1],
-    },
+    }
+
+
+COMMANDS = [
+    _command(
+        "tts",
+        "Say it as a voice message (style：text for a one-off style)",
+        "把这句话说成语音（风格：文字）",
+        {"name": "text", "required": True, "description": "What to say"},
+    ),
+    _command(
+        "mode",
+        "Show or set this channel's voice: voice on|off, style …, speaker …",
+        "查看或设置本频道的声音",
+        {"name": "setting", "required": False, "description": "e.g. style 温柔"},
+    ),
+    _command("help", "What this bot can do", "这个机器人能做什么", None),
 ]
 """The global slash commands (interactions/application-commands.mdx): each stands for the
 chat command of its name, its one option the rest of the line."""
