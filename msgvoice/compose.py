@@ -11,10 +11,11 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from msgvoice.channels.push import Channel, push_channels
 from msgvoice.config import Config, StatePaths, TtsConfig, WorkerConfig
 from msgvoice.speech.chain import EngineChain, WorkerPool
 from msgvoice.speech.emotion import Emotions
@@ -33,15 +34,6 @@ if TYPE_CHECKING:  # the daemon's parts: imported only when a daemon is built
     from msgvoice.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class Channel(Protocol):
-    """A push channel (Telegram, iMessage, Matrix, Discord): runs until cancelled; its chats'
-    ids start with `prefix`."""
-
-    prefix: str
-
-    async def run(self) -> None: ...
 
 
 @dataclass
@@ -179,7 +171,7 @@ async def daemon_parts(config: Config) -> AsyncIterator[DaemonParts]:
         )
         lane.listeners.append(metrics.on_job)
         http = _http(config, kit, lane, router, metrics)
-        channels = _push_channels(config, router, kit.client)
+        channels = push_channels(config, router, kit.client)
         prefixes = [channel.prefix for channel in channels]
         retention = Retention(config.retention, journal, paths.audio, prefixes)
         parts = DaemonParts(
@@ -277,27 +269,3 @@ def _http(
         metrics=metrics.render,
         extra_routes=SpeechApi(config, kit.speaker, router.storage_full).routes(),
     )
-
-
-def _push_channels(config: Config, router: Router, client: httpx.AsyncClient) -> list[Channel]:
-    """The chat apps that are switched on."""
-    from msgvoice.channels.imessage import ImessageChannel  # noqa: PLC0415
-    from msgvoice.channels.telegram import TelegramChannel  # noqa: PLC0415
-
-    channels: list[Channel] = []
-    if config.telegram.enabled:
-        source = config.sources.get("telegram.token", "no token set (telegram.token)")
-        channels.append(
-            TelegramChannel(config.telegram, router, client=client, token_source=source)
-        )
-    if config.imessage.enabled:
-        channels.append(ImessageChannel(config.imessage, router))
-    if config.matrix.enabled:
-        from msgvoice.channels.matrix import MatrixChannel  # noqa: PLC0415 (nio: only if used)
-
-        channels.append(MatrixChannel(config.matrix, router))
-    if config.discord.enabled:
-        from msgvoice.channels.discord_bot import DiscordChannel  # noqa: PLC0415 (only if used)
-
-        channels.append(DiscordChannel(config.discord, router))
-    return channels
