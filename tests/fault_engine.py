@@ -7,6 +7,11 @@ the fault fires only the first time that token is seen (a marker file in `marker
 supervisor's retry succeeds. Otherwise it speaks a 220 Hz tone of 50 ms per character at 16 kHz.
 With a `marker_dir`, every call first appends its text to `started.log` there, so a test can
 wait until a job is really inside the engine.
+
+A daemon builds the engine from config alone, so tests also steer it by environment:
+FAULT_DELAY_S is added to every call; with FAULT_HOLD_TEXT and FAULT_HOLD_RELEASE, a call whose
+text contains the former waits (at most a minute) until the file the latter names exists, and
+takes it away: the test decides when that segment is spoken, instead of guessing a delay.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ class FaultEngine:
         time.sleep(load_s)
         self.marker_dir = Path(marker_dir) if marker_dir else None
         self.leak_mb_per_job = leak_mb_per_job
-        # A daemon builds the engine from config alone, so tests set the pace by env.
         self.delay_s = float(os.environ.get("FAULT_DELAY_S", "0")) if delay_s is None else delay_s
+        self.hold_text = os.environ.get("FAULT_HOLD_TEXT", "")
+        self.release = Path(os.environ.get("FAULT_HOLD_RELEASE", "/nonexistent"))
         self._hoard: list[bytearray] = []
 
     def _fires(self, token: str | None) -> bool:
@@ -63,6 +69,15 @@ class FaultEngine:
         if self.marker_dir is not None:
             with (self.marker_dir / "started.log").open("a", encoding="utf-8") as log:
                 log.write(text + "\n")
+
+    def _hold(self, text: str) -> None:
+        """Wait for the release file (bounded), then take it, so the next hold waits again."""
+        if not self.hold_text or self.hold_text not in text:
+            return
+        deadline = time.monotonic() + 60
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.release.unlink(missing_ok=True)
 
     def _leak(self, mb: float) -> None:
         block = bytearray(int(mb * 1024 * 1024))
@@ -97,6 +112,7 @@ class FaultEngine:
         fault = match and self._fires(match.group(3))
         if fault and match and self._fault(match.group(1), float(match.group(2) or 0)):
             return np.zeros(0, np.float32), RATE
+        self._hold(text)
         time.sleep(self.delay_s)
         spoken = _DIRECTIVE.sub("", text)
         t = np.arange(int(RATE * 0.05 * max(1, len(spoken)))) / RATE

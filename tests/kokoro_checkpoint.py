@@ -15,7 +15,9 @@ Only the sound is noise.
 `kokoro-v1_1-zh.pth`, its kind of voice names, and a vocabulary that holds what misaki's v1.1
 Chinese frontend emits (zhuyin and its finals, tone digits; read from misaki's own ZH_MAP).
 
-Run: python tests/kokoro_checkpoint.py DIR [--v1.1-zh]   (under an interpreter with `kokoro`)
+Run: python tests/kokoro_checkpoint.py [--v1.1-zh] DIR ...   (under an interpreter with `kokoro`)
+Each DIR gets a checkpoint, of v1.1-zh's layout when the flag comes before it; one run makes
+them all, so torch and kokoro are imported once.
 """
 
 from __future__ import annotations
@@ -109,5 +111,15 @@ def write_checkpoint(folder: Path, seed: int = 0, v11: bool = False) -> Path:
     return folder
 
 
+def main(args: list[str]) -> None:
+    v11 = False
+    for arg in args:
+        if arg == "--v1.1-zh":
+            v11 = True
+            continue
+        print(write_checkpoint(Path(arg), v11=v11))
+        v11 = False
+
+
 if __name__ == "__main__":
-    print(write_checkpoint(Path(sys.argv[1]), v11="--v1.1-zh" in sys.argv[2:]))
+    main(sys.argv[1:])

@@ -88,7 +88,7 @@ class Router:
         log.info(
             "message chat=%s command=%s %s", chat_id, type(command).__name__, fingerprint(line)
         )
-        if self.storage is not None and self.storage.full:
+        if self.storage_full() is not None:
             return Outcome(replies=[self._say(chat_id, self.phrase(chat_id, "storage_full"))])
         self._follow_language(chat_id, command)
         if isinstance(command, commands.Speak):
@@ -242,7 +242,7 @@ class Router:
 
     def storage_full(self) -> str | None:
         """Why no new work is taken, or None."""
-        return self.storage.full_reason if self.storage is not None else None
+        return self.storage.refusal() if self.storage is not None else None
 
     def storage_trouble(self, exc: BaseException) -> bool:
         """Whether `exc` means the state dir is full (then it is marked so)."""

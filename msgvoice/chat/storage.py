@@ -3,9 +3,12 @@
 When a write fails for lack of space (ENOSPC or EDQUOT from the file system, "database or disk
 is full" from sqlite) or a file cannot be opened for lack of descriptors (EMFILE, ENFILE: see
 `speech.job.exhausted`), the storage is marked full: new work is refused with a clear answer,
-journalled work waits, and the daemon stays up. `watch()` then frees what retention may free
-and, once there is room again (free space over `min_free_mb` and a real test write that
-succeeds, so files open again too), marks it usable: waiting work proceeds by itself.
+journalled work waits, and the daemon stays up. Free space under `min_free_mb` marks it full
+too: `watch()` looks every 10 s, and intake and /healthz look as they ask (at most once a
+second), so a disk filled by something else is refused at once. `watch()` then frees what
+retention may free and, once there is room again (free space over `min_free_mb` and a real
+test write that succeeds, so files open again too), marks it usable: waiting work proceeds by
+itself.
 
 The state dir holds every chat's text (the journal) and every voice note, so it is its owner's
 alone: made 0700, and one found readable by others is tightened at start (0700 folders, 0600
@@ -20,6 +23,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 10.0
 RECHECK_FULL_S = 1.0
+LOOK_EVERY_S = 1.0
+"""At most this often intake and /healthz look at the free space themselves (a statvfs)."""
 PROBE_BYTES = 64 * 1024
 
 
@@ -41,11 +47,26 @@ class Storage:
         self._marked = asyncio.Event()
         """Set when a write found it full: the watch looks at once."""
         self.times_full = 0
+        self._looked = -LOOK_EVERY_S
 
     @property
     def full(self) -> bool:
         """No room for writes right now."""
         return self.full_reason is not None
+
+    def refusal(self) -> str | None:
+        """Why no new work is taken, or None: the free space is looked at first (at most
+        once a second), not only at the watch's next round."""
+        now = time.monotonic()
+        if self.full_reason is None and now - self._looked >= LOOK_EVERY_S:
+            self._looked = now
+            with contextlib.suppress(OSError):  # the watch will say what is wrong
+                self._under_floor(self.free_mb())
+        return self.full_reason
+
+    def _under_floor(self, free: float) -> None:
+        if not self.full and free < self.min_free_mb:
+            self.mark_full(f"{free:.1f} MB free, under the {self.min_free_mb:.0f} MB floor")
 
     def mark_full(self, reason: str) -> None:
         """Record that a write failed for lack of space (logged once per episode)."""
@@ -79,9 +100,7 @@ class Storage:
         """Until cancelled: mark full when free space runs under `min_free_mb`; while full,
         make room (retention) and clear the state once writes work again."""
         while True:
-            free = await asyncio.to_thread(self.free_mb)
-            if not self.full and free < self.min_free_mb:
-                self.mark_full(f"{free:.1f} MB free, under the {self.min_free_mb:.0f} MB floor")
+            self._under_floor(await asyncio.to_thread(self.free_mb))
             if self.full:
                 with contextlib.suppress(Exception):  # retention on a full disk may fail too
                     make_room()  # on the loop: it uses the journal's connection
