@@ -17,6 +17,7 @@ import httpx
 
 from msgvoice.channels.push import Channel, push_channels
 from msgvoice.config import Config, StatePaths, TtsConfig, WorkerConfig
+from msgvoice.net import tls
 from msgvoice.speech.chain import EngineChain, WorkerPool
 from msgvoice.speech.emotion import Emotions
 from msgvoice.speech.emotion_llm import Analyser
@@ -96,7 +97,7 @@ async def speech_kit(config: Config, workers: int = 1) -> AsyncIterator[SpeechKi
     """Start `workers` workers of the main engine and the shared HTTP client; stop everything
     on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(httpx.AsyncClient())
+        client = await stack.enter_async_context(httpx.AsyncClient(verify=tls()))
         analyser = Analyser(config.emotion, client) if config.emotion.llm_base_url else None
         if analyser is not None:
             stack.push_async_callback(analyser.close)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 
 BACKOFF_MAX_S = 60.0
+
+
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """The process's one verifying TLS context for its HTTP clients: loading the CA bundle costs
+    ~30 ms of CPU, which a daemon restarted in-process, or doctor asked in a daemon, need not
+    pay again."""
+    import httpx  # noqa: PLC0415 (its CA bundle and defaults; not every user of net needs it)
+
+    return httpx.create_ssl_context()
 
 
 def base_url(raw: str) -> str:

@@ -20,6 +20,7 @@ import soundfile as sf
 from msgvoice.compose import DaemonParts
 from msgvoice.config import load
 from msgvoice.daemon import Daemon
+from msgvoice.net import tls
 from tests.conftest import REPO
 
 FAULT_ENGINE = "tests.fault_engine:FaultEngine"
@@ -44,7 +45,7 @@ async def running(state: Path, **env: str) -> AsyncIterator[tuple[DaemonParts, h
         async with (
             Daemon(config) as daemon,
             httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{daemon.parts.http.port}", timeout=30
+                base_url=f"http://127.0.0.1:{daemon.parts.http.port}", timeout=30, verify=tls()
             ) as client,
         ):
             yield daemon.parts, client

@@ -15,6 +15,7 @@ import av
 import httpx
 
 from msgvoice.config import Config
+from msgvoice.net import tls
 from msgvoice.ops import service
 from msgvoice.ops.apps import check_discord, check_imessage, check_matrix, check_telegram
 from msgvoice.ops.llm_check import check_llm
@@ -175,7 +176,7 @@ async def report(
     ]
     checks += [check_state_dir(config), check_disk(config), check_encoders(config)]
     checks.append(check_programs(config))
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=tls()) as client:
         if live_worker is None:
             checks.append(await (probe() if probe else check_engine(config, engine_options)))
             checks.append(await check_engines(config))

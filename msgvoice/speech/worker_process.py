@@ -38,6 +38,10 @@ def worker_command(
     command += ["--engine", engine, "--options", json.dumps(dict(options))]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    # numpy's OpenBLAS starts a thread per core at import (~60 ms of CPU per worker start, on
+    # every restart); a worker speaks one job at a time and its engine threads itself (torch,
+    # TensorFlow), so one is enough unless the operator says otherwise.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return command, env
 
 
