@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import itertools
 import json
 import time
@@ -140,6 +141,7 @@ class FakeDiscord:
         self._nonces: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, Session] = {}
         self._live: Session | None = None
+        self._writing: dict[int, asyncio.Lock] = {}
         self.connected = asyncio.Event()
 
     # --- what tests do -------------------------------------------------------------------
@@ -232,7 +234,10 @@ class FakeDiscord:
         frame = {"op": 0, "t": event, "s": len(session.events) + 1, "d": data}
         session.events.append(frame)
         if session.socket is not None and not session.socket.closed:
-            asyncio.get_running_loop().create_task(self._send(session, frame))
+            # bound to this connection now: a frame must not go out on the one a RESUME
+            # makes later (that one gets it from the replay, in order)
+            send = self._send_on(session.socket, session.compress, frame)
+            asyncio.get_running_loop().create_task(send)
 
     async def drop(self) -> None:
         """The connection dies without a close frame."""
@@ -475,14 +480,26 @@ class FakeDiscord:
         return known
 
     async def _send(self, session: Session, frame: dict[str, Any]) -> None:
-        if session.socket is None or session.socket.closed:
-            return
-        data = json.dumps(frame).encode()
-        if session.compress is None:
-            await session.socket.send_str(data.decode())
-        else:
-            chunk = session.compress.compress(data) + session.compress.flush(zlib.Z_SYNC_FLUSH)
-            await session.socket.send_bytes(chunk)
+        if session.socket is not None:
+            await self._send_on(session.socket, session.compress, frame)
+
+    async def _send_on(
+        self, socket: web.WebSocketResponse, compress: Any, frame: dict[str, Any]
+    ) -> None:
+        """One frame on one connection, in the order sent (one zlib stream per connection:
+        chunks compressed in one order and written in another would corrupt it). A frame for
+        a connection that died is lost, as on Discord; the session keeps it for a RESUME."""
+        async with self._writing.setdefault(id(socket), asyncio.Lock()):
+            if socket.closed:
+                return
+            data = json.dumps(frame).encode()
+            with contextlib.suppress(ConnectionResetError):  # aiohttp's is one of these
+                if compress is None:
+                    await socket.send_str(data.decode())
+                else:
+                    await socket.send_bytes(
+                        compress.compress(data) + compress.flush(zlib.Z_SYNC_FLUSH)
+                    )
 
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application(client_max_size=30 * 2**20)

@@ -136,10 +136,14 @@ class Homeserver:
 
     def unlimit(self, user_id: str) -> None:
         """Exempt a user from rate limits (admin API override_ratelimit, 0 = none)."""
+        self.limit(user_id, 0, 0)
+
+    def limit(self, user_id: str, per_second: float, burst: int) -> None:
+        """Set a user's own message limit (admin API override_ratelimit)."""
         admin = self.admin()
         answer = httpx.post(
             f"{self.url}/_synapse/admin/v1/users/{user_id}/override_ratelimit",
-            json={"messages_per_second": 0, "burst_count": 0},
+            json={"messages_per_second": per_second, "burst_count": burst},
             headers={"Authorization": f"Bearer {admin.access_token}"},
             timeout=10,
         )

@@ -148,12 +148,14 @@ async def test_a_dropped_gateway_resumes_and_misses_no_command(clean_env: Path) 
     bot resumes its session (no second IDENTIFY) and answers both, once each."""
     async with FakeDiscord() as fake, running(clean_env, **dc_env(fake)):
         await ready(fake)
+        fake.say(DM, ALICE, "/help")  # answered once the bot has READY (sent before it)
+        await until(lambda: fake.texts(DM))
         await fake.drop()
         fake.say(DM, ALICE, "/tts 一")
         fake.say(OTHER, BOB, f"<@{1100}> /tts 二", guild=GUILD)
         await until(lambda: fake.voice_messages(DM) and fake.voice_messages(OTHER))
     assert fake.resumes == 1 and fake.identifies == 1
-    assert len(fake.messages) == 2
+    assert len(fake.messages) == 3  # the help and the two voice messages
 
 
 async def test_plain_server_messages_need_the_message_content_intent(clean_env: Path) -> None:

@@ -252,22 +252,25 @@ def test_a_homeserver_outage_is_waited_out_and_the_voice_note_arrives_once(
 def test_rate_limited_voice_notes_wait_retry_after_and_arrive_once(
     server: Homeserver, tmp_path: Path
 ) -> None:
-    """A bot under Synapse's default message limits (burst 10, then 0.2/s): the 11th voice
-    note gets M_LIMIT_EXCEEDED, waits the server's retry_after_ms, and every one arrives once."""
+    """A bot under a Synapse message limit (its own, set by the admin API: burst 3, then 1/s,
+    so the test waits seconds, not the default limit's 5 s a note): the 4th and later voice
+    notes get M_LIMIT_EXCEEDED, wait the server's retry_after_ms, and every one arrives once."""
     tag = secrets.token_hex(3)
     bot = server.register(f"bot{tag}", unlimited=False)
+    server.limit(bot.user_id, per_second=1, burst=3)
     alice = Person(server, server.register(f"alice{tag}"))
     state = tmp_path / "state"
     daemon = bot_daemon(state, server, bot).start()
     try:
         room = alice.create_room(bot.user_id)
         alice.wait_joined(room, bot.user_id)
-        for n in range(11):
+        for n in range(6):
             alice.say(room, f"/tts 第{n + 1}条")
-        voices = alice.wait_for(room, bot.user_id, 11, within=90)
+        alice.wait_for(room, bot.user_id, 6, within=60)
     finally:
         assert daemon.signal(signal.SIGTERM) == 0
-    assert len(voices) == 11
+    voices = alice.wait_for(room, bot.user_id, 6)  # the bot is stopped: all it sent is there
+    assert len(voices) == 6
     assert "M_LIMIT_EXCEEDED" in log_of(state) and "Traceback" not in log_of(state)
 
 
