@@ -10,11 +10,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from msgvoice.chat import storage
 from msgvoice.chat.retention import forget_before
+from msgvoice.chat.storage import Storage
 from tests.conftest import until
 from tests.daemon_util import FAULT_ENGINE, outbox, running, wait_job
 
@@ -79,6 +82,28 @@ async def test_a_full_disk_is_a_state_not_a_crash(tmp_path: Path) -> None:
             assert daemon.journal.integrity() == "ok"
         with sqlite3.connect(state / "msgvoice.sqlite3") as db:  # after the daemon closed it
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_looking_at_the_free_space_at_intake_never_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intake's own look at the free space: a state dir that cannot be looked at (gone, or no
+    file descriptors left) refuses nothing and raises nothing (the watch says what is wrong);
+    under the floor it refuses with the figures, and it looks at most once a second."""
+    gone = Storage(tmp_path / "gone", min_free_mb=1)
+    assert gone.refusal() is None and not gone.full
+    floor = Storage(tmp_path, min_free_mb=1e12)  # more than any disk has
+    reason = floor.refusal()
+    assert reason is not None and "under the" in reason and floor.times_full == 1
+    clock = [1000.0]
+    monkeypatch.setattr(storage, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    roomy = Storage(tmp_path, min_free_mb=0)
+    assert roomy.refusal() is None
+    roomy.min_free_mb = 1e12
+    clock[0] += 0.9  # within the second: not looked at again
+    assert roomy.refusal() is None
+    clock[0] += 0.1
+    assert roomy.refusal() is not None
 
 
 async def test_a_job_that_meets_a_full_disk_waits_and_is_delivered(tmp_path: Path) -> None:
