@@ -10,9 +10,9 @@ from bench.common import (
     TEXTS,
     median,
 )
-from msgvoice.speech.audio import resample
+from msgvoice.sound.audio import resample
+from msgvoice.sound.encoder import Encoder, EncodeSettings
 from msgvoice.speech.convert import decode
-from msgvoice.speech.encoder import Encoder, EncodeSettings
 from msgvoice.speech.formats import FILE_FORMATS
 from msgvoice.worker.engines.espeak import EspeakEngine
 from msgvoice.worker.protocol import Prosody, to_float32

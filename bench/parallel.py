@@ -17,8 +17,8 @@ from bench.common import (
     stream,
     until_final,
 )
-from msgvoice.speech.audio import resample
-from msgvoice.speech.encoder import Encoder, EncodeSettings
+from msgvoice.sound.audio import resample
+from msgvoice.sound.encoder import Encoder, EncodeSettings
 from msgvoice.speech.formats import FILE_FORMATS
 from msgvoice.worker.engines.espeak import EspeakEngine
 from msgvoice.worker.protocol import Prosody, to_float32

@@ -68,7 +68,7 @@ async def regression_figures(url: str, daemon_pid: int, runs: int) -> dict[str, 
 
     import numpy as np  # noqa: PLC0415
 
-    from msgvoice.speech.audio import click_ratio  # noqa: PLC0415
+    from msgvoice.sound.audio import click_ratio  # noqa: PLC0415
 
     rows: dict[str, dict[str, float]] = {}
     peak = 0.0

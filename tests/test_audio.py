@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msgvoice.speech import audio
+from msgvoice.sound import audio
+from msgvoice.sound.encoder import AudioError, AudioWriter
 from msgvoice.speech.convert import decode, describe
-from msgvoice.speech.encoder import AudioError, AudioWriter
 from msgvoice.speech.formats import output_rate
 from msgvoice.worker.engines.espeak import EspeakEngine
 from msgvoice.worker.protocol import Prosody

@@ -18,8 +18,8 @@ import pytest
 from msgvoice.channels.outbox import OutboxPump
 from msgvoice.chat.port import OutboxItem
 from msgvoice.compose import DaemonParts
+from msgvoice.sound.encoder import AudioWriter, write_file
 from msgvoice.speech import speaker as speaker_module
-from msgvoice.speech.encoder import AudioWriter
 from tests.conftest import until
 from tests.daemon_util import FAULT_ENGINE, running, wait_job
 from tests.fake_telegram import FakeTelegram
@@ -80,29 +80,42 @@ async def _failed_items(daemon: DaemonParts, chat: str) -> list[OutboxItem]:
 
 
 @pytest.mark.parametrize("kind", list(FAULTS))
-async def test_an_encoder_fault_fails_or_parks_its_job_and_the_next_goes_on(
-    clean_env: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("where", ["file", "encoder"])
+async def test_an_audio_write_fault_fails_or_parks_its_job_and_the_next_goes_on(
+    clean_env: Path, kind: str, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The encoder raises while one job is written: an exhausted resource (ENOSPC, EMFILE)
-    parks that job until the state dir takes writes again, then it is delivered; any other
-    fault fails that job with the reason; the next job of another chat is done either way."""
+    """Writing one job's voice note raises: where a one-segment job's finished output (from
+    its worker) becomes a file, or in the encoder of a job of several segments. An exhausted
+    resource (ENOSPC, EMFILE) parks that job until the state dir takes writes again, then it
+    is delivered; any other fault fails that job with the reason; the next job of another
+    chat is done either way."""
     fired: list[str] = []
+
+    def fire(place: str) -> None:
+        if not fired:  # the first voice note written: chat a's
+            fired.append(place)
+            raise FAULTS[kind]()
 
     class Faulty(AudioWriter):
         def feed(self, samples: Any) -> bytes:
-            if not fired:  # the first voice note written: chat a's
-                fired.append(kind)
-                raise FAULTS[kind]()
+            fire("encoder")
             return super().feed(samples)
 
+    def faulty_write(path: Path, data: bytes) -> Path:
+        fire("file")
+        return write_file(path, data)
+
     monkeypatch.setattr(speaker_module, "AudioWriter", Faulty)
-    async with running(clean_env) as (daemon, client):
-        bad = await client.post("/v1/messages", json={"chat_id": "a", "text": "/tts 坏了"})
+    monkeypatch.setattr(speaker_module, "write_file", faulty_write)
+    # Segments of a few characters: "坏了。真的坏了。" is two, "坏了" one.
+    text = "坏了" if where == "file" else "坏了。真的坏了。"
+    async with running(clean_env, MSGVOICE_TEXT_SEGMENT_CHARS="4") as (daemon, client):
+        bad = await client.post("/v1/messages", json={"chat_id": "a", "text": f"/tts {text}"})
         job = await wait_job(client, bad.json()["jobs"][0])
         good = await client.post("/v1/messages", json={"chat_id": "b", "text": "/tts 好的"})
         other = await wait_job(client, good.json()["jobs"][0])
         restarts = dict(daemon.task_restarts)
-    assert fired == [kind] and other["state"] == "done" and not restarts
+    assert fired == [where] and other["state"] == "done" and not restarts
     if kind in ("enospc", "emfile"):
         assert job["state"] == "done" and daemon.storage.times_full == 1  # waited, recovered
     else:

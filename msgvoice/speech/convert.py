@@ -12,8 +12,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from msgvoice.speech.audio import resample
-from msgvoice.speech.encoder import AudioError, AudioWriter, EncodeSettings
+from msgvoice.sound.audio import resample
+from msgvoice.sound.encoder import AudioError, AudioWriter, EncodeSettings
 from msgvoice.speech.formats import FILE_FORMATS
 from msgvoice.speech.job import transient
 from msgvoice.worker.protocol import Samples, to_float32

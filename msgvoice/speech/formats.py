@@ -60,6 +60,9 @@ PCM = Format("pcm", (".pcm",), "raw", "pcm_s16le", "audio/pcm", True, "pcm")
 """Bare 16-bit little-endian mono PCM (the speech API's `pcm`, at PCM_RATE)."""
 PCM_RATE = 24_000
 
+FORMATS: dict[str, Format] = {**FILE_FORMATS, PCM.name: PCM}
+"""Every format by msgvoice's name."""
+
 API_FORMATS: dict[str, Format] = {f.api_name: f for f in (*_ALL, PCM) if f.api_name}
 """The speech API's `response_format` values."""
 

@@ -75,6 +75,8 @@ class Report:
         """Count one spoken segment's worker figures (and engine stages) in."""
         self.timings["synth_ms"] += synthesis.synth_s * 1000
         self.timings["worker_ms"] += synthesis.wall_s * 1000
+        if synthesis.output is not None:  # encoded by the worker
+            self.timings["encode_ms"] += synthesis.output.encode_s * 1000
         for stage, ms in synthesis.stages.items():
             self.timings[stage] = self.timings.get(stage, 0.0) + ms
         self.unseeded_why = self.unseeded_why or synthesis.unseeded_why

@@ -1,9 +1,12 @@
 """The speech wing's front door: text → segments → emotion → worker → encoded audio.
 
 `Speaker.speak` writes a file (it appears only when complete); `Speaker.stream` yields a
-response's bytes as each segment is encoded. Both run the same encode loop: each segment is
-encoded in a thread while the worker speaks the next one. Each segment takes whichever worker
-of the engine's pool is free, so chat jobs and API requests share the workers.
+response's bytes as each segment is encoded. Both run the same encode loop. A job of one
+segment (most chat replies) is finished by the worker that speaks it: shaped, resampled and
+encoded there, so the encodes of several jobs run side by side in several processes. A longer
+job is encoded here, each segment in a thread while the worker speaks the next one. Each
+segment takes whichever worker of the engine's pool is free, so chat jobs and API requests
+share the workers.
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 from msgvoice.config import Config
-from msgvoice.speech import audio, process_memory, text
+from msgvoice.sound import audio
+from msgvoice.sound.encoder import AudioError, AudioWriter, Encoder, EncodeSettings, write_file
+from msgvoice.speech import process_memory, text
 from msgvoice.speech.chain import EngineChain
 from msgvoice.speech.emotion import EmotionResult, Emotions, to_prosody
-from msgvoice.speech.encoder import AudioWriter, Encoder, EncodeSettings
 from msgvoice.speech.formats import Format, output_rate
 from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult, exhausted
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
+from msgvoice.speech.synthesis import Output
 from msgvoice.speech.text import speakable
 from msgvoice.speech.worker_process import RequestRefused, WorkerError
+from msgvoice.worker.output import OutputParams
 from msgvoice.worker.protocol import Samples
 
 __all__ = [
@@ -55,6 +62,43 @@ class _Sink(Protocol):
     def start(self) -> bytes: ...
     def feed(self, samples: Samples) -> bytes: ...
     def abort(self) -> None: ...
+
+
+class Finished:
+    """The sink of a job its worker finished: the output's bytes are all there is."""
+
+    def __init__(self, output: Output, path: Path | None = None) -> None:
+        self.output, self.path, self.rate = output, path, output.rate
+
+    def start(self) -> bytes:
+        """The whole output."""
+        return self.output.data
+
+    def feed(self, samples: Samples) -> bytes:
+        raise AssertionError("a finished job takes no more audio")
+
+    def finish(self) -> bytes:
+        """Nothing is left to encode."""
+        return b""
+
+    def header(self) -> bytes:
+        """The output carries its own header."""
+        return b""
+
+    def abort(self) -> None:
+        """Nothing half made to drop."""
+
+    def commit(self) -> Path:
+        """The output as the job's file (atomically); AudioError when there is no audio."""
+        assert self.path is not None
+        if not self.output.frames:
+            raise AudioError(f"no audio to write to {self.path.name}")
+        return write_file(self.path, self.output.data)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of audio in the output."""
+        return self.output.duration_s
 
 
 class Speaker:
@@ -106,8 +150,10 @@ class Speaker:
         started = time.perf_counter()
         report = Report()
 
-        def open_file(rate: int) -> AudioWriter:
-            rate = output_rate(job.fmt, rate, self.config.audio.opus_rate_hz)
+        def open_file(spoken: Synthesis) -> AudioWriter | Finished:
+            if spoken.output is not None:
+                return Finished(spoken.output, job.out)
+            rate = output_rate(job.fmt, spoken.sample_rate, self.config.audio.opus_rate_hz)
             return AudioWriter(job.out, job.fmt, rate, self.encoding)
 
         def tick(_data: bytes) -> None:
@@ -115,8 +161,8 @@ class Speaker:
                 progress(len(report.engines), report.segments)
 
         with self._working():
-            writer = await self._encode_loop(job, report, open_file, tick)
-            assert isinstance(writer, AudioWriter) and report.emotion is not None
+            writer = await self._encode_loop(job, report, (job.fmt, False), open_file, tick)
+            assert isinstance(writer, AudioWriter | Finished) and report.emotion is not None
             await asyncio.to_thread(writer.commit)
         timings = report.timings
         timings["total_ms"] = (time.perf_counter() - started) * 1000
@@ -175,14 +221,17 @@ class Speaker:
         pending: list[bytes] = []
         emit = chunks.put_nowait if streaming else pending.append
 
-        def open_encoder(rate: int) -> Encoder:
-            rate = output_rate(fmt.name, rate, self.config.audio.opus_rate_hz)
+        def open_encoder(spoken: Synthesis) -> Encoder | Finished:
+            if spoken.output is not None:
+                return Finished(spoken.output)
+            rate = output_rate(fmt.name, spoken.sample_rate, self.config.audio.opus_rate_hz)
             return Encoder(fmt, rate, streaming, self.encoding)
 
         try:
             with self._working():
-                encoder = await self._encode_loop(job, Report(), open_encoder, emit)
-                assert isinstance(encoder, Encoder)
+                wanted = (fmt.name, streaming)
+                encoder = await self._encode_loop(job, Report(), wanted, open_encoder, emit)
+                assert isinstance(encoder, Encoder | Finished)
                 emit(await asyncio.to_thread(encoder.finish))
             if not streaming:
                 chunks.put_nowait(encoder.header() + b"".join(pending))
@@ -207,11 +256,14 @@ class Speaker:
         self,
         job: SpeechJob,
         report: Report,
-        open_sink: Callable[[int], _Sink],
+        wanted: tuple[str, bool],
+        open_sink: Callable[[Synthesis], _Sink],
         emit: Callable[[bytes], object],
     ) -> _Sink:
         """Speak the job's segments; encode each in a thread while the next is spoken, and
-        `emit` its bytes as soon as they are encoded. Returns the sink, not yet finished."""
+        `emit` its bytes as soon as they are encoded (a job of one segment comes finished
+        from its worker, as `wanted`: format and streaming). Returns the sink, not yet
+        finished."""
         sink: _Sink | None = None
         encoding: asyncio.Future[tuple[bytes, float]] | None = None
         loop, stretch = asyncio.get_running_loop(), self.chain.speeds(job.speed)[1]
@@ -223,13 +275,13 @@ class Speaker:
                 emit(data)
 
         try:
-            async for synthesis in self.syntheses(job, report):
+            async for synthesis in self.syntheses(job, report, self._output(*wanted, stretch)):
                 if sink is None:
-                    sink = await asyncio.to_thread(open_sink, synthesis.sample_rate)
+                    sink = await asyncio.to_thread(open_sink, synthesis)
                     emit(sink.start())
-                after_gap = encoding is not None
-                if encoding is not None:
-                    await asyncio.shield(encoding)  # a cancel must not mark it done early
+                if synthesis.output is not None:  # the job's one segment, finished
+                    continue
+                after_gap = await _encoded(encoding)
                 # A bare executor future, not a task: nothing cancels it (stopping cancels
                 # every task), so it is done only when its thread is done with the sink.
                 args = (sink, synthesis, after_gap, stretch)
@@ -237,8 +289,7 @@ class Speaker:
                 encoding.add_done_callback(done)
             if sink is None:
                 raise SpeechError("the engine made no sound for this text")
-            assert encoding is not None
-            await asyncio.shield(encoding)
+            await _encoded(encoding)
         except BaseException:
             if encoding is not None and not encoding.done():  # its thread still feeds the sink
                 await asyncio.wait({encoding}, timeout=ENCODE_DRAIN_S)
@@ -254,15 +305,23 @@ class Speaker:
         own: no copy of the segment to join them); its bytes and the milliseconds spent."""
         started = time.perf_counter()
         data = sink.feed(audio.gap(sink.rate, self.shaping, stretch)) if gap else b""
-        data += sink.feed(self.piece(spoken, sink.rate, stretch))
+        piece = audio.piece(spoken.samples, spoken.sample_rate, sink.rate, self.shaping, stretch)
+        data += sink.feed(piece)
         return data, (time.perf_counter() - started) * 1000
 
-    def piece(self, synthesis: Synthesis, rate: int, stretch: float = 1.0) -> Samples:
-        """One segment as it goes into the joined output at `rate`: trimmed, faded, made
-        `stretch` times as long (pitch kept), resampled."""
-        shaped = audio.shape_segment(synthesis.samples, synthesis.sample_rate, self.shaping)
-        shaped = audio.stretch(shaped, synthesis.sample_rate, stretch)
-        return audio.resample(shaped, synthesis.sample_rate, rate)
+    def _output(self, fmt: str, streaming: bool, stretch: float) -> OutputParams:
+        """What a worker needs to finish a job of one segment as this speaker would."""
+        return {
+            "format": fmt,
+            "streaming": streaming,
+            "opus_rate_hz": self.config.audio.opus_rate_hz,
+            "opus_complexity": self.encoding.opus_complexity,
+            "opus_bitrate_kbps": self.encoding.opus_bitrate_kbps,
+            "fade_ms": self.shaping.fade_ms,
+            "gap_ms": self.shaping.gap_ms,
+            "silence_db": self.shaping.silence_db,
+            "stretch": stretch,
+        }
 
     # -- synthesis ---------------------------------------------------------------------------
 
@@ -271,8 +330,11 @@ class Speaker:
         pieces = self.segments(job.text, job.lead_sentence)
         return await self.emotions.resolve(job.style, pieces, job.vector)
 
-    async def syntheses(self, job: SpeechJob, report: Report) -> AsyncIterator[Synthesis]:
-        """The job's segments as the worker speaks them, one at a time, in order."""
+    async def syntheses(
+        self, job: SpeechJob, report: Report, output: OutputParams | None = None
+    ) -> AsyncIterator[Synthesis]:
+        """The job's segments as the worker speaks them, one at a time, in order; a job of
+        one segment asks its worker for the finished `output`."""
         started = time.perf_counter()
         pieces = self.segments(job.text, job.lead_sentence)
         emotion = job.emotion or await self.emotions.resolve(job.style, pieces, job.vector)
@@ -281,16 +343,26 @@ class Speaker:
             emotion_ms=(time.perf_counter() - started) * 1000, synth_ms=0.0, worker_ms=0.0
         )
         voice, speed = job.voice or self.chain.default_voice, self.chain.speeds(job.speed)[0]
+        output = output if len(pieces) == 1 else None
         for piece, vector in zip(pieces, emotion.vectors, strict=True):
             prosody = to_prosody(vector)
             prosody = replace(prosody, rate=prosody.rate * speed)
             request = SynthRequest(
-                job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed
+                job.job_id, piece, voice, prosody, vector, job.timeout_cap_s, job.seed, output
             )
             try:
                 synthesis = await self.chain.synthesize(request, report.engines)
             except RequestRefused as exc:
                 raise SpeechError(str(exc)) from None
             report.add(synthesis)
-            if synthesis.samples.size:  # a segment the engine made no sound for is left out
+            if synthesis.spoke:  # a segment the engine made no sound for is left out
                 yield synthesis
+
+
+async def _encoded(encoding: asyncio.Future[tuple[bytes, float]] | None) -> bool:
+    """Wait for a segment's encode (if there is one under way); whether there was one. The
+    wait is shielded: a cancel must not mark the encode done while its thread still runs."""
+    if encoding is None:
+        return False
+    await asyncio.shield(encoding)
+    return True

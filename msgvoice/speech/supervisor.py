@@ -20,7 +20,7 @@ from typing import Any
 
 from msgvoice.config import WorkerConfig
 from msgvoice.net import Backoff
-from msgvoice.speech.synthesis import Synthesis, SynthRequest
+from msgvoice.speech.synthesis import Output, Synthesis, SynthRequest
 from msgvoice.speech.worker_process import (
     StartFailed,
     WorkerError,
@@ -142,9 +142,7 @@ class Supervisor:
                             f"synthesis failed twice ({lost.reason}: {lost}); giving up"
                         ) from None
                     continue
-                samples, memory_mb = await asyncio.to_thread(
-                    self._collect, worker, result["payload"]
-                )
+                samples, output, memory_mb = await asyncio.to_thread(self._collect, worker, result)
                 self._after_job(worker, memory_mb)
                 return Synthesis(
                     samples,
@@ -154,6 +152,8 @@ class Supervisor:
                     attempt,
                     dict(result.get("stages") or {}),
                     result.get("unseeded_why"),
+                    output,
+                    spoke=bool(result.get("samples", samples.size)),
                 )
         raise AssertionError("unreachable")
 
@@ -185,12 +185,18 @@ class Supervisor:
             lost,
         )
 
-    def _collect(self, worker: WorkerProcess, payload: bytes) -> tuple[Samples, float]:
-        """(In a thread.) The worker's samples, and the worker's memory now (0 when there is
-        no limit to hold it to)."""
-        samples = from_raw(payload)
+    def _collect(
+        self, worker: WorkerProcess, result: dict[str, Any]
+    ) -> tuple[Samples, Output | None, float]:
+        """(In a thread.) The worker's samples or finished output, and the worker's memory
+        now (0 when there is no limit to hold it to)."""
+        payload: bytes = result["payload"]
+        output = None
+        if isinstance(made := result.get("output"), dict):
+            output = Output(payload, int(made["rate"]), int(made["frames"]), made["encode_s"])
+            payload = b""
         limit = self.config.rss_limit_mb
-        return samples, worker.memory_mb(limit) if limit else 0.0
+        return from_raw(payload), output, worker.memory_mb(limit) if limit else 0.0
 
     def _after_job(self, worker: WorkerProcess, memory_mb: float) -> None:
         worker.jobs += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from msgvoice.worker.output import OutputParams
 from msgvoice.worker.protocol import Prosody, Samples, SynthesisParams
 
 
@@ -20,16 +21,36 @@ class SynthRequest:
     """Upper bound on this request's timeout (automatic replies)."""
     seed: int | None = None
     """Seed for sampling engines, so the same request gives the same audio."""
+    output: OutputParams | None = None
+    """The job's whole output wanted from the worker (a job of one segment)."""
 
     def params(self) -> SynthesisParams:
         """The worker protocol's `synthesize` parameters."""
-        return {
+        params: SynthesisParams = {
             "text": self.text,
             "voice": self.voice,
             "prosody": self.prosody.as_json(),
             "emotion": list(self.emotion) if self.emotion else None,
             "seed": self.seed,
         }
+        if self.output is not None:
+            params["output"] = self.output
+        return params
+
+
+@dataclass(frozen=True)
+class Output:
+    """A job's finished output, encoded by the worker that spoke it."""
+
+    data: bytes
+    rate: int
+    frames: int
+    encode_s: float
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of audio in it."""
+        return self.frames / self.rate
 
 
 @dataclass(frozen=True)
@@ -45,3 +66,8 @@ class Synthesis:
     """Per-stage milliseconds the engine reported (IndexTTS2: gpt_ms, s2mel_ms, vocoder_ms)."""
     unseeded_why: str | None = None
     """Why a requested seed could not be applied (the engine takes none)."""
+    output: Output | None = None
+    """The finished output when the request asked for it and the worker could make it
+    (`samples` is then empty)."""
+    spoke: bool = True
+    """Whether the engine made any sound (an empty segment is left out of a job)."""

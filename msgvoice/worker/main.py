@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from msgvoice.worker import output
 from msgvoice.worker.protocol import (
     ENGINES,
     PROTOCOL_FD_ENV,
@@ -113,7 +114,8 @@ def load_engine(spec: str, options: dict[str, Any]) -> Engine:
 def synthesize(
     engine: Engine, params: dict[str, Any], takes_seed: bool
 ) -> tuple[SynthesisAnswer, bytes]:
-    """Speak one request's text: the answer and its samples as the protocol carries them."""
+    """Speak one request's text: the answer and its samples as the protocol carries them, or
+    the job's finished output when the request asks for it (see output.py)."""
     started = time.perf_counter()
     seed = params.get("seed")
     extra = {"seed": seed} if seed is not None and takes_seed else {}
@@ -135,6 +137,9 @@ def synthesize(
         "unseeded_why": None if extra or seed is None else f"{engine.name} takes no seed",
         "peak_rss_mb": peak_rss_mb(),
     }
+    if audio.size and (wanted := output.check(params.get("output"))) is not None:
+        answer["output"], data = output.finish(audio, int(rate), wanted)
+        return answer, data
     return answer, to_raw(audio)
 
 
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "numpy": np.__version__,
     }
     send(out, ready)
+    output.warm_up()
     serve(engine, sys.stdin, out)
     return 0
 

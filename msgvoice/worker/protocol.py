@@ -3,20 +3,22 @@
 One JSON object per line each way. The worker first says `{"event": "ready", ...}` (or
 `{"event": "failed", "error"}`), then answers each `{"id", "method", "params"}` with
 `{"id", "ok", "result" | "error"}`. A `synthesize` answer names its audio's size in
-`"bytes"`, and that many bytes of raw little-endian float32 mono samples follow its line on the
-same pipe: audio never touches a disk between the two processes. Engines import this module
-(and nothing else of msgvoice's); the daemon side imports it for `Prosody`, the request and
-answer shapes and the engine catalogue.
+`"bytes"`, and that many bytes follow its line on the same pipe: raw little-endian float32 mono
+samples, or, when the request asked for a one-segment job's `output`, the finished file or
+response (`output.py`). Audio never touches a disk between the two processes. Engines import
+this module (and nothing else of msgvoice's); the daemon side imports it for `Prosody`, the
+request and answer shapes and the engine catalogue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
+from msgvoice.worker.output import OutputAnswer, OutputParams
 from msgvoice.worker.samples import SampleError, Samples, to_float32
 
 __all__ = [
@@ -62,6 +64,8 @@ class SynthesisParams(TypedDict):
     prosody: dict[str, float]
     emotion: list[float] | None
     seed: int | None
+    output: NotRequired[OutputParams]
+    """Ask for the job's finished output instead of the samples (a job of one segment)."""
 
 
 class SynthesisAnswer(TypedDict):
@@ -74,6 +78,8 @@ class SynthesisAnswer(TypedDict):
     stages: dict[str, float]
     unseeded_why: str | None
     peak_rss_mb: float
+    output: NotRequired[OutputAnswer]
+    """Present when the payload is the finished output (see `SynthesisParams.output`)."""
 
 
 def to_raw(samples: Samples) -> bytes:

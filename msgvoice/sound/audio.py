@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from msgvoice.worker.protocol import Samples, to_float32
+from msgvoice.worker.samples import Samples, to_float32
 
 
 def trim_silence(samples: Samples, rate: int, silence_db: float, keep_ms: float = 30.0) -> Samples:
@@ -53,6 +53,13 @@ def shape_segment(samples: Any, rate: int, shaping: Shaping) -> Samples:
     """One segment as it goes into the joined output: normalised, trimmed, faded."""
     clean = trim_silence(to_float32(samples), rate, shaping.silence_db)
     return fade_edges(clean, rate, shaping.fade_ms)
+
+
+def piece(samples: Any, rate: int, out_rate: int, shaping: Shaping, factor: float) -> Samples:
+    """One spoken segment as it goes into the joined output at `out_rate`: trimmed, faded,
+    made `factor` times as long (pitch kept), resampled."""
+    shaped = stretch(shape_segment(samples, rate, shaping), rate, factor)
+    return resample(shaped, rate, out_rate)
 
 
 def gap(rate: int, shaping: Shaping, stretch: float = 1.0) -> Samples:

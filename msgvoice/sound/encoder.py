@@ -32,9 +32,9 @@ import av
 import numpy as np
 from av.audio.codeccontext import AudioCodecContext
 
-from msgvoice.speech.caf import write_caf_opus
+from msgvoice.sound.caf import write_caf_opus
 from msgvoice.speech.formats import FILE_FORMATS, Format
-from msgvoice.worker.protocol import Samples
+from msgvoice.worker.samples import Samples
 
 
 class AudioError(ValueError):
@@ -223,6 +223,35 @@ class Encoder:
         return self.frames / self.rate
 
 
+def encode_whole(
+    fmt: Format, rate: int, samples: Samples, streaming: bool, settings: EncodeSettings
+) -> bytes:
+    """All of `samples` as one response or file of `fmt`: what an Encoder fed them in one
+    piece gives, header included (a streamed WAV's unknown sizes when `streaming`)."""
+    encoder = Encoder(fmt, rate, streaming, settings)
+    body = encoder.start() + encoder.feed(samples) + encoder.finish()
+    return encoder.header() + body
+
+
+def place(tmp: Path, path: Path) -> Path:
+    """Move a finished temporary file into place, with its folder's permissions."""
+    os.chmod(tmp, os.stat(path.parent).st_mode & 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """`data` as the file `path`, atomically: it appears only when complete."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        return place(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class AudioWriter:
     """Write an audio file piece by piece, atomically: the file appears only when complete.
 
@@ -261,12 +290,10 @@ class AudioWriter:
                 self._file.seek(0)
                 self._file.write(header)
             self._file.close()
-            os.chmod(self._tmp, os.stat(self.path.parent).st_mode & 0o644)  # as its folder
-            os.replace(self._tmp, self.path)
+            return place(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
-        return self.path
 
     def abort(self) -> None:
         """Drop the partial file."""

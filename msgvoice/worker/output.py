@@ -1,0 +1,86 @@
+"""A job's finished output, made in the worker that spoke it.
+
+When a job is one segment, the daemon asks for its output rather than its samples (the
+`output` parameter of `synthesize`): the worker shapes the segment, stretches it to the
+job's speed, resamples it and encodes it, and sends back the finished file or response. The
+encode then runs beside the synthesis, one per worker process, instead of in the daemon
+next to every other job, and raw audio never crosses the pipe. A worker whose interpreter
+lacks PyAV or soxr sends the samples as before, and the daemon encodes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, TypedDict
+
+from msgvoice.worker.samples import Samples
+
+
+class OutputParams(TypedDict):
+    """`params["output"]` of a `synthesize` request: the job's whole output, how."""
+
+    format: str
+    """msgvoice's name of the format (`ogg`, `mp3`, `pcm`, ...)."""
+    streaming: bool
+    opus_rate_hz: int
+    opus_complexity: int
+    opus_bitrate_kbps: int
+    fade_ms: float
+    gap_ms: float
+    silence_db: float
+    stretch: float
+
+
+class OutputAnswer(TypedDict):
+    """`result["output"]` of a `synthesize` answer: its payload is the output's bytes."""
+
+    rate: int
+    frames: int
+    encode_s: float
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this interpreter can encode (PyAV and soxr import)."""
+    try:
+        import msgvoice.sound.encoder  # noqa: F401, PLC0415 (optional in a worker)
+    except ImportError:
+        return False
+    return True
+
+
+def warm_up() -> None:
+    """Import the encoders in the background, so the first job does not wait for PyAV."""
+    threading.Thread(target=available, name="output-warm-up", daemon=True).start()
+
+
+def finish(samples: Samples, rate: int, params: OutputParams) -> tuple[OutputAnswer, bytes]:
+    """The whole output of a one-segment job spoken as `samples` at `rate`."""
+    from msgvoice.sound import audio  # noqa: PLC0415 (see available)
+    from msgvoice.sound.encoder import EncodeSettings, encode_whole  # noqa: PLC0415
+    from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
+
+    started = time.perf_counter()
+    fmt = FORMATS[params["format"]]
+    out_rate = output_rate(fmt.name, rate, params["opus_rate_hz"])
+    shaping = audio.Shaping(params["fade_ms"], params["gap_ms"], params["silence_db"])
+    piece = audio.piece(samples, rate, out_rate, shaping, params["stretch"])
+    settings = EncodeSettings(params["opus_complexity"], params["opus_bitrate_kbps"])
+    data = encode_whole(fmt, out_rate, piece, params["streaming"], settings)
+    answer: OutputAnswer = {
+        "rate": out_rate,
+        "frames": int(piece.size),
+        "encode_s": time.perf_counter() - started,
+    }
+    return answer, data
+
+
+def check(params: Any) -> OutputParams | None:
+    """The request's output parameters when they ask for something this worker makes."""
+    if not isinstance(params, dict) or not available():
+        return None
+    from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
+
+    return params if params.get("format") in FORMATS else None  # type: ignore[return-value]
