@@ -28,6 +28,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "msgvoice.worker": (
         "msgvoice.worker.protocol",
         "msgvoice.worker.samples",
+        "msgvoice.worker.output",
         "msgvoice.sound",
         "msgvoice.speech.formats",
     ),

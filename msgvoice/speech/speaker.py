@@ -32,8 +32,7 @@ from msgvoice.speech.supervisor import Synthesis, SynthRequest
 from msgvoice.speech.synthesis import Output
 from msgvoice.speech.text import speakable
 from msgvoice.speech.worker_process import RequestRefused, WorkerError
-from msgvoice.worker.output import OutputParams
-from msgvoice.worker.protocol import Samples
+from msgvoice.worker.protocol import OutputParams, Samples
 
 __all__ = [
     "EmotionResult",

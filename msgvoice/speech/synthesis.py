@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from msgvoice.worker.output import OutputParams
-from msgvoice.worker.protocol import Prosody, Samples, SynthesisParams
+from msgvoice.worker.protocol import OutputParams, Prosody, Samples, SynthesisParams
 
 
 @dataclass(frozen=True)

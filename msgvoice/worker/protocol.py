@@ -27,6 +27,8 @@ __all__ = [
     "Engine",
     "EngineSpec",
     "EngineUnavailable",
+    "OutputAnswer",
+    "OutputParams",
     "Prosody",
     "SampleError",
     "Samples",
