@@ -58,14 +58,14 @@ class SpeechKit:
 
 
 def worker_count(config: Config) -> int:
-    """`worker.count`, or on auto: for light engines one per two cores (at most 2), else 1.
-    A light engine's job spends as much CPU in the daemon (resampling, encoding) as in its
-    worker, so each worker wants a core of the daemon's too: on 2 cores a second eSpeak
-    worker measured slower (scripts/bench --only parallel: 4 chats 15.8 vs 17.3 jobs/s)."""
+    """`worker.count`, or on auto: for light engines one per core (at most 2), else 1. A
+    light engine's one-segment job is encoded in its worker, so a second worker takes a
+    second core (scripts/bench --only parallel on 2 cores, 16 chats: 21.3 jobs/s with two
+    workers against 12.3 with one, and 15.9 for one worker before the worker encoded)."""
     if config.worker.count:
         return config.worker.count
     spec = ENGINES.get(config.tts.engine)
-    return max(1, min(2, (os.cpu_count() or 1) // 2)) if spec is not None and spec.light else 1
+    return max(1, min(2, os.cpu_count() or 1)) if spec is not None and spec.light else 1
 
 
 def main_voice(config: Config) -> str:

@@ -38,12 +38,14 @@ async def until(predicate: Callable[[], object], within: float = 30.0) -> None:
 
 @pytest.fixture(autouse=True)
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Every test gets its own state dir and no msgvoice or seed env from the outside."""
+    """Every test gets its own state dir and no msgvoice or seed env from the outside, and
+    one worker unless it asks for more (the auto count follows the machine's cores)."""
     for name in list(os.environ):
         if name.startswith("MSGVOICE_") or name in ALIASES:
             monkeypatch.delenv(name)
     state = tmp_path / "state"
     monkeypatch.setenv("MSGVOICE_STATE_DIR", str(state))
+    monkeypatch.setenv("MSGVOICE_WORKER_COUNT", "1")
     yield state
 
 

@@ -200,3 +200,42 @@ def test_stretch_keeps_the_pitch_and_makes_the_length_exact(
     assert y.size == round(x.size * factor) and y.dtype == np.float32
     assert pitch_hz(y, rate) == pytest.approx(pitch_hz(x, rate), rel=0.02)
     assert audio.max_jump(y) <= audio.max_jump(x) * 1.05
+
+
+@pytest.mark.parametrize("fmt", ["ogg", "mp3", "wav", "pcm"])
+def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for a job's output, the worker answers with the finished bytes, which decode to
+    the daemon's own encode of the same samples (same shaping, rate and settings); a worker
+    that cannot encode here sends the samples instead."""
+    from msgvoice.sound.encoder import EncodeSettings, encode_whole  # noqa: PLC0415
+    from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
+    from msgvoice.worker import main, output  # noqa: PLC0415
+
+    engine = EspeakEngine("cmn")
+    wanted = {
+        "format": fmt, "streaming": False, "opus_rate_hz": 48_000, "opus_complexity": 0,
+        "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
+        "stretch": 1.0,
+    }  # fmt: skip
+    params = {"text": "你好", "voice": None, "prosody": {}, "emotion": None, "seed": None}
+    made, data = main.synthesize(engine, {**params, "output": wanted}, False)
+    rate = output_rate(fmt, engine.sample_rate, 48_000)
+    assert made["output"]["rate"] == rate and made["output"]["frames"] > 0
+    spoken, _ = main.synthesize(engine, params, False)
+    samples = np.frombuffer(_, dtype="<f4")
+    piece = audio.piece(samples, engine.sample_rate, rate, audio.Shaping(), 1.0)
+    ours = encode_whole(FORMATS[fmt], rate, piece, False, EncodeSettings())
+    if fmt == "pcm":
+        assert data == ours
+    else:  # an Ogg stream's serial number is random: compare what they decode to
+        (tmp_path / f"w.{fmt}").write_bytes(data)
+        (tmp_path / f"d.{fmt}").write_bytes(ours)
+        got, want = decode(tmp_path / f"w.{fmt}"), decode(tmp_path / f"d.{fmt}")
+        assert got[1] == want[1] and np.array_equal(got[0], want[0])
+    assert "output" not in spoken and spoken["samples"] == samples.size
+
+    monkeypatch.setattr(output, "available", lambda: False)
+    raw, payload = main.synthesize(engine, {**params, "output": wanted}, False)
+    assert "output" not in raw and len(payload) == 4 * raw["samples"]

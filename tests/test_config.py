@@ -101,3 +101,19 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported, not ignored."""
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("engine", "cores", "workers"),
+    [("espeak", 1, 1), ("espeak", 2, 2), ("espeak", 8, 2), ("kokoro", 8, 1)],
+)
+def test_the_auto_worker_count_is_one_per_core_for_a_light_engine(
+    monkeypatch: pytest.MonkeyPatch, engine: str, cores: int, workers: int
+) -> None:
+    """`worker.count` 0: a light engine gets one worker per core, at most 2 (its jobs are
+    encoded in their workers, so a second core pays); a model engine one."""
+    from msgvoice import compose  # noqa: PLC0415
+
+    monkeypatch.setattr(compose.os, "cpu_count", lambda: cores)
+    config = load(None, {"MSGVOICE_WORKER_COUNT": "0", "MSGVOICE_TTS_ENGINE": engine})
+    assert compose.worker_count(config) == workers

@@ -69,7 +69,7 @@ class WorkerConfig:
     python: str = ""
     """Interpreter that runs the worker; empty = the daemon's own."""
     count: int = key(0, lo=0, hi=64)
-    """Workers of the main engine (0 = auto: one per two cores for eSpeak, at most 2; else 1)."""
+    """Workers of the main engine (0 = auto: one per core for eSpeak, at most 2; else 1)."""
     eager: bool = True
     """Start the worker at start-up rather than at the first job."""
     ready_timeout_s: float = key(180.0, lo=0.1)

@@ -1,7 +1,8 @@
 """The worker program: load one engine, then answer one JSON request per line.
 
 Run as `python -m msgvoice.worker.main --engine NAME --options JSON`, possibly under another
-interpreter; it needs only the standard library, numpy and the engine. The protocol is in
+interpreter; it needs only the standard library, numpy and the engine (and PyAV and soxr to
+finish a job's output itself: `output.py`; without them it sends samples). The protocol is in
 `protocol.py`. Anything the engine prints lands on stderr, never on the protocol.
 """
 
