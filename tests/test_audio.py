@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from msgvoice.sound import audio
-from msgvoice.sound.encoder import AudioError, AudioWriter
+from msgvoice.sound.encoder import AudioError
+from msgvoice.sound.files import AudioWriter
 from msgvoice.speech.convert import decode, describe
 from msgvoice.speech.formats import output_rate
 from msgvoice.worker.engines.espeak import EspeakEngine

@@ -18,7 +18,8 @@ import pytest
 from msgvoice.channels.outbox import OutboxPump
 from msgvoice.chat.port import OutboxItem
 from msgvoice.compose import DaemonParts
-from msgvoice.sound.encoder import AudioWriter, write_file
+from msgvoice.sound.files import AudioWriter, write_file
+from msgvoice.speech import sinks as sinks_module
 from msgvoice.speech import speaker as speaker_module
 from tests.conftest import until
 from tests.daemon_util import FAULT_ENGINE, running, wait_job
@@ -106,7 +107,7 @@ async def test_an_audio_write_fault_fails_or_parks_its_job_and_the_next_goes_on(
         return write_file(path, data)
 
     monkeypatch.setattr(speaker_module, "AudioWriter", Faulty)
-    monkeypatch.setattr(speaker_module, "write_file", faulty_write)
+    monkeypatch.setattr(sinks_module, "write_file", faulty_write)
     # Segments of a few characters: "坏了。真的坏了。" is two, "坏了" one.
     text = "坏了" if where == "file" else "坏了。真的坏了。"
     async with running(clean_env, MSGVOICE_TEXT_SEGMENT_CHARS="4") as (daemon, client):

@@ -13,7 +13,8 @@ import av
 import numpy as np
 
 from msgvoice.sound.audio import resample
-from msgvoice.sound.encoder import AudioError, AudioWriter, EncodeSettings
+from msgvoice.sound.encoder import AudioError, EncodeSettings
+from msgvoice.sound.files import AudioWriter
 from msgvoice.speech.formats import FILE_FORMATS
 from msgvoice.speech.job import transient
 from msgvoice.worker.protocol import Samples, to_float32

@@ -17,22 +17,21 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Protocol
 
 from msgvoice.config import Config
 from msgvoice.sound import audio
-from msgvoice.sound.encoder import AudioError, AudioWriter, Encoder, EncodeSettings, write_file
+from msgvoice.sound.encoder import Encoder, EncodeSettings
+from msgvoice.sound.files import AudioWriter
 from msgvoice.speech import process_memory, text
 from msgvoice.speech.chain import EngineChain
 from msgvoice.speech.emotion import EmotionResult, Emotions, to_prosody
 from msgvoice.speech.formats import Format, output_rate
 from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult, exhausted
+from msgvoice.speech.sinks import Finished, Sink, encoded, finishing
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
-from msgvoice.speech.synthesis import Output
 from msgvoice.speech.text import speakable
 from msgvoice.speech.worker_process import RequestRefused, WorkerError
-from msgvoice.worker.protocol import OutputParams, Samples
+from msgvoice.worker.protocol import OutputParams
 
 __all__ = [
     "EmotionResult",
@@ -51,53 +50,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """Called with (segments done, segments in all)."""
 ENCODE_DRAIN_S = 30.0
-
-
-class _Sink(Protocol):
-    """What the encode loop feeds: an audio file or a response's encoder."""
-
-    rate: int
-
-    def start(self) -> bytes: ...
-    def feed(self, samples: Samples) -> bytes: ...
-    def abort(self) -> None: ...
-
-
-class Finished:
-    """The sink of a job its worker finished: the output's bytes are all there is."""
-
-    def __init__(self, output: Output, path: Path | None = None) -> None:
-        self.output, self.path, self.rate = output, path, output.rate
-
-    def start(self) -> bytes:
-        """The whole output."""
-        return self.output.data
-
-    def feed(self, samples: Samples) -> bytes:
-        raise AssertionError("a finished job takes no more audio")
-
-    def finish(self) -> bytes:
-        """Nothing is left to encode."""
-        return b""
-
-    def header(self) -> bytes:
-        """The output carries its own header."""
-        return b""
-
-    def abort(self) -> None:
-        """Nothing half made to drop."""
-
-    def commit(self) -> Path:
-        """The output as the job's file (atomically); AudioError when there is no audio."""
-        assert self.path is not None
-        if not self.output.frames:
-            raise AudioError(f"no audio to write to {self.path.name}")
-        return write_file(self.path, self.output.data)
-
-    @property
-    def duration_s(self) -> float:
-        """Seconds of audio in the output."""
-        return self.output.duration_s
 
 
 class Speaker:
@@ -256,14 +208,14 @@ class Speaker:
         job: SpeechJob,
         report: Report,
         wanted: tuple[str, bool],
-        open_sink: Callable[[Synthesis], _Sink],
+        open_sink: Callable[[Synthesis], Sink],
         emit: Callable[[bytes], object],
-    ) -> _Sink:
+    ) -> Sink:
         """Speak the job's segments; encode each in a thread while the next is spoken, and
         `emit` its bytes as soon as they are encoded (a job of one segment comes finished
         from its worker, as `wanted`: format and streaming). Returns the sink, not yet
         finished."""
-        sink: _Sink | None = None
+        sink: Sink | None = None
         encoding: asyncio.Future[tuple[bytes, float]] | None = None
         loop, stretch = asyncio.get_running_loop(), self.chain.speeds(job.speed)[1]
 
@@ -274,13 +226,15 @@ class Speaker:
                 emit(data)
 
         try:
-            async for synthesis in self.syntheses(job, report, self._output(*wanted, stretch)):
+            fmt, streaming = wanted
+            output = finishing(fmt, streaming, stretch, self.config.audio, self.shaping)
+            async for synthesis in self.syntheses(job, report, output):
                 if sink is None:
                     sink = await asyncio.to_thread(open_sink, synthesis)
                     emit(sink.start())
                 if synthesis.output is not None:  # the job's one segment, finished
                     continue
-                after_gap = await _encoded(encoding)
+                after_gap = await encoded(encoding)
                 # A bare executor future, not a task: nothing cancels it (stopping cancels
                 # every task), so it is done only when its thread is done with the sink.
                 args = (sink, synthesis, after_gap, stretch)
@@ -288,7 +242,7 @@ class Speaker:
                 encoding.add_done_callback(done)
             if sink is None:
                 raise SpeechError("the engine made no sound for this text")
-            await _encoded(encoding)
+            await encoded(encoding)
         except BaseException:
             if encoding is not None and not encoding.done():  # its thread still feeds the sink
                 await asyncio.wait({encoding}, timeout=ENCODE_DRAIN_S)
@@ -298,7 +252,7 @@ class Speaker:
         return sink
 
     def _encode(
-        self, sink: _Sink, spoken: Synthesis, gap: bool, stretch: float
+        self, sink: Sink, spoken: Synthesis, gap: bool, stretch: float
     ) -> tuple[bytes, float]:
         """Feed one segment to the sink (in a thread), after the gap before it (fed on its
         own: no copy of the segment to join them); its bytes and the milliseconds spent."""
@@ -307,20 +261,6 @@ class Speaker:
         piece = audio.piece(spoken.samples, spoken.sample_rate, sink.rate, self.shaping, stretch)
         data += sink.feed(piece)
         return data, (time.perf_counter() - started) * 1000
-
-    def _output(self, fmt: str, streaming: bool, stretch: float) -> OutputParams:
-        """What a worker needs to finish a job of one segment as this speaker would."""
-        return {
-            "format": fmt,
-            "streaming": streaming,
-            "opus_rate_hz": self.config.audio.opus_rate_hz,
-            "opus_complexity": self.encoding.opus_complexity,
-            "opus_bitrate_kbps": self.encoding.opus_bitrate_kbps,
-            "fade_ms": self.shaping.fade_ms,
-            "gap_ms": self.shaping.gap_ms,
-            "silence_db": self.shaping.silence_db,
-            "stretch": stretch,
-        }
 
     # -- synthesis ---------------------------------------------------------------------------
 
@@ -356,12 +296,3 @@ class Speaker:
             report.add(synthesis)
             if synthesis.spoke:  # a segment the engine made no sound for is left out
                 yield synthesis
-
-
-async def _encoded(encoding: asyncio.Future[tuple[bytes, float]] | None) -> bool:
-    """Wait for a segment's encode (if there is one under way); whether there was one. The
-    wait is shielded: a cancel must not mark the encode done while its thread still runs."""
-    if encoding is None:
-        return False
-    await asyncio.shield(encoding)
-    return True

@@ -1,11 +1,10 @@
 """The worker supervisor: the policy around the worker process (see worker_process.py).
 
 One job at a time. A job that times out, crashes the worker or crosses the hard memory ceiling
-gets the worker replaced (SIGTERM → grace → SIGKILL of its process group) and one retry. After a
-job, a worker over its memory limit or job budget is recycled in the background, after that job
-is delivered. Failed starts back off (doubling) and, after `max_start_failures` in a row (or at
-once when the engine says it cannot load here), mark the worker failed: jobs then fail fast
-until a later attempt succeeds.
+gets the worker replaced (SIGTERM → grace → SIGKILL of its process group) and one retry. A
+worker over its memory limit or job budget is recycled in the background once its job is
+delivered. Failed starts back off (doubling); `max_start_failures` in a row (or one, when the
+engine cannot load here) mark the worker failed: jobs fail fast until a start succeeds.
 """
 
 from __future__ import annotations
@@ -190,13 +189,9 @@ class Supervisor:
     ) -> tuple[Samples, Output | None, float]:
         """(In a thread.) The worker's samples or finished output, and the worker's memory
         now (0 when there is no limit to hold it to)."""
-        payload: bytes = result["payload"]
-        output = None
-        if isinstance(made := result.get("output"), dict):
-            output = Output(payload, int(made["rate"]), int(made["frames"]), made["encode_s"])
-            payload = b""
-        limit = self.config.rss_limit_mb
-        return from_raw(payload), output, worker.memory_mb(limit) if limit else 0.0
+        output, limit = Output.of(result), self.config.rss_limit_mb
+        samples = from_raw(b"" if output else result["payload"])
+        return samples, output, worker.memory_mb(limit) if limit else 0.0
 
     def _after_job(self, worker: WorkerProcess, memory_mb: float) -> None:
         worker.jobs += 1

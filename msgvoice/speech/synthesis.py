@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from msgvoice.worker.protocol import OutputParams, Prosody, Samples, SynthesisParams
 
@@ -50,6 +51,14 @@ class Output:
     def duration_s(self) -> float:
         """Seconds of audio in it."""
         return self.frames / self.rate
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Output | None:
+        """The output a `synthesize` answer (with its `payload`) carries, if it is one."""
+        made = result.get("output")
+        if not isinstance(made, dict):
+            return None
+        return cls(result["payload"], int(made["rate"]), int(made["frames"]), made["encode_s"])
 
 
 @dataclass(frozen=True)
