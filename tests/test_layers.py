@@ -56,6 +56,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         *FOUNDATION,
         "msgvoice.ops",
         "msgvoice.channels.imsg_rpc",  # doctor asks imsg what the channel would: its protocol
+        "msgvoice.channels.onebot_api",  # and a OneBot implementation, through its protocol
+        "msgvoice.channels.outbox",  # whose refusals are the channels' ChannelError
         "msgvoice.speech",
         "msgvoice.chat",
         "msgvoice.worker.protocol",

@@ -8,6 +8,8 @@ Whatever a send raises belongs to the item being sent, never to the pump or the 
   `GIVE_UP_AFTER_S` marks the item failed;
 - a permanent refusal (the user blocked the bot, the bot was kicked, the chat is gone, a voice
   note that cannot be read) marks the item failed at once;
+- a refusal the app does not explain (OneBot's catch-all "failed": a hiccup or a group the bot
+  left, it cannot say) is tried the few times the channel names (`ChannelError.tries`);
 - anything else (a bug, an exception nobody listed) is logged once with its traceback, and
   after `UNEXPECTED_TRIES` tries the item is marked failed with the error as its reason.
 A failed item carries its reason in the journal (the outbox's `error`, the job's `delivery`,
@@ -92,14 +94,21 @@ async def take_in(what: str, handle: Callable[[T], Awaitable[object]], event: T)
 
 class ChannelError(RuntimeError):
     """A send or poll the chat app did not accept. `permanent`: it never will (the pump
-    marks the item failed); otherwise worth retrying, after `retry_after_s` if the app said."""
+    marks the item failed); otherwise worth retrying, after `retry_after_s` if the app said,
+    and at most `tries` times in all when the app cannot tell whether it ever will."""
 
     def __init__(
-        self, message: str, retry_after_s: float | None = None, *, permanent: bool = False
+        self,
+        message: str,
+        retry_after_s: float | None = None,
+        *,
+        permanent: bool = False,
+        tries: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.permanent = permanent
+        self.tries = tries
 
 
 @dataclass
@@ -200,9 +209,10 @@ class OutboxPump:
         if not known and trouble.tries == 1:
             log.exception("send to %s (seq %d) raised", item.chat_id, item.seq)
         reason = str(exc) if isinstance(exc, ChannelError) else f"{type(exc).__name__}: {exc}"
+        limit = exc.tries if isinstance(exc, ChannelError) else None if known else UNEXPECTED_TRIES
         if isinstance(exc, ChannelError) and exc.permanent:
             self._refuse(item, reason, "refused for good")
-        elif not known and trouble.tries >= UNEXPECTED_TRIES:
+        elif limit is not None and trouble.tries >= limit:
             self._refuse(item, reason, f"failed {trouble.tries} times")
         elif self.clock() - trouble.since >= self.give_up_after_s:
             self._refuse(item, reason, f"still failing after {self.give_up_after_s:.0f}s")

@@ -12,7 +12,7 @@ from msgvoice.config import Config
 
 
 class Channel(Protocol):
-    """A push channel (Telegram, iMessage, Matrix, Discord): runs until cancelled; its chats'
+    """A push channel (Telegram, iMessage, Matrix, Discord, QQ): runs until cancelled; its chats'
     ids start with `prefix`."""
 
     prefix: str
@@ -41,4 +41,8 @@ def push_channels(config: Config, router: ChatPort, client: httpx.AsyncClient) -
         from msgvoice.channels.discord_bot import DiscordChannel  # noqa: PLC0415 (only if used)
 
         channels.append(DiscordChannel(config.discord, router))
+    if config.qq.enabled:
+        from msgvoice.channels.qq import QqChannel  # noqa: PLC0415 (only if used)
+
+        channels.append(QqChannel(config.qq, router))
     return channels

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msgvoice.config.channels import DiscordConfig, ImessageConfig, MatrixConfig, TelegramConfig
+from msgvoice.config.channels import (
+    DiscordConfig,
+    ImessageConfig,
+    MatrixConfig,
+    QqConfig,
+    TelegramConfig,
+)
 from msgvoice.config.engines import IndexTtsConfig, KokoroConfig, RemoteConfig
 from msgvoice.config.sections import (
     AudioConfig,
@@ -49,6 +55,7 @@ __all__ = [
     "IndexTtsConfig",
     "KokoroConfig",
     "MatrixConfig",
+    "QqConfig",
     "RemoteConfig",
     "ResponderConfig",
     "RetentionConfig",
@@ -119,6 +126,7 @@ class Config:
     imessage: ImessageConfig = field(default_factory=ImessageConfig)
     matrix: MatrixConfig = field(default_factory=MatrixConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
+    qq: QqConfig = field(default_factory=QqConfig)
     kokoro: KokoroConfig = field(default_factory=KokoroConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
@@ -177,7 +185,7 @@ ALIAS_VALUES: dict[str, dict[str, str]] = {
 }
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
-CHANNEL_SECTIONS = ("telegram", "imessage", "matrix", "discord")
+CHANNEL_SECTIONS = ("telegram", "imessage", "matrix", "discord", "qq")
 """Sections written as [channels.<name>] in TOML."""
 OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent

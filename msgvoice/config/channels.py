@@ -68,3 +68,17 @@ class DiscordConfig:
     """Read every plain `/tts ...` in servers (the Message Content intent: switch it on first)."""
     api_base: str = "https://discord.com/api/v10"
     """The REST API's base URL (the Gateway's comes from its /gateway/bot)."""
+
+
+@dataclass(frozen=True)
+class QqConfig:
+    enabled: bool = False
+    """Run the QQ channel through a OneBot v11 implementation (TOML: [channels.qq])."""
+    url: str = "ws://127.0.0.1:3001"
+    """Its forward WebSocket server (NapCat, Lagrange.OneBot, LLOneBot: enable one)."""
+    access_token: str = ""
+    """The token set there, if any (sent as `Authorization: Bearer`)."""
+    allow: tuple[str, ...] = ()
+    """QQ numbers, or `group:<number>` for a whole group, allowed to use commands (empty = all)."""
+    request_timeout_s: float = key(60.0, lo=1, hi=600)
+    """Bound on one API call (a voice note is uploaded to QQ before the call is answered)."""

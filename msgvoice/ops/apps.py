@@ -1,6 +1,6 @@
 """doctor's look at the chat apps: Telegram's token and webhook (getMe, getWebhookInfo, as the
 Bot API answers them), the Matrix homeserver and the bot's credentials, the Discord bot's token
-and intents, and imsg (can it read
+and intents, the OneBot implementation QQ is reached through (its account), and imsg (can it read
 chat.db; is its IMCore bridge up for voice bubbles), each bounded and read-only."""
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import contextlib
 import json
 from typing import Any
 
+import aiohttp
 import httpx
 
+from msgvoice.channels import onebot_api
 from msgvoice.channels.imsg_rpc import PERMISSION_HINTS, bridge_ready, full_disk_access_fix
+from msgvoice.channels.outbox import ChannelError
 from msgvoice.config import Config
 from msgvoice.ops.probes import HTTP_PROBE_TIMEOUT_S, Check
 
@@ -91,6 +94,33 @@ async def check_discord(config: Config, client: httpx.AsyncClient) -> Check | No
         )
     plain = "every /tts in servers" if dc.message_content else "slash commands, DMs, mentions"
     return Check("discord", "pass", f"bot {name}: {plain}")
+
+
+async def check_qq(config: Config) -> Check | None:
+    """The OneBot implementation answers on its forward WebSocket, takes the access token,
+    and names the QQ account it is logged in as (get_login_info)."""
+    qq = config.qq
+    if not qq.enabled:
+        return None
+    try:
+        me, impl = await onebot_api.whoami(qq.url, qq.access_token, HTTP_PROBE_TIMEOUT_S)
+    except onebot_api.LoginRefused as exc:
+        return Check(
+            "qq",
+            "error",
+            f"the OneBot implementation at {qq.url}: {exc}",
+            "set qq.access_token to the token of its forward WebSocket server",
+        )
+    except (ChannelError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+        return Check(
+            "qq",
+            "warning",
+            f"no OneBot implementation answers at {qq.url}: {exc or type(exc).__name__}",
+            "start NapCat (or Lagrange.OneBot) with a forward WebSocket server, or set qq.url",
+        )
+    if not me.get("user_id"):
+        return Check("qq", "warning", f"{impl} at {qq.url} is not logged in to QQ")
+    return Check("qq", "pass", f"QQ {me.get('nickname', '')} ({me['user_id']}) through {impl}")
 
 
 async def check_matrix(config: Config, client: httpx.AsyncClient) -> Check | None:

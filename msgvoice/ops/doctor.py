@@ -17,7 +17,13 @@ import httpx
 from msgvoice.config import Config
 from msgvoice.net import tls
 from msgvoice.ops import service
-from msgvoice.ops.apps import check_discord, check_imessage, check_matrix, check_telegram
+from msgvoice.ops.apps import (
+    check_discord,
+    check_imessage,
+    check_matrix,
+    check_qq,
+    check_telegram,
+)
 from msgvoice.ops.llm_check import check_llm
 from msgvoice.ops.probes import (
     Check,
@@ -194,6 +200,7 @@ async def report(
             await check_telegram(config, client),
             await check_matrix(config, client),
             await check_discord(config, client),
+            await check_qq(config),
             await check_imessage(config),
         ]
         checks += [check for check in apps if check is not None]

@@ -1,16 +1,18 @@
 """Conversions for chat apps: read any voice note back, describe it, re-encode it in the
 format and size an app plays as a voice bubble (Telegram: OGG/Opus 48 kHz and at most 1 MB;
-iMessage: CAF/Opus 24 kHz)."""
+iMessage: CAF/Opus 24 kHz; QQ: SILK v3 24 kHz in Tencent's flavour, at most a minute)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
+import pysilk
 
 from msgvoice.sound.audio import resample
 from msgvoice.sound.encoder import AudioError, EncodeSettings
@@ -19,7 +21,15 @@ from msgvoice.speech.formats import FILE_FORMATS
 from msgvoice.speech.job import transient
 from msgvoice.worker.protocol import Samples, to_float32
 
-__all__ = ["AudioError", "convert", "decode", "describe", "fit_voice_note", "levels"]
+__all__ = [
+    "AudioError",
+    "convert",
+    "decode",
+    "describe",
+    "fit_voice_note",
+    "levels",
+    "silk_notes",
+]
 
 
 @contextlib.contextmanager
@@ -108,7 +118,8 @@ def fit_voice_note(
     seconds = max(samples.size / rate, 0.1)
     fits_kbps = int(max_bytes * 8 * VOICE_FILL / seconds / 1000)
     kbps = min(settings.opus_bitrate_kbps, fits_kbps)
-    pieces = [samples] if kbps >= MIN_VOICE_KBPS else _split(samples, rate, fits_kbps)
+    parts = 1 if kbps >= MIN_VOICE_KBPS else math.ceil(MIN_VOICE_KBPS / max(fits_kbps, 1))
+    pieces = split_quietly(samples, rate, parts)
     kbps = max(kbps, MIN_VOICE_KBPS)
     lower = EncodeSettings(settings.opus_complexity, kbps)
     out = []
@@ -120,14 +131,38 @@ def fit_voice_note(
     return out
 
 
-def _split(samples: Samples, rate: int, fits_kbps: int) -> list[Samples]:
-    """Cut into parts that fit at MIN_VOICE_KBPS, each cut at the quietest 50 ms within 5 s
-    before the ideal place."""
-    parts = math.ceil(MIN_VOICE_KBPS / max(fits_kbps, 1))
+QUIET_SEARCH_S = 5.0
+
+
+def split_quietly(samples: Samples, rate: int, parts: int) -> list[Samples]:
+    """Cut into `parts` parts of about equal length, each cut at the quietest 50 ms within
+    QUIET_SEARCH_S before the ideal place (so a part is at most that much longer)."""
     step, window = samples.size // parts, int(rate * 0.05)
     cuts = [0]
     for k in range(1, parts):
-        lo, hi = max(cuts[-1] + window, k * step - 5 * rate), k * step
+        lo, hi = max(cuts[-1] + window, k * step - int(QUIET_SEARCH_S * rate)), k * step
         energy = np.convolve(np.abs(samples[lo:hi]), np.ones(window), "valid")
         cuts.append(lo + int(np.argmin(energy)) + window // 2 if energy.size else hi)
     return [samples[a:b] for a, b in zip(cuts, [*cuts[1:], samples.size], strict=True)]
+
+
+SILK_RATE, SILK_BITRATE = 24_000, 24_000
+"""QQ's own voice notes: SILK v3 at 24 kHz; 24 kbit/s is clear speech at ~3 KB a second."""
+
+
+def silk_notes(src: Path, max_s: float) -> list[tuple[bytes, float]]:
+    """`src` as SILK v3 voice notes (Tencent's header, `\\x02#!SILK_V3`) of at most `max_s`
+    seconds each, cut at quiet moments, with each one's length in seconds."""
+    samples, rate = decode(src)
+    samples = resample(samples, rate, SILK_RATE)
+    if not samples.size:
+        raise AudioError(f"{src.name} holds no audio")
+    parts = math.ceil(samples.size / SILK_RATE / max(max_s - QUIET_SEARCH_S, 1.0))
+    pieces = split_quietly(samples, SILK_RATE, parts)
+    out = []
+    for piece in pieces:
+        pcm = (np.clip(piece, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        silk = io.BytesIO()
+        pysilk.encode(io.BytesIO(pcm), silk, SILK_RATE, SILK_BITRATE, tencent=True)
+        out.append((silk.getvalue(), piece.size / SILK_RATE))
+    return out
