@@ -136,8 +136,9 @@ class QqChannel:
 
     def _heard(self, event: dict[str, Any]) -> None:
         if event.get("post_type") == "meta_event":
-            if event.get("meta_event_type") == "heartbeat" and event.get("interval"):
-                self._heartbeat_s = max(float(event["interval"]) / 1000, 0.1)
+            interval = event.get("interval")
+            if event.get("meta_event_type") == "heartbeat" and isinstance(interval, int | float):
+                self._heartbeat_s = max(interval / 1000, 0.1)
             return
         if event.get("post_type") == "message":
             self._events.put_nowait(event)
