@@ -171,6 +171,11 @@ class FakeOneBot:
         for ws in list(self.clients):
             self._spawn(ws.send_str(json.dumps(event, ensure_ascii=False)))
 
+    def push_raw(self, text: str) -> None:
+        """Any text frame, as a buggy implementation or plugin might send."""
+        for ws in list(self.clients):
+            self._spawn(ws.send_str(text))
+
     def hang(self) -> None:
         self.hung = True
 

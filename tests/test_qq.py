@@ -176,6 +176,29 @@ async def test_a_heartbeat_that_stops_means_reconnect(clean_env: Path) -> None:
         await until(lambda: fake.texts(f"user:{ALICE}"))
 
 
+async def test_frames_that_make_no_sense_are_passed_over_alone(
+    clean_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Text that is not JSON, a JSON array, a message event whose fields are the wrong kinds,
+    a heartbeat with a nonsense interval and an answer to no call: each is passed over; the
+    connection stays (no reconnect) and the next command is answered once."""
+    async with FakeOneBot() as fake, running(clean_env, **qq_env(fake)):
+        await connected(fake)
+        fake.push_raw("not json {")
+        fake.push_raw("[1, 2]")
+        fake.push({"post_type": "message", "message_type": "private", "user_id": {"x": 1}})
+        fake.push(
+            {"post_type": "message", "message_type": "private", "user_id": 1, "message_id": {}}
+        )
+        fake.push({"post_type": "message", "message_type": "group", "group_id": 5, "message": 7})
+        fake.push({"post_type": "meta_event", "meta_event_type": "heartbeat", "interval": "x"})
+        fake.push_raw('{"status": "ok", "retcode": 0, "data": null, "echo": "nobody"}')
+        fake.say(ALICE, "/help")
+        await until(lambda: fake.texts(f"user:{ALICE}"))
+    assert fake.connections == 1 and len(fake.sent) == 1
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+
+
 async def test_a_refused_token_stops_the_channel_with_one_line(
     clean_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -52,13 +52,22 @@ class LoginRefused(RuntimeError):
 
 
 def chat_of(event: dict[str, Any]) -> str | None:
-    """A message event's chat id, or None for what is not a private or group message."""
+    """A message event's chat id, or None for what is not a private or group message (or
+    whose numbers are not numbers)."""
     kind = event.get("message_type")
-    if kind == "private" and event.get("user_id") is not None:
-        return f"{PREFIX}{USER}{event['user_id']}"
-    if kind == "group" and event.get("group_id") is not None:
-        return f"{PREFIX}{GROUP}{event['group_id']}"
+    if kind == "private" and (user := number(event.get("user_id"))):
+        return f"{PREFIX}{USER}{user}"
+    if kind == "group" and (group := number(event.get("group_id"))):
+        return f"{PREFIX}{GROUP}{group}"
     return None
+
+
+def number(value: Any) -> str | None:
+    """A QQ or group number as OneBot sends it (int64, or its digits), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    text = str(value)
+    return text if text.isascii() and text.isdigit() and len(text) <= 20 else None
 
 
 def target(chat_id: str) -> tuple[str, dict[str, int]]:

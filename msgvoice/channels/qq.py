@@ -39,6 +39,7 @@ from msgvoice.channels.onebot_api import (
     LoginRefused,
     chat_of,
     connected,
+    number,
     read,
     record_message,
     route,
@@ -71,7 +72,7 @@ class QqChannel:
         self.me = ""
         self._heartbeat_s: float | None = None
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._seen: collections.OrderedDict[tuple[str, Any], None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._parts_sent: dict[tuple[str, int], int] = {}
 
     async def run(self) -> None:
@@ -149,21 +150,28 @@ class QqChannel:
             await take_in(f"qq message {event.get('message_id')}", self._take, event)
 
     async def _take(self, event: dict[str, Any]) -> None:
-        chat = chat_of(event)
-        sender = str(event.get("user_id", ""))
+        chat, sender = chat_of(event), number(event.get("user_id"))
         if chat is None or not sender or sender == self.me or event.get("sub_type") == "notice":
             return
-        key = (chat, event.get("message_id"))
-        if key in self._seen:
+        if self._again(chat, event.get("message_id")):
             return
-        self._seen[key] = None
-        while len(self._seen) > SEEN:
-            self._seen.popitem(last=False)
         text, mentioned = read(event.get("message"), self.me)
         group = chat.startswith(PREFIX + GROUP)
         if group and not mentioned and not (text or "").startswith("/"):
             return  # the group talking among itself
         await self.chat.message(Incoming(chat, text, sender, self.allow, group and not mentioned))
+
+    def _again(self, chat: str, message_id: Any) -> bool:
+        """Whether this message was handled already (remembered: the last SEEN ids)."""
+        if message_id is None:
+            return False
+        key = (chat, str(message_id))
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        while len(self._seen) > SEEN:
+            self._seen.popitem(last=False)
+        return False
 
     async def _send(self, item: OutboxItem) -> None:
         link = self.link
