@@ -57,6 +57,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "msgvoice.ops",
         "msgvoice.channels.imsg_rpc",  # doctor asks imsg what the channel would: its protocol
         "msgvoice.channels.onebot_api",  # and a OneBot implementation, through its protocol
+        "msgvoice.channels.lark_api",  # and Feishu, through its API
         "msgvoice.channels.outbox",  # whose refusals are the channels' ChannelError
         "msgvoice.speech",
         "msgvoice.chat",

@@ -12,8 +12,8 @@ from msgvoice.config import Config
 
 
 class Channel(Protocol):
-    """A push channel (Telegram, iMessage, Matrix, Discord, QQ): runs until cancelled; its chats'
-    ids start with `prefix`."""
+    """A push channel (Telegram, iMessage, Matrix, Discord, QQ, Feishu): runs until
+    cancelled; its chats' ids start with `prefix`."""
 
     prefix: str
 
@@ -45,4 +45,8 @@ def push_channels(config: Config, router: ChatPort, client: httpx.AsyncClient) -
         from msgvoice.channels.qq import QqChannel  # noqa: PLC0415 (only if used)
 
         channels.append(QqChannel(config.qq, router))
+    if config.feishu.enabled:
+        from msgvoice.channels.feishu import FeishuChannel  # noqa: PLC0415 (only if used)
+
+        channels.append(FeishuChannel(config.feishu, router, client))
     return channels

@@ -18,6 +18,7 @@ from typing import Any
 
 from msgvoice.config.channels import (
     DiscordConfig,
+    FeishuConfig,
     ImessageConfig,
     MatrixConfig,
     QqConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "DaemonConfig",
     "DiscordConfig",
     "EmotionConfig",
+    "FeishuConfig",
     "HttpConfig",
     "ImessageConfig",
     "IndexTtsConfig",
@@ -127,6 +129,7 @@ class Config:
     matrix: MatrixConfig = field(default_factory=MatrixConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     qq: QqConfig = field(default_factory=QqConfig)
+    feishu: FeishuConfig = field(default_factory=FeishuConfig)
     kokoro: KokoroConfig = field(default_factory=KokoroConfig)
     indextts: IndexTtsConfig = field(default_factory=IndexTtsConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
@@ -178,6 +181,8 @@ ALIASES: dict[str, str] = {
     "LMSTUDIO_API_KEY": "emotion.llm_api_key",
     "TELEGRAM_BOT_TOKEN": "telegram.token",
     "DISCORD_BOT_TOKEN": "discord.token",
+    "FEISHU_APP_ID": "feishu.app_id",
+    "FEISHU_APP_SECRET": "feishu.app_secret",
 }
 
 ALIAS_VALUES: dict[str, dict[str, str]] = {
@@ -185,7 +190,7 @@ ALIAS_VALUES: dict[str, dict[str, str]] = {
 }
 """Aliases whose values are spelt differently from the key's (msgcode's boolean FP16)."""
 
-CHANNEL_SECTIONS = ("telegram", "imessage", "matrix", "discord", "qq")
+CHANNEL_SECTIONS = ("telegram", "imessage", "matrix", "discord", "qq", "feishu")
 """Sections written as [channels.<name>] in TOML."""
 OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent

@@ -82,3 +82,17 @@ class QqConfig:
     """QQ numbers, or `group:<number>` for a whole group, allowed to use commands (empty = all)."""
     request_timeout_s: float = key(60.0, lo=1, hi=600)
     """Bound on one API call (a voice note is uploaded to QQ before the call is answered)."""
+
+
+@dataclass(frozen=True)
+class FeishuConfig:
+    enabled: bool = False
+    """Run the Feishu / Lark channel over its long connection (TOML: [channels.feishu])."""
+    app_id: str = ""
+    """The app's App ID (developer console → the app → Credentials & Basic Info)."""
+    app_secret: str = ""
+    """Its App Secret."""
+    domain: str = "https://open.feishu.cn"
+    """Feishu; "https://open.larksuite.com" for Lark (international)."""
+    allow: tuple[str, ...] = ()
+    """open_ids of people, or chat ids (oc_...), allowed to use commands (empty = everyone)."""

@@ -1,6 +1,7 @@
 """doctor's look at the chat apps: Telegram's token and webhook (getMe, getWebhookInfo, as the
 Bot API answers them), the Matrix homeserver and the bot's credentials, the Discord bot's token
-and intents, the OneBot implementation QQ is reached through (its account), and imsg (can it read
+and intents, the OneBot implementation QQ is reached through (its account), the Feishu app's
+credentials and bot, and imsg (can it read
 chat.db; is its IMCore bridge up for voice bubbles), each bounded and read-only."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from msgvoice.channels import onebot_api
+from msgvoice.channels import lark_api, onebot_api
 from msgvoice.channels.imsg_rpc import PERMISSION_HINTS, bridge_ready, full_disk_access_fix
 from msgvoice.channels.outbox import ChannelError
 from msgvoice.config import Config
@@ -121,6 +122,36 @@ async def check_qq(config: Config) -> Check | None:
     if not me.get("user_id"):
         return Check("qq", "warning", f"{impl} at {qq.url} is not logged in to QQ")
     return Check("qq", "pass", f"QQ {me.get('nickname', '')} ({me['user_id']}) through {impl}")
+
+
+async def check_feishu(config: Config, client: httpx.AsyncClient) -> Check | None:
+    """The app's credentials give a tenant token, its bot ability is on (bot/v3/info), and
+    the long connection's endpoint answers (events need "receive events through a long
+    connection" chosen in the console)."""
+    fs = config.feishu
+    if not fs.enabled:
+        return None
+    api = lark_api.Api(client, fs.domain, fs.app_id, fs.app_secret)
+    try:
+        bot = await api.bot()
+        await api.endpoint()
+    except lark_api.CredentialsRefused as exc:
+        return Check(
+            "feishu",
+            "error",
+            f"Feishu refused the app's credentials ({exc})",
+            "set feishu.app_id and feishu.app_secret (developer console → Credentials & Basic "
+            'Info); for Lark set feishu.domain = "https://open.larksuite.com"',
+        )
+    except ChannelError as exc:
+        return Check(
+            "feishu",
+            "warning",
+            f"Feishu at {fs.domain}: {exc}",
+            "switch on the bot ability, and choose the long connection for events, then "
+            "publish a version of the app",
+        )
+    return Check("feishu", "pass", f"bot {bot.get('app_name', '')} ({bot.get('open_id', '')})")
 
 
 async def check_matrix(config: Config, client: httpx.AsyncClient) -> Check | None:

@@ -19,6 +19,7 @@ from msgvoice.net import tls
 from msgvoice.ops import service
 from msgvoice.ops.apps import (
     check_discord,
+    check_feishu,
     check_imessage,
     check_matrix,
     check_qq,
@@ -201,6 +202,7 @@ async def report(
             await check_matrix(config, client),
             await check_discord(config, client),
             await check_qq(config),
+            await check_feishu(config, client),
             await check_imessage(config),
         ]
         checks += [check for check in apps if check is not None]
