@@ -24,7 +24,6 @@ carries a uuid made of the chat and the item's place, so a retry posts once. Err
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import json
@@ -48,7 +47,16 @@ from msgvoice.channels.lark_api import (
     headers_of,
     ping,
 )
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, serve, take_in, wait_out
+from msgvoice.channels.outbox import (
+    ChannelError,
+    OutboxPump,
+    PartsOnce,
+    Recent,
+    prefixed,
+    serve,
+    take_in,
+    wait_out,
+)
 from msgvoice.channels.telegram_api import split_text
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import FeishuConfig
@@ -58,7 +66,6 @@ log = logging.getLogger(__name__)
 UPLOAD_MAX = 30 * 1024 * 1024
 """Feishu's file upload limit."""
 VOICE_RATE = 48_000
-SEEN = 2048
 
 
 class FeishuChannel:
@@ -73,9 +80,9 @@ class FeishuChannel:
         self.allow = prefixed(config.allow, PREFIX)
         self.me = ""
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._parts: dict[str, list[bytes]] = {}
-        self._parts_sent: dict[tuple[str, int], int] = {}
+        self._seen = Recent()
+        self._fragments: dict[str, list[bytes]] = {}
+        self._parts = PartsOnce()
 
     async def run(self) -> None:
         """Connect, then take events and push the outbox until cancelled."""
@@ -195,12 +202,12 @@ class FeishuChannel:
             return payload
         if total <= 1:
             return payload
-        parts = self._parts.setdefault(head.get("message_id", ""), [b""] * total)
+        parts = self._fragments.setdefault(head.get("message_id", ""), [b""] * total)
         if 0 <= seq < len(parts):
             parts[seq] = payload
         if not all(parts):
             return None
-        self._parts.pop(head.get("message_id", ""), None)
+        self._fragments.pop(head.get("message_id", ""), None)
         return b"".join(parts)
 
     async def _handle(self) -> None:
@@ -214,7 +221,9 @@ class FeishuChannel:
         header, body = event.get("header"), event.get("event")
         if not isinstance(header, dict) or not isinstance(body, dict):
             return
-        if header.get("event_type") != "im.message.receive_v1" or self._again(header):
+        if header.get("event_type") != "im.message.receive_v1":
+            return
+        if header.get("event_id") and self._seen.again(str(header["event_id"])):
             return
         message, sender = body.get("message"), body.get("sender")
         if not isinstance(message, dict) or not isinstance(sender, dict):
@@ -231,40 +240,29 @@ class FeishuChannel:
         incoming = Incoming(PREFIX + chat, text, who, self.allow, group and not mentioned)
         await self.chat.message(incoming)
 
-    def _again(self, header: dict[str, Any]) -> bool:
-        event_id = str(header.get("event_id", ""))
-        if not event_id:
-            return False
-        if event_id in self._seen:
-            return True
-        self._seen[event_id] = None
-        while len(self._seen) > SEEN:
-            self._seen.popitem(last=False)
-        return False
-
     async def _send(self, item: OutboxItem) -> None:
         chat = item.chat_id.removeprefix(PREFIX)
+        parts: list[Any]
         if item.audio is None:
-            sends = [("text", {"text": t}) for t in split_text(item.text or "", TEXT_LIMIT)]
-            parts: list[Any] = sends
+            parts = [("text", {"text": t}) for t in split_text(item.text or "", TEXT_LIMIT)]
         else:
             try:
                 parts = await asyncio.to_thread(fit_voice_note, item.audio, UPLOAD_MAX, VOICE_RATE)
             except AudioError as exc:
                 raise ChannelError(str(exc), permanent=True) from exc
-        key = (item.chat_id, item.seq)
-        for n in range(self._parts_sent.get(key, 0), len(parts)):
+
+        async def one(n: int, part: Any) -> None:
             uuid = hashlib.sha256(f"{item.chat_id}#{item.seq}#{n}".encode()).hexdigest()[:40]
             if item.audio is None:
-                kind, content = parts[n]
+                kind, content = part
             else:
-                seconds, _ = await asyncio.to_thread(levels, parts[n], 1)
-                data = await asyncio.to_thread(parts[n].read_bytes)
+                seconds, _ = await asyncio.to_thread(levels, part, 1)
+                data = await asyncio.to_thread(part.read_bytes)
                 kind = "audio"
                 content = {"file_key": await self.api.upload_voice(data, round(seconds * 1000))}
             await self.api.send(chat, kind, content, uuid)
-            self._parts_sent[key] = n + 1
-        self._parts_sent.pop(key, None)
+
+        await self._parts.send(item, parts, one)
 
 
 def _read(message: dict[str, Any], me: str) -> tuple[str | None, bool]:

@@ -20,9 +20,10 @@ record is not sent again: only its acknowledgement is retried.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -90,6 +91,40 @@ async def take_in(what: str, handle: Callable[[T], Awaitable[object]], event: T)
                 return
             backoff = next_backoff(backoff, first_s=0.5)
             await asyncio.sleep(backoff)
+
+
+class Recent:
+    """The last `size` keys seen (message or event ids), so one an app pushes twice, on a
+    new connection or after a lost acknowledgement, is handled once."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._keys: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
+
+    def again(self, key: Hashable) -> bool:
+        """Whether `key` was seen already (and, either way, it is remembered now)."""
+        if key in self._keys:
+            return True
+        self._keys[key] = None
+        while len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return False
+
+
+class PartsOnce:
+    """The parts of each multi-part item the app took, so a retry sends only the rest."""
+
+    def __init__(self) -> None:
+        self._sent: dict[tuple[str, int], int] = {}
+
+    async def send(
+        self, item: OutboxItem, parts: Sequence[T], one: Callable[[int, T], Awaitable[None]]
+    ) -> None:
+        key = (item.chat_id, item.seq)
+        for n in range(self._sent.get(key, 0), len(parts)):
+            await one(n, parts[n])
+            self._sent[key] = n + 1
+        self._sent.pop(key, None)
 
 
 class ChannelError(RuntimeError):

@@ -24,7 +24,6 @@ quiet moments. Each part of an item is sent once, even when a later one is retri
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Any
 
@@ -46,15 +45,22 @@ from msgvoice.channels.onebot_api import (
     target,
     text_message,
 )
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, serve, take_in, wait_out
+from msgvoice.channels.outbox import (
+    ChannelError,
+    OutboxPump,
+    PartsOnce,
+    Recent,
+    prefixed,
+    serve,
+    take_in,
+    wait_out,
+)
 from msgvoice.channels.telegram_api import split_text
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import QqConfig
 from msgvoice.speech.convert import AudioError, silk_notes
 
 log = logging.getLogger(__name__)
-SEEN = 2048
-"""Message ids remembered, so a message pushed again is answered once."""
 HEARTBEAT_GRACE = 2.0
 """Heartbeat intervals without a frame before the connection counts as hung."""
 
@@ -72,8 +78,8 @@ class QqChannel:
         self.me = ""
         self._heartbeat_s: float | None = None
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        self._parts_sent: dict[tuple[str, int], int] = {}
+        self._seen = Recent()
+        self._parts = PartsOnce()
 
     async def run(self) -> None:
         """Connect, then take events and push the outbox until cancelled."""
@@ -153,25 +159,14 @@ class QqChannel:
         chat, sender = chat_of(event), number(event.get("user_id"))
         if chat is None or not sender or sender == self.me or event.get("sub_type") == "notice":
             return
-        if self._again(chat, event.get("message_id")):
+        message_id = event.get("message_id")
+        if message_id is not None and self._seen.again((chat, str(message_id))):
             return
         text, mentioned = read(event.get("message"), self.me)
         group = chat.startswith(PREFIX + GROUP)
         if group and not mentioned and not (text or "").startswith("/"):
             return  # the group talking among itself
         await self.chat.message(Incoming(chat, text, sender, self.allow, group and not mentioned))
-
-    def _again(self, chat: str, message_id: Any) -> bool:
-        """Whether this message was handled already (remembered: the last SEEN ids)."""
-        if message_id is None:
-            return False
-        key = (chat, str(message_id))
-        if key in self._seen:
-            return True
-        self._seen[key] = None
-        while len(self._seen) > SEEN:
-            self._seen.popitem(last=False)
-        return False
 
     async def _send(self, item: OutboxItem) -> None:
         link = self.link
@@ -187,8 +182,8 @@ class QqChannel:
             except AudioError as exc:  # a voice note that cannot be read never will be
                 raise ChannelError(str(exc), permanent=True) from exc
             messages = [record_message(silk) for silk, _ in notes]
-        key = (item.chat_id, item.seq)
-        for n in range(self._parts_sent.get(key, 0), len(messages)):
-            await link.call(action, {**address, "message": messages[n]})
-            self._parts_sent[key] = n + 1
-        self._parts_sent.pop(key, None)
+
+        async def one(_: int, message: list[dict[str, Any]]) -> None:
+            await link.call(action, {**address, "message": message})
+
+        await self._parts.send(item, messages, one)
