@@ -202,3 +202,21 @@ def test_the_event_json_is_read_as_feishu_sends_it() -> None:
     }
     assert _read(message, BOT_OPEN_ID) == ("/tts 你好 @小明", True)
     assert _read({"message_type": "audio", "content": "{}"}, BOT_OPEN_ID) == (None, False)
+
+
+async def test_the_allow_list_takes_open_ids_and_chat_ids(clean_env: Path) -> None:
+    """allow = Bob's open_id and one group's chat id: Alice alone in a private chat gets no
+    answer; Alice in that group does, and Bob does anywhere."""
+    allow = f"{BOB},{ROOM}"
+    async with (
+        FakeFeishu() as fake,
+        running(clean_env, **fs_env(fake, MSGVOICE_FEISHU_ALLOW=allow)),
+    ):
+        await connected(fake)
+        fake.say(DM, ALICE, "/help")
+        fake.say(ROOM, ALICE, "/help", group=True, at_bot=True)
+        fake.say(OTHER_ROOM, BOB, "/help", group=True, at_bot=True)
+        await until(lambda: fake.texts(ROOM) and fake.texts(OTHER_ROOM))
+        fake.say("oc_dm2", BOB, "/help")
+        await until(lambda: fake.texts("oc_dm2"))
+    assert not fake.sent(DM)

@@ -250,3 +250,18 @@ def test_a_long_voice_note_goes_in_parts_of_at_most_a_minute(tmp_path: Path) -> 
     )
     cuts = np.cumsum([seconds for _, seconds in notes])[:-1]
     assert all(cut % 4 > 3.5 for cut in cuts)  # in a gap
+
+
+async def test_the_allow_list_takes_qq_numbers_and_groups(clean_env: Path) -> None:
+    """allow = 10002 and group:20002: Bob is answered anywhere, anyone in group 20002, and
+    Alice in a private chat is not."""
+    allow = f"{BOB},group:{OTHER_ROOM}"
+    async with FakeOneBot() as fake, running(clean_env, **qq_env(fake, MSGVOICE_QQ_ALLOW=allow)):
+        await connected(fake)
+        fake.say(ALICE, "/help")
+        fake.say(CAROL, "/help", group=OTHER_ROOM)
+        fake.say(BOB, "/help", group=ROOM)
+        await until(lambda: fake.texts(f"group:{OTHER_ROOM}") and fake.texts(f"group:{ROOM}"))
+        fake.say(BOB, "/help")
+        await until(lambda: fake.texts(f"user:{BOB}"))
+    assert not fake.to(f"user:{ALICE}")
