@@ -175,11 +175,10 @@ class FeishuChannel:
         head = headers_of(frame)
         if frame.method == CONTROL:
             if head.get("type") == "pong" and frame.payload:
-                try:
+                with contextlib.suppress(ValueError, AttributeError):
                     given = json.loads(frame.payload).get("PingInterval")
-                    interval[0] = float(given) if given else interval[0]
-                except (ValueError, AttributeError, TypeError):
-                    pass
+                    if isinstance(given, int | float) and given >= 1:
+                        interval[0] = float(given)
             return None
         if frame.method != DATA or head.get("type") != "event":
             return None

@@ -210,8 +210,10 @@ class Api:
         body = _json(response)
         code = body.get("code")
         if code == 0 and isinstance(body.get("data"), dict) and body["data"].get("URL"):
-            config = body["data"].get("ClientConfig") or {}
-            return str(body["data"]["URL"]), float(config.get("PingInterval") or 120)
+            config = body["data"].get("ClientConfig")
+            given = config.get("PingInterval") if isinstance(config, dict) else None
+            ping_s = float(given) if isinstance(given, int | float) and given > 0 else 120.0
+            return str(body["data"]["URL"]), ping_s
         if response.status_code < 500 and code not in (None, 1, 1000040343):
             raise CredentialsRefused(f"code {code}: {body.get('msg')}")
         raise failure("endpoint", response)

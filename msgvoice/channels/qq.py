@@ -124,7 +124,7 @@ class QqChannel:
         reader = asyncio.create_task(route(ws, link, self._heard, self._quiet_s))
         try:
             me = await link.call("get_login_info", {})
-            self.me = str((me or {}).get("user_id", ""))
+            self.me = (number(me.get("user_id")) if isinstance(me, dict) else None) or ""
             self.link = link
             log.info("qq: connected to %s as %s", self.config.url, self.me)
             self.chat.bell.ring(PREFIX)  # what waited for a connection goes now
