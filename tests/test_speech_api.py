@@ -274,3 +274,42 @@ def test_api_requests_speak_their_first_sentence_alone() -> None:
     assert speaker.segments("一。二。三。") == ["一。二。三。"]
     assert speaker.segments("一。二。三。", lead_sentence=True) == ["一。", "二。三。"]
     assert speaker.segments("只有一句。", lead_sentence=True) == ["只有一句。"]
+
+
+async def test_long_requests_take_turns_to_encode_and_all_finish(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six streamed mp3 requests of several segments at once, over two workers: never more
+    than ENCODES_AT_ONCE of them have an encoder open in the daemon, and every one ends whole
+    (decodes to the same length as the others)."""
+    from msgvoice.speech import sinks, speaker  # noqa: PLC0415
+
+    open_now, most = 0, 0
+    real = speaker.Encoder
+
+    class Counted(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            nonlocal open_now, most
+            super().__init__(*args, **kwargs)
+            open_now += 1
+            most = max(most, open_now)
+
+        def finish(self) -> bytes:
+            nonlocal open_now
+            open_now -= 1
+            return bytes(super().finish())
+
+    monkeypatch.setattr(speaker, "Encoder", Counted)
+    env = {"MSGVOICE_TEXT_SEGMENT_CHARS": "8", "MSGVOICE_WORKER_COUNT": "2"}
+    async with running(clean_env, **env) as (_, client):
+
+        async def one() -> bytes:
+            body = {"model": "msgvoice", "voice": "alloy", "input": TEXT, "stream": True}
+            body["response_format"] = "mp3"
+            answer = await client.post("/v1/audio/speech", json=body)
+            assert answer.status_code == 200, answer.text
+            return answer.content
+
+        bodies = await asyncio.gather(*(one() for _ in range(6)))
+    lengths = {round(len(decode("mp3", b)[0]) / 2400) for b in bodies}
+    assert most == sinks.ENCODES_AT_ONCE and len(lengths) == 1 and min(lengths) > 0

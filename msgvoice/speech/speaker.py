@@ -1,12 +1,11 @@
 """The speech wing's front door: text → segments → emotion → worker → encoded audio.
 
 `Speaker.speak` writes a file (it appears only when complete); `Speaker.stream` yields a
-response's bytes as each segment is encoded. Both run the same encode loop. A job of one
-segment (most chat replies) is finished by the worker that speaks it: shaped, resampled and
-encoded there, so the encodes of several jobs run side by side in several processes. A longer
-job is encoded here, each segment in a thread while the worker speaks the next one. Each
-segment takes whichever worker of the engine's pool is free, so chat jobs and API requests
-share the workers.
+response's bytes as each segment is encoded; both run one encode loop. A job of one segment
+(most chat replies) is finished by the worker that speaks it, so several jobs encode side by
+side in several processes. A longer job is encoded here (a few at a time: `sinks.Turns`),
+each segment in a thread while a worker speaks the next; segments take whichever worker of
+the engine's pool is free, so chat jobs and API requests share the workers.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import replace
 
 from msgvoice.config import Config
@@ -27,7 +27,7 @@ from msgvoice.speech.chain import EngineChain
 from msgvoice.speech.emotion import EmotionResult, Emotions, to_prosody
 from msgvoice.speech.formats import Format, output_rate
 from msgvoice.speech.job import Report, SpeechError, SpeechJob, SpeechResult, exhausted
-from msgvoice.speech.sinks import Finished, Sink, encoded, finishing
+from msgvoice.speech.sinks import Finished, Sink, Turns, encoded, finishing
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
 from msgvoice.speech.text import speakable
 from msgvoice.speech.worker_process import RequestRefused, WorkerError
@@ -64,6 +64,7 @@ class Speaker:
         )
         self.encoding = EncodeSettings(config.audio.opus_complexity, config.audio.opus_bitrate_kbps)
         self._at_work = 0
+        self._turns = Turns()
 
     def engines(self) -> list[str]:
         """The engines this speaker can use: the main one, then the fallbacks."""
@@ -211,10 +212,9 @@ class Speaker:
         open_sink: Callable[[Synthesis], Sink],
         emit: Callable[[bytes], object],
     ) -> Sink:
-        """Speak the job's segments; encode each in a thread while the next is spoken, and
-        `emit` its bytes as soon as they are encoded (a job of one segment comes finished
-        from its worker, as `wanted`: format and streaming). Returns the sink, not yet
-        finished."""
+        """Speak the job's segments; encode each in a thread while the next is spoken, `emit`
+        its bytes when encoded (one segment comes finished from its worker, as `wanted`:
+        format and streaming). Returns the sink, not yet finished."""
         sink: Sink | None = None
         encoding: asyncio.Future[tuple[bytes, float]] | None = None
         loop, stretch = asyncio.get_running_loop(), self.chain.speeds(job.speed)[1]
@@ -225,12 +225,12 @@ class Speaker:
                 report.timings["encode_ms"] += ms
                 emit(data)
 
+        turn = AsyncExitStack()
         try:
-            fmt, streaming = wanted
-            output = finishing(fmt, streaming, stretch, self.config.audio, self.shaping)
+            output = finishing(*wanted, stretch, self.config.audio, self.shaping)
             async for synthesis in self.syntheses(job, report, output):
                 if sink is None:
-                    sink = await asyncio.to_thread(open_sink, synthesis)
+                    sink = await self._turns.open(open_sink, synthesis, turn)
                     emit(sink.start())
                 if synthesis.output is not None:  # the job's one segment, finished
                     continue
@@ -249,6 +249,8 @@ class Speaker:
             if sink is not None:
                 sink.abort()
             raise
+        finally:
+            await turn.aclose()
         return sink
 
     def _encode(
