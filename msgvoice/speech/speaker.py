@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack
 from dataclasses import replace
 
 from msgvoice.config import Config
@@ -225,7 +224,7 @@ class Speaker:
                 report.timings["encode_ms"] += ms
                 emit(data)
 
-        turn = AsyncExitStack()
+        turn = contextlib.AsyncExitStack()
         try:
             output = finishing(*wanted, stretch, self.config.audio, self.shaping)
             async for synthesis in self.syntheses(job, report, output):
