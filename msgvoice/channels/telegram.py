@@ -34,6 +34,7 @@ import httpx
 from msgvoice.channels.outbox import (
     ChannelError,
     OutboxPump,
+    PartsOnce,
     prefixed,
     serve,
     take_in,
@@ -95,7 +96,7 @@ class TelegramChannel:
         self.pump = OutboxPump(chat, PREFIX, self._send)
         self.username = ""
         self._actions: set[asyncio.Task[None]] = set()
-        self._parts_sent: dict[tuple[str, int], int] = {}
+        self._parts = PartsOnce()
         """Parts of a multi-part item already delivered, so a retry sends only the rest."""
 
     async def run(self) -> None:
@@ -235,14 +236,13 @@ class TelegramChannel:
         except ChatMigrated as exc:  # resend at once to the new id, the rest follows it there
             self._migrated(item.chat_id, f"{PREFIX}{exc.new_id}")
             await self._deliver(item)
-        self._parts_sent.pop((item.chat_id, item.seq), None)
 
     async def _deliver(self, item: OutboxItem) -> None:
         where = self._where(item.chat_id)
         if item.audio is None:
             texts = split_text(item.text or "")
-            await self._parts(
-                item, texts, lambda text: self.call("sendMessage", text=text, **where)
+            await self._parts.send(
+                item, texts, lambda _, text: self.call("sendMessage", text=text, **where)
             )
             return
         try:
@@ -252,17 +252,16 @@ class TelegramChannel:
         except AudioError as exc:  # a voice note that cannot be read never will be
             raise ChannelError(str(exc), permanent=True) from exc
 
-        async def one(part: Path) -> None:
-            n = parts.index(part) + 1
+        async def one(n: int, part: Path) -> None:
             params = dict(where)
             if len(parts) > 1:
-                params["caption"] = f"{n}/{len(parts)}"
+                params["caption"] = f"{n + 1}/{len(parts)}"
             elif item.duration_s:
                 params["duration"] = str(round(item.duration_s))
             await self._voice(item.chat_id, part, params)
 
         try:
-            await self._parts(item, parts, one)
+            await self._parts.send(item, parts, one)
         except ChannelError as exc:  # not even as a file: the words, at least
             job = self.chat.job(item.job_id) if item.job_id else None
             if not (exc.permanent and job and self.chat.cursor(NO_VOICE + item.chat_id)):
@@ -270,16 +269,9 @@ class TelegramChannel:
             log.info(
                 "telegram chat %s takes no audio file either (%s); sending text", item.chat_id, exc
             )
-            await self._parts(
-                item, split_text(job.text), lambda t: self.call("sendMessage", text=t, **where)
+            await self._parts.send(
+                item, split_text(job.text), lambda _, t: self.call("sendMessage", text=t, **where)
             )
-
-    async def _parts(self, item: OutboxItem, parts: list[Any], send: Any) -> None:
-        """Send each part once: a retry of the item starts at the first part not yet sent."""
-        key = (item.chat_id, item.seq)
-        for n in range(self._parts_sent.get(key, 0), len(parts)):
-            await send(parts[n])
-            self._parts_sent[key] = n + 1
 
     async def _voice(self, chat_id: str, part: Path, params: dict[str, Any]) -> None:
         """A voice note, or the same audio as a file for a user who forbids voice messages."""
