@@ -11,10 +11,8 @@ import contextlib
 import json
 from typing import Any
 
-import aiohttp
 import httpx
 
-from msgvoice.channels import lark_api, onebot_api
 from msgvoice.channels.imsg_rpc import PERMISSION_HINTS, bridge_ready, full_disk_access_fix
 from msgvoice.channels.outbox import ChannelError
 from msgvoice.config import Config
@@ -103,6 +101,10 @@ async def check_qq(config: Config) -> Check | None:
     qq = config.qq
     if not qq.enabled:
         return None
+    import aiohttp  # noqa: PLC0415 (only for a channel that is switched on)
+
+    from msgvoice.channels import onebot_api  # noqa: PLC0415
+
     try:
         me, impl = await onebot_api.whoami(qq.url, qq.access_token, HTTP_PROBE_TIMEOUT_S)
     except onebot_api.LoginRefused as exc:
@@ -131,6 +133,8 @@ async def check_feishu(config: Config, client: httpx.AsyncClient) -> Check | Non
     fs = config.feishu
     if not fs.enabled:
         return None
+    from msgvoice.channels import lark_api  # noqa: PLC0415 (protobuf: only when switched on)
+
     api = lark_api.Api(client, fs.domain, fs.app_id, fs.app_secret)
     try:
         bot = await api.bot()
