@@ -79,6 +79,8 @@ class FeishuChannel:
         self.pump = OutboxPump(chat, PREFIX, self._send)
         self.allow = prefixed(config.allow, PREFIX)
         self.me = ""
+        self._ping_s = 120.0
+        """The connection's ping interval: the endpoint's ClientConfig, then its pongs'."""
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._seen = Recent()
         self._fragments: dict[str, list[bytes]] = {}
@@ -110,14 +112,12 @@ class FeishuChannel:
             try:
                 if not self.me:
                     self.me = str((await self.api.bot()).get("open_id", ""))
-                url, ping_s = await self.api.endpoint()
+                url, self._ping_s = await self.api.endpoint()
                 service = int(parse_qs(urlparse(url).query)["service_id"][0])
                 async with session.ws_connect(url, heartbeat=None, max_msg_size=0) as ws:
                     log.info("feishu: connected (bot %s)", self.me)
                     backoff = 0.0
-                    problem = ChannelError(
-                        f"connection lost: {await self._serve(ws, service, ping_s)}"
-                    )
+                    problem = ChannelError(f"connection lost: {await self._serve(ws, service)}")
             except aiohttp.WSServerHandshakeError as exc:
                 said: Any = exc.headers or {}
                 status = str(said.get("handshake-status", ""))
@@ -133,20 +133,19 @@ class FeishuChannel:
                 problem = exc
             backoff = await wait_out("feishu", problem, backoff)
 
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse, service: int, ping_s: float) -> str:
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse, service: int) -> str:
         """Ping, read and answer one connection until it ends; returns why."""
-        interval = [ping_s]
 
         async def pinging() -> None:
             while True:
                 with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                     await ws.send_bytes(ping(service))  # a dead connection: the reader says
-                await asyncio.sleep(interval[0])
+                await asyncio.sleep(self._ping_s)
 
         pinger = asyncio.create_task(pinging())
         try:
             while True:
-                quiet = interval[0] * 2 + 5.0
+                quiet = self._ping_s * 2 + 5.0
                 try:
                     message = await ws.receive(timeout=quiet)
                 except TimeoutError:
@@ -156,13 +155,13 @@ class FeishuChannel:
                 if message.type is aiohttp.WSMsgType.ERROR:
                     return f"failed ({ws.exception()})"
                 if message.type is aiohttp.WSMsgType.BINARY:
-                    answer = self._frame(message.data, interval)
+                    answer = self._frame(message.data)
                     if answer is not None:
                         await ws.send_bytes(answer)
         finally:
             pinger.cancel()
 
-    def _frame(self, data: bytes, interval: list[float]) -> bytes | None:
+    def _frame(self, data: bytes) -> bytes | None:
         """One frame read: a pong may set the ping interval; an event (its parts joined) is
         queued and answered. A frame that cannot be read is passed over with a line."""
         started = time.monotonic()
@@ -178,7 +177,7 @@ class FeishuChannel:
                 with contextlib.suppress(ValueError, AttributeError):
                     given = json.loads(frame.payload).get("PingInterval")
                     if isinstance(given, int | float) and given >= 1:
-                        interval[0] = float(given)
+                        self._ping_s = float(given)
             return None
         if frame.method != DATA or head.get("type") != "event":
             return None
