@@ -25,7 +25,8 @@ is answered by a pong carrying the ClientConfig as JSON; an event goes as a data
 (method 1, headers type "event", message_id, sum, seq, trace_id), in two parts when `split`;
 one not answered with its frame and {"code": 200} within `resend_after_s` is pushed again
 (Feishu's retry of an event not acknowledged). `drop()` cuts the connection without a close
-frame. Events are pushed to the connections open at the time.
+frame. Events are pushed to the connections open at the time. `garbled` answers a path with
+a body that is not Feishu's (what a proxy in front of it may send).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class FakeFeishu:
         self.answers: list[tuple[str, int, int]] = []
         """(path, HTTP status, code) of every API answer."""
         self.acked: set[str] = set()
+        self.garbled: dict[str, tuple[int, str]] = {}
+        """path → (status, raw body) it is answered with instead, as a proxy in front of the
+        platform might (an HTML error page, JSON that is not an object)."""
         self.pings = 0
         self.resend_after_s = 3.0
         self._limited = 0
@@ -70,7 +74,7 @@ class FakeFeishu:
         self.url = ""
 
     async def __aenter__(self) -> FakeFeishu:
-        app = web.Application()
+        app = web.Application(middlewares=[self._garbling])
         app.router.add_post("/open-apis/auth/v3/tenant_access_token/internal", self._token)
         app.router.add_get("/open-apis/bot/v3/info", self._bot)
         app.router.add_post("/open-apis/im/v1/files", self._file)
@@ -206,6 +210,14 @@ class FakeFeishu:
     ) -> web.Response:
         self.answers.append((request.path, status, int(body.get("code", 0))))
         return web.json_response(body, status=status, headers=headers)
+
+    @web.middleware
+    async def _garbling(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in self.garbled:
+            status, body = self.garbled[request.path]
+            return web.Response(status=status, text=body, content_type="application/json")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def _authorized(self, request: web.Request) -> bool:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")

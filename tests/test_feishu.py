@@ -220,3 +220,23 @@ async def test_the_allow_list_takes_open_ids_and_chat_ids(clean_env: Path) -> No
         fake.say("oc_dm2", BOB, "/help")
         await until(lambda: fake.texts("oc_dm2"))
     assert not fake.sent(DM)
+
+
+async def test_answers_that_are_not_feishus_are_refusals_not_tracebacks() -> None:
+    """A token answer without a token, and a send answered by JSON that is not an object (a
+    proxy's), each come back as a ChannelError the outbox understands: the first to be
+    tried again, the second transient as its 502 says."""
+    from msgvoice.channels.lark_api import Api  # noqa: PLC0415
+    from msgvoice.channels.outbox import ChannelError  # noqa: PLC0415
+
+    async with FakeFeishu() as fake, httpx.AsyncClient() as client:
+        api = Api(client, fake.url, APP_ID, APP_SECRET)
+        fake.garbled["/open-apis/auth/v3/tenant_access_token/internal"] = (200, '{"code": 0}')
+        with pytest.raises(ChannelError, match="no tenant_access_token") as no_token:
+            await api.token()
+        del fake.garbled["/open-apis/auth/v3/tenant_access_token/internal"]
+        fake.garbled["/open-apis/im/v1/messages"] = (502, "[1, 2]")
+        with pytest.raises(ChannelError, match="HTTP 502") as garbled:
+            await api.send(DM, "text", {"text": "hi"}, "u1")
+    assert not no_token.value.permanent
+    assert not garbled.value.permanent and garbled.value.retry_after_s is None

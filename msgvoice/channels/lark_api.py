@@ -103,11 +103,8 @@ class CredentialsRefused(RuntimeError):
 
 def failure(what: str, response: httpx.Response) -> ChannelError:
     """A refused REST answer as the outbox understands it, Feishu's code in the line."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    code = body.get("code") if isinstance(body, dict) else None
+    body = _json(response)
+    code = body.get("code")
     reason = f"feishu {what}: HTTP {response.status_code}, code {code}: {body.get('msg', '')}"
     if code in RATE_LIMITED or response.status_code == 429:
         reset = response.headers.get("x-ogw-ratelimit-reset", "")
@@ -142,8 +139,11 @@ class Api:
             if response.status_code < 500 and body.get("code") not in (None, *RATE_LIMITED):
                 raise CredentialsRefused(f"code {body.get('code')}: {body.get('msg')}")
             raise failure("token", response)
-        self._lifetime_s = float(body.get("expire") or 7200)
-        self._token = str(body["tenant_access_token"])
+        token, expire = body.get("tenant_access_token"), body.get("expire")
+        if not isinstance(token, str) or not token:
+            raise ChannelError("feishu token: the answer holds no tenant_access_token")
+        self._lifetime_s = float(expire) if isinstance(expire, int | float) and expire > 0 else 7200
+        self._token = token
         self._expires_at = time.monotonic() + self._lifetime_s
         return self._token
 
