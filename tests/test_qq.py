@@ -219,16 +219,21 @@ async def test_a_refused_token_stops_the_channel_with_one_line(
 
 async def test_doctor_names_the_account_and_a_refused_token(clean_env: Path) -> None:
     """doctor connects as the channel would: the QQ account and the implementation when the
-    token is right; an error with its fix when it is wrong; a warning when nothing listens."""
+    token is right; an error with its fix when it is wrong; a warning when the answers are
+    not objects, and when nothing listens."""
     async with FakeOneBot() as fake:
         env = {"MSGVOICE_STATE_DIR": str(clean_env), **qq_env(fake)}
         good = await check_qq(load(None, env))
         bad = await check_qq(load(None, {**env, "MSGVOICE_QQ_ACCESS_TOKEN": "wrong"}))
+        fake._do_get_login_info = lambda params: ["not", "an", "object"]  # type: ignore[method-assign, assignment, return-value]
+        fake._do_get_version_info = lambda params: 42  # type: ignore[method-assign, assignment, return-value]
+        odd = await check_qq(load(None, env))
     gone = await check_qq(load(None, env))
     assert good is not None and good.status == "pass"
     assert str(BOT) in good.message and "NapCat" in good.message
     assert bad is not None and bad.status == "error" and "qq.access_token" in (bad.fix or "")
     assert gone is not None and gone.status == "warning" and "qq.url" in (gone.fix or "")
+    assert odd is not None and odd.status == "warning" and "not logged in" in odd.message
 
 
 def test_a_long_voice_note_goes_in_parts_of_at_most_a_minute(tmp_path: Path) -> None:

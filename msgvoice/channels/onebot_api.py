@@ -32,8 +32,12 @@ import aiohttp
 from msgvoice.channels.outbox import ChannelError
 
 log = logging.getLogger(__name__)
-_ENDED = {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
-_ENDED.add(aiohttp.WSMsgType.ERROR)
+_ENDED = {
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+}
 PREFIX = "qq:"
 USER, GROUP = "user:", "group:"
 """Chats: `qq:user:<QQ number>` (a private chat) and `qq:group:<group number>`."""
@@ -72,10 +76,10 @@ def number(value: Any) -> str | None:
 
 def target(chat_id: str) -> tuple[str, dict[str, int]]:
     """The send action and its address for a chat id."""
-    kind, _, number = chat_id.removeprefix(PREFIX).partition(":")
+    kind, _, digits = chat_id.removeprefix(PREFIX).partition(":")
     if kind + ":" == GROUP:
-        return "send_group_msg", {"group_id": int(number)}
-    return "send_private_msg", {"user_id": int(number)}
+        return "send_group_msg", {"group_id": int(digits)}
+    return "send_private_msg", {"user_id": int(digits)}
 
 
 def _unescape(text: str) -> str:
@@ -277,5 +281,6 @@ async def whoami(url: str, token: str, timeout_s: float) -> tuple[dict[str, Any]
             raise
         finally:
             reader.cancel()
-    name = f"{(version or {}).get('app_name', 'OneBot')} {(version or {}).get('app_version', '')}"
-    return me or {}, name.strip()
+    version = version if isinstance(version, dict) else {}
+    name = f"{version.get('app_name', 'OneBot')} {version.get('app_version', '')}"
+    return (me if isinstance(me, dict) else {}), name.strip()
