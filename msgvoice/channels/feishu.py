@@ -52,13 +52,14 @@ from msgvoice.channels.outbox import (
     OutboxPump,
     PartsOnce,
     Recent,
+    addressed,
     prefixed,
     serve,
     take_in,
     wait_out,
 )
 from msgvoice.channels.telegram_api import split_text
-from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
+from msgvoice.chat.port import ChatPort, OutboxItem
 from msgvoice.config import FeishuConfig
 from msgvoice.speech.convert import AudioError, fit_voice_note, levels
 
@@ -233,10 +234,9 @@ class FeishuChannel:
             return
         text, mentioned = _read(message, self.me)
         group = message.get("chat_type") != "p2p"
-        if group and not mentioned and not (text or "").startswith("/"):
-            return
-        incoming = Incoming(PREFIX + chat, text, who, self.allow, group and not mentioned)
-        await self.chat.message(incoming)
+        incoming = addressed(PREFIX + chat, text, who, self.allow, group=group, mentioned=mentioned)
+        if incoming is not None:
+            await self.chat.message(incoming)
 
     async def _send(self, item: OutboxItem) -> None:
         chat = item.chat_id.removeprefix(PREFIX)

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from msgvoice.chat.port import ChatPort, OutboxItem, keep_running, next_ring
+from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, keep_running, next_ring
 from msgvoice.net import next_backoff
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,23 @@ async def take_in(what: str, handle: Callable[[T], Awaitable[object]], event: T)
                 return
             backoff = next_backoff(backoff, first_s=0.5)
             await asyncio.sleep(backoff)
+
+
+def addressed(
+    chat: str,
+    text: str | None,
+    sender: str | None,
+    allow: tuple[str, ...],
+    *,
+    group: bool,
+    mentioned: bool,
+) -> Incoming | None:
+    """A message as the router takes it, or None for a group talking among itself: in a
+    group, one that @-mentions the bot is addressed to it as a private one is; one that does
+    not must be a command (and the router leaves other bots' commands alone)."""
+    if group and not mentioned and not (text or "").startswith("/"):
+        return None
+    return Incoming(chat, text, sender, allow, group and not mentioned)
 
 
 class Recent:

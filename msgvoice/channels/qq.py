@@ -50,13 +50,14 @@ from msgvoice.channels.outbox import (
     OutboxPump,
     PartsOnce,
     Recent,
+    addressed,
     prefixed,
     serve,
     take_in,
     wait_out,
 )
 from msgvoice.channels.telegram_api import split_text
-from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
+from msgvoice.chat.port import ChatPort, OutboxItem
 from msgvoice.config import QqConfig
 from msgvoice.speech.convert import AudioError, silk_notes
 
@@ -164,9 +165,9 @@ class QqChannel:
             return
         text, mentioned = read(event.get("message"), self.me)
         group = chat.startswith(PREFIX + GROUP)
-        if group and not mentioned and not (text or "").startswith("/"):
-            return  # the group talking among itself
-        await self.chat.message(Incoming(chat, text, sender, self.allow, group and not mentioned))
+        incoming = addressed(chat, text, sender, self.allow, group=group, mentioned=mentioned)
+        if incoming is not None:
+            await self.chat.message(incoming)
 
     async def _send(self, item: OutboxItem) -> None:
         link = self.link
