@@ -57,10 +57,10 @@ from msgvoice.channels.discord_api import (
 )
 from msgvoice.channels.outbox import (
     ChannelError,
+    InOrder,
     OutboxPump,
     prefixed,
     serve,
-    take_in,
     wait_out,
 )
 from msgvoice.channels.telegram_api import split_text
@@ -111,7 +111,7 @@ class DiscordChannel:
         self.rest: Rest | None = None
         self.me = 0
         self.deferrals = Deferrals(chat)
-        self._events: asyncio.Queue[tuple[str, Incoming, Deferred | None]] = asyncio.Queue()
+        self._inbox: InOrder[tuple[Incoming, Deferred | None]] = InOrder(self._take)
 
     async def run(self) -> None:
         """Connect, then take events and push the outbox until cancelled."""
@@ -127,11 +127,7 @@ class DiscordChannel:
     async def _intake(self) -> None:
         """The Gateway, and beside it the handling of what it brings (which never raises:
         take_in keeps each event's failure to it)."""
-        handling = asyncio.create_task(self._handle())
-        try:
-            await self._gateway()
-        finally:
-            handling.cancel()
+        await self._inbox.beside(self._gateway())
 
     async def _gateway(self) -> None:
         """The Gateway, connected again after whatever discord.py does not recover from."""
@@ -190,7 +186,7 @@ class DiscordChannel:
             return  # a server message without its content (no Message Content intent)
         chat = PREFIX + str(message.channel.id)
         incoming = Incoming(chat, text or None, str(author.id), self.allow, group)
-        self._events.put_nowait((f"discord message {message.id}", incoming, None))
+        self._inbox.put(f"discord message {message.id}", (incoming, None))
 
     async def invoked(self, interaction: discord.Interaction) -> None:
         """A slash command: acknowledged now, handled in its turn."""
@@ -210,12 +206,7 @@ class DiscordChannel:
         deferred = Deferred(interaction.application_id, interaction.token, now_ms())
         chat = PREFIX + str(interaction.channel_id)
         incoming = Incoming(chat, text, str(interaction.user.id), self.allow, group=False)
-        self._events.put_nowait((f"discord /{name} {interaction.id}", incoming, deferred))
-
-    async def _handle(self) -> None:
-        while True:
-            what, incoming, deferred = await self._events.get()
-            await take_in(what, self._take, (incoming, deferred))
+        self._inbox.put(f"discord /{name} {interaction.id}", (incoming, deferred))
 
     async def _take(self, event: tuple[Incoming, Deferred | None]) -> None:
         incoming, deferred = event

@@ -49,13 +49,13 @@ from msgvoice.channels.lark_api import (
 )
 from msgvoice.channels.outbox import (
     ChannelError,
+    InOrder,
     OutboxPump,
     PartsOnce,
     Recent,
     addressed,
     prefixed,
     serve,
-    take_in,
     wait_out,
 )
 from msgvoice.channels.telegram_api import split_text
@@ -82,7 +82,7 @@ class FeishuChannel:
         self.me = ""
         self._ping_s = 120.0
         """The connection's ping interval: the endpoint's ClientConfig, then its pongs'."""
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._inbox: InOrder[dict[str, Any]] = InOrder(self._take)
         self._seen = Recent()
         self._fragments: dict[str, list[bytes]] = {}
         self._parts = PartsOnce()
@@ -100,12 +100,8 @@ class FeishuChannel:
             )
 
     async def _intake(self) -> None:
-        handling = asyncio.create_task(self._handle())
-        try:
-            async with aiohttp.ClientSession() as session:
-                await self._connect(session)
-        finally:
-            handling.cancel()
+        async with aiohttp.ClientSession() as session:
+            await self._inbox.beside(self._connect(session))
 
     async def _connect(self, session: aiohttp.ClientSession) -> None:
         backoff = 0.0
@@ -190,7 +186,9 @@ class FeishuChannel:
                 log.warning("feishu: an event that is not JSON was passed over")
                 event = None
             if isinstance(event, dict):
-                self._events.put_nowait(event)
+                header: Any = event.get("header")
+                event_id = header.get("event_id") if isinstance(header, dict) else "?"
+                self._inbox.put(f"feishu event {event_id}", event)
         return acknowledged(frame, int((time.monotonic() - started) * 1000))
 
     def _joined(self, head: dict[str, str], payload: bytes) -> bytes | None:
@@ -208,13 +206,6 @@ class FeishuChannel:
             return None
         self._fragments.pop(head.get("message_id", ""), None)
         return b"".join(parts)
-
-    async def _handle(self) -> None:
-        while True:
-            event = await self._events.get()
-            header: Any = event.get("header")
-            what = f"feishu event {header.get('event_id') if isinstance(header, dict) else '?'}"
-            await take_in(what, self._take, event)
 
     async def _take(self, event: dict[str, Any]) -> None:
         header, body = event.get("header"), event.get("event")

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, keep_running, next_ring
 from msgvoice.net import next_backoff
@@ -91,6 +91,32 @@ async def take_in(what: str, handle: Callable[[T], Awaitable[object]], event: T)
                 return
             backoff = next_backoff(backoff, first_s=0.5)
             await asyncio.sleep(backoff)
+
+
+class InOrder(Generic[T]):
+    """A connection's events, handled one at a time in the order they came, each under
+    `take_in` (so one that cannot be handled is its own failure), beside the connection."""
+
+    def __init__(self, handle: Callable[[T], Awaitable[object]]) -> None:
+        self.handle = handle
+        self._queue: asyncio.Queue[tuple[str, T]] = asyncio.Queue()
+
+    def put(self, what: str, event: T) -> None:
+        """Queue `event` (named `what` in the log if it fails)."""
+        self._queue.put_nowait((what, event))
+
+    async def beside(self, connection: Awaitable[None]) -> None:
+        """Run `connection`, handling what it puts meanwhile; the handling ends with it."""
+        handling = asyncio.create_task(self._handle())
+        try:
+            await connection
+        finally:
+            handling.cancel()
+
+    async def _handle(self) -> None:
+        while True:
+            what, event = await self._queue.get()
+            await take_in(what, self.handle, event)
 
 
 def addressed(

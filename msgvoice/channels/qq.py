@@ -47,13 +47,13 @@ from msgvoice.channels.onebot_api import (
 )
 from msgvoice.channels.outbox import (
     ChannelError,
+    InOrder,
     OutboxPump,
     PartsOnce,
     Recent,
     addressed,
     prefixed,
     serve,
-    take_in,
     wait_out,
 )
 from msgvoice.channels.telegram_api import split_text
@@ -78,7 +78,7 @@ class QqChannel:
         self.link: Link | None = None
         self.me = ""
         self._heartbeat_s: float | None = None
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._inbox: InOrder[dict[str, Any]] = InOrder(self._take)
         self._seen = Recent()
         self._parts = PartsOnce()
 
@@ -95,12 +95,8 @@ class QqChannel:
             )
 
     async def _intake(self) -> None:
-        handling = asyncio.create_task(self._handle())
-        try:
-            async with aiohttp.ClientSession() as session:
-                await self._connect(session)
-        finally:
-            handling.cancel()
+        async with aiohttp.ClientSession() as session:
+            await self._inbox.beside(self._connect(session))
 
     async def _connect(self, session: aiohttp.ClientSession) -> None:
         """Connected again after every loss, with a growing back-off (a connection that
@@ -149,12 +145,7 @@ class QqChannel:
                 self._heartbeat_s = max(interval / 1000, 0.1)
             return
         if event.get("post_type") == "message":
-            self._events.put_nowait(event)
-
-    async def _handle(self) -> None:
-        while True:
-            event = await self._events.get()
-            await take_in(f"qq message {event.get('message_id')}", self._take, event)
+            self._inbox.put(f"qq message {event.get('message_id')}", event)
 
     async def _take(self, event: dict[str, Any]) -> None:
         chat, sender = chat_of(event), number(event.get("user_id"))
