@@ -80,6 +80,36 @@ async def _failed_items(daemon: DaemonParts, chat: str) -> list[OutboxItem]:
     return failed()
 
 
+async def test_jobs_whose_encoder_fails_give_their_turn_back(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More jobs of several segments than there are encode turns (sinks.ENCODES_AT_ONCE),
+    one after another, each failing in its encoder: every one fails with the reason, and a
+    job of several segments asked after them is still encoded and done."""
+    failing = sinks_module.ENCODES_AT_ONCE + 1
+    opened: list[str] = []
+
+    class Faulty(AudioWriter):
+        def feed(self, samples: Any) -> bytes:
+            if len(opened) <= failing:
+                raise RuntimeError("the encoder broke")
+            return super().feed(samples)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(str(args[0]))
+
+    monkeypatch.setattr(speaker_module, "AudioWriter", Faulty)
+    async with running(clean_env, MSGVOICE_TEXT_SEGMENT_CHARS="4") as (_, client):
+        states = []
+        for n in range(failing + 1):
+            asked = await client.post(
+                "/v1/messages", json={"chat_id": f"c{n}", "text": "/tts 坏了。真的坏了。"}
+            )
+            states.append((await wait_job(client, asked.json()["jobs"][0], within=20))["state"])
+    assert states == ["failed"] * failing + ["done"] and len(opened) == failing + 1
+
+
 @pytest.mark.parametrize("kind", list(FAULTS))
 @pytest.mark.parametrize("where", ["file", "encoder"])
 async def test_an_audio_write_fault_fails_or_parks_its_job_and_the_next_goes_on(
