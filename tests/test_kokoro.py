@@ -10,13 +10,9 @@ they are what is tested."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,68 +21,9 @@ import numpy as np
 import pytest
 
 from msgvoice.worker.engines.kokoro import phoneme_chunks, text_runs
-from tests.conftest import REPO, read_audio, rms, run_msgvoice
+from tests.conftest import read_audio, rms, run_msgvoice
 from tests.daemon_util import DaemonProcess, engine_daemon, free_port, speak
-
-KOKORO_PYTHON = REPO / ".venv-kokoro" / "bin" / "python"
-GENERATOR = REPO / "tests" / "kokoro_checkpoint.py"
-TEXT = "今天天气很好，我们下午一起去公园散步吧。"
-
-needs_kokoro = pytest.mark.skipif(
-    not KOKORO_PYTHON.exists(), reason="scripts/test builds .venv-kokoro; run it first"
-)
-
-
-VARIANTS = {"v1.0": (), "v1.1-zh": ("--v1.1-zh",)}
-"""The checkpoints the tests load, by the generator flags that make them."""
-
-
-@pytest.fixture(scope="session")
-def checkpoints(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """Every generated checkpoint, each kept in pytest's cache under a key of what makes it:
-    the generator's source, its flags and the installed kokoro, misaki and torch (their
-    dist-info names carry the versions). The missing ones are made in one generator run."""
-    site = sorted(KOKORO_PYTHON.parent.parent.glob("lib/python*/site-packages"))
-    installed = sorted(d.name for s in site for d in s.glob("*.dist-info"))
-    wanted = [n for n in installed if n.split("-")[0].lower() in ("kokoro", "misaki", "torch")]
-    cache = getattr(request.config, "cache", None)
-    folders = {}
-    for variant, flags in VARIANTS.items():
-        key = hashlib.sha256(GENERATOR.read_bytes() + repr((flags, wanted)).encode()).hexdigest()
-        if cache is not None:
-            folders[variant] = cache.mkdir(f"kokoro-{key[:16]}")
-        else:  # -p no:cacheprovider: once per run
-            folders[variant] = request.getfixturevalue("tmp_path_factory").mktemp("kokoro")
-    missing = {v: f for v, f in folders.items() if not (f / "config.json").is_file()}
-    if missing:
-        made = {
-            v: Path(tempfile.mkdtemp(prefix=f"{f.name}.", dir=f.parent)) for v, f in missing.items()
-        }
-        args = [str(a) for v, path in made.items() for a in (*VARIANTS[v], path)]
-        done = subprocess.run(
-            [str(KOKORO_PYTHON), str(GENERATOR), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        for variant, path in made.items():
-            with contextlib.suppress(OSError):  # another run made it meanwhile: as good
-                shutil.rmtree(missing[variant])
-                path.rename(missing[variant])  # config.json comes with the whole checkpoint
-            shutil.rmtree(path, ignore_errors=True)
-    return folders
-
-
-@pytest.fixture(scope="session")
-def weights(checkpoints: dict[str, Path]) -> Path:
-    return checkpoints["v1.0"]
-
-
-@pytest.fixture(scope="session")
-def weights_v11(checkpoints: dict[str, Path]) -> Path:
-    return checkpoints["v1.1-zh"]
+from tests.kokoro_util import KOKORO_PYTHON, TEXT, needs_kokoro
 
 
 def kokoro_env(weights: Path | None, tmp_path: Path, **more: str) -> dict[str, str]:

@@ -62,6 +62,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "msgvoice.speech",
         "msgvoice.chat",
         "msgvoice.worker.protocol",
+        "msgvoice.worker.fetch",  # the weights' manifest it writes, read by doctor
     ),
     "msgvoice.config": ("msgvoice.speech.formats", "msgvoice.config"),
     "msgvoice.net": (),

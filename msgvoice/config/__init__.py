@@ -68,6 +68,7 @@ __all__ = [
     "TextConfig",
     "TtsConfig",
     "WorkerConfig",
+    "default_path",
     "load",
     "sections",
 ]
@@ -195,6 +196,16 @@ CHANNEL_SECTIONS = ("telegram", "imessage", "matrix", "discord", "qq", "feishu")
 OPEN_FILES = 10240
 """The daemon's soft open-file limit (raised to it at start, and set so by the launchd agent
 and the systemd unit): macOS's OPEN_MAX, far above launchd's default of 256."""
+
+
+def default_path(environ: Mapping[str, str]) -> Path:
+    """The config file read when no --config is given (if it exists), and the one
+    `msgvoice engine install` writes: $XDG_CONFIG_HOME/msgvoice/config.toml (~/.config when
+    unset), or ~/Library/Application Support/msgvoice/config.toml on macOS."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "msgvoice" / "config.toml"
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "msgvoice" / "config.toml"
 
 
 def sections() -> dict[str, type[Any]]:

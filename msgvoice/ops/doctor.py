@@ -25,6 +25,7 @@ from msgvoice.ops.apps import (
     check_qq,
     check_telegram,
 )
+from msgvoice.ops.engines import check_installed
 from msgvoice.ops.llm_check import check_llm
 from msgvoice.ops.probes import (
     Check,
@@ -187,6 +188,7 @@ async def report(
         if live_worker is None:
             checks.append(await (probe() if probe else check_engine(config, engine_options)))
             checks.append(await check_engines(config))
+            checks.append(check_installed(config))
             facts = await daemon_facts(config, client)
             installed = service.path(config, service.default_kind()).exists()
             checks.append(check_daemon(facts, installed))

