@@ -181,7 +181,6 @@ class FakeHub:
             await response.write(data[at : min(at + self.chunk, end)])
         if cut is not None:
             self._cut, self._down = None, True
-            await response.drain()
             assert request.transport is not None
             request.transport.abort()  # the network goes away mid-file
             return response

@@ -117,7 +117,10 @@ def test_the_next_run_resumes_proves_it_speaks_then_points_the_config_at_it(
 ) -> None:
     done = installed.resumed
     assert done.returncode == 0, done.stdout + done.stderr
-    assert installed.hub.ranges("kokoro-v1_0.pth") == [None, f"bytes={installed.partial_bytes}-"]
+    # huggingface_hub tries again at once within the first run (a 503 then); the next run
+    # asks for the rest only.
+    first, *again = installed.hub.ranges("kokoro-v1_0.pth")
+    assert first is None and again and set(again) == {f"bytes={installed.partial_bytes}-"}
     pth = installed.engine / "weights" / "kokoro-v1_0.pth"
     assert sha256(pth) == sha256(weights / "kokoro-v1_0.pth")
     assert "it speaks" in done.stdout and "tts.engine = 'kokoro' (was 'espeak')" in done.stdout
