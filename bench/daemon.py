@@ -157,12 +157,18 @@ def bench_engines(tmp: Path) -> dict[str, dict[str, float]]:
         f"{'peak MB':>8} {'recycle s':>9}"
     )
     rows = {}
-    for engine, (python, options) in _engine_interpreters(tmp).items():
+    interpreters = _engine_interpreters(tmp)
+    for engine, (python, options) in interpreters.items():
         r = asyncio.run(engine_figures(engine, python, options, tmp))
         rows[engine] = r
         print(
             f"{engine:10} {r['load_s']:7.2f} {r['rtf_short']:9.4f} {r['rtf_medium']:8.4f} "
             f"{r['rtf_300ch']:8.4f} {r['peak_rss_mb']:8.0f} {r['recycle_s']:9.2f}"
         )
+    if "kokoro" in interpreters:
+        from bench.kokoro import bench_kokoro  # noqa: PLC0415
+
+        python, options = interpreters["kokoro"]
+        bench_kokoro(tmp, python, options["model_dir"])
     print(SEED_INDEXTTS2)
     return rows
