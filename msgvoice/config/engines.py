@@ -33,8 +33,7 @@ class KokoroConfig:
     device: str = key("auto", choices=("auto", "cuda", "mps", "cpu"))
     """Where the model runs; auto = CUDA, else MPS, else CPU."""
     precision: str = key("auto", choices=("auto", "fp32", "bf16"))
-    """The vocoder's arithmetic on a CPU (90% of the time): auto = bf16 where the CPU has it
-    natively (AVX512-BF16, AMX; 1.7x faster here), else fp32."""
+    """Vocoder arithmetic on a CPU: auto = bf16 where native (AVX512-BF16, AMX), else fp32."""
 
 
 @dataclass(frozen=True)
