@@ -136,7 +136,7 @@ def engine_daemon(state: Path, **env: str) -> Iterator[DaemonProcess]:
         assert daemon.signal(signal.SIGTERM) == 0
 
 
-def speak(daemon: DaemonProcess, text: str, **fields: str) -> tuple[Any, int]:
+def speak(daemon: DaemonProcess, text: str, **fields: Any) -> tuple[Any, int]:
     """One /v1/audio/speech request (wav unless asked otherwise); the audio decoded."""
     body = {"model": "msgvoice", "input": text, "response_format": "wav", **fields}
     answer = httpx.post(daemon.url + "/v1/audio/speech", json=body, timeout=120)
