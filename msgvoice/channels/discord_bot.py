@@ -55,14 +55,8 @@ from msgvoice.channels.discord_api import (
     text_body,
     voice_form,
 )
-from msgvoice.channels.outbox import (
-    ChannelError,
-    InOrder,
-    OutboxPump,
-    prefixed,
-    serve,
-    wait_out,
-)
+from msgvoice.channels.intake import InOrder, prefixed
+from msgvoice.channels.outbox import ChannelError, OutboxPump, serve, wait_out
 from msgvoice.channels.telegram_api import split_text
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem
 from msgvoice.config import DiscordConfig

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlparse
 import aiohttp
 import httpx
 
+from msgvoice.channels.intake import InOrder, Recent, addressed, prefixed
 from msgvoice.channels.lark_api import (
     CONTROL,
     DATA,
@@ -47,17 +48,7 @@ from msgvoice.channels.lark_api import (
     headers_of,
     ping,
 )
-from msgvoice.channels.outbox import (
-    ChannelError,
-    InOrder,
-    OutboxPump,
-    PartsOnce,
-    Recent,
-    addressed,
-    prefixed,
-    serve,
-    wait_out,
-)
+from msgvoice.channels.outbox import ChannelError, OutboxPump, PartsOnce, serve, wait_out
 from msgvoice.channels.telegram_api import split_text
 from msgvoice.chat.port import ChatPort, OutboxItem
 from msgvoice.config import FeishuConfig

@@ -29,7 +29,8 @@ from msgvoice.channels.imsg_rpc import (
     bridge_ready,
     full_disk_access_fix,
 )
-from msgvoice.channels.outbox import ChannelError, OutboxPump, prefixed, take_in
+from msgvoice.channels.intake import prefixed, take_in
+from msgvoice.channels.outbox import ChannelError, OutboxPump
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, keep_running
 from msgvoice.config import ImessageConfig
 from msgvoice.net import next_backoff

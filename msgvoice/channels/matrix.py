@@ -45,6 +45,7 @@ from nio import (
     SyncResponse,
 )
 
+from msgvoice.channels.intake import prefixed, take_in
 from msgvoice.channels.matrix_api import (
     PREFIX,
     TEXT_LIMIT,
@@ -56,14 +57,7 @@ from msgvoice.channels.matrix_api import (
     text_of,
     voice_content,
 )
-from msgvoice.channels.outbox import (
-    ChannelError,
-    OutboxPump,
-    prefixed,
-    serve,
-    take_in,
-    wait_out,
-)
+from msgvoice.channels.outbox import ChannelError, OutboxPump, serve, wait_out
 from msgvoice.channels.telegram_api import split_text
 from msgvoice.chat.port import ChatPort, Incoming, OutboxItem, allowed
 from msgvoice.config import MatrixConfig

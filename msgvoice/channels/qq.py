@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from msgvoice.channels.intake import InOrder, Recent, addressed, prefixed
 from msgvoice.channels.onebot_api import (
     GROUP,
     PREFIX,
@@ -45,17 +46,7 @@ from msgvoice.channels.onebot_api import (
     target,
     text_message,
 )
-from msgvoice.channels.outbox import (
-    ChannelError,
-    InOrder,
-    OutboxPump,
-    PartsOnce,
-    Recent,
-    addressed,
-    prefixed,
-    serve,
-    wait_out,
-)
+from msgvoice.channels.outbox import ChannelError, OutboxPump, PartsOnce, serve, wait_out
 from msgvoice.channels.telegram_api import split_text
 from msgvoice.chat.port import ChatPort, OutboxItem
 from msgvoice.config import QqConfig

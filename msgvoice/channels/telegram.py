@@ -31,15 +31,8 @@ from typing import Any
 
 import httpx
 
-from msgvoice.channels.outbox import (
-    ChannelError,
-    OutboxPump,
-    PartsOnce,
-    prefixed,
-    serve,
-    take_in,
-    wait_out,
-)
+from msgvoice.channels.intake import prefixed, take_in
+from msgvoice.channels.outbox import ChannelError, OutboxPump, PartsOnce, serve, wait_out
 from msgvoice.channels.telegram_api import (
     CONTENT,
     GROUPS,
