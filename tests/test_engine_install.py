@@ -230,3 +230,27 @@ def test_an_engine_this_machine_cannot_run_is_refused(tmp_path: Path) -> None:
     assert "indextts2 needs an NVIDIA GPU or Apple Silicon" in line
     line = one_line_failure(run_msgvoice("engine", "remove", "kokoro"))
     assert "kokoro is not installed" in line
+
+
+def test_a_disk_too_small_is_one_line_before_anything_is_written(
+    weights_listing: Path, tmp_path: Path
+) -> None:
+    """The state dir on a 20 MB filesystem: the install says what it needs and what is free."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(small)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        hub = FakeHub(REPO_ID, weights_listing)
+        with hub.serving():
+            env = {"MSGVOICE_STATE_DIR": str(small / "state"), "HF_ENDPOINT": hub.endpoint}
+            line = one_line_failure(install(env))
+        assert "GB is needed at" in line and "GB is free" in line
+        assert not (small / "state").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -164,6 +164,7 @@ async def install(config: Config, req: Request, prove: Prove, environ: Mapping[s
     finally:
         staged.unlink(missing_ok=True)
     say(f"it speaks ({seconds:.2f} s in {p.root / 'proof.ogg'}); {req.config_path} now uses it")
+    say("a daemon that is running speaks with it once restarted")
     for name in config_file.overridden(planned, environ):
         say(f"note: {name} is set in the environment and overrides the file")
     return 0
