@@ -230,8 +230,9 @@ def _run_main(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    """Run `say`, `run` or `service` with the loaded config."""
-    config = load(args.config, os.environ)
+    """Run `say`, `run`, `service` or `engine` with the loaded config."""
+    missing = args.command == "engine" and args.config and not args.config.exists()
+    config = load(None if missing else args.config, os.environ)  # engine writes a new one
     if args.command == "say":
         return _run_main(lambda: _say(config, args))
     if args.command == "run":

@@ -182,13 +182,17 @@ def test_a_dry_run_says_what_it_would_do_and_does_nothing(
     hub = FakeHub(REPO_ID, weights_listing)
     with hub.serving():
         done = install({"HF_ENDPOINT": hub.endpoint}, "--dry-run")
+        new_file = tmp_path / "new.toml"  # --config naming a file still to be written
+        named = install({"HF_ENDPOINT": hub.endpoint}, "--dry-run", "--config", str(new_file))
     assert done.returncode == 0, done.stderr
+    assert named.returncode == 0 and f"{new_file}: tts.engine" in named.stdout, named.stderr
+    assert not new_file.exists()
     assert "pip install torch==2.13.0" in done.stdout and "[kokoro]" in done.stdout
     assert "weights: 3 files" in done.stdout and REPO_ID in done.stdout
     assert "tts.engine = 'kokoro' (was 'espeak')" in done.stdout
     assert not (tmp_path / "state" / "engines").exists()
     assert not (tmp_path / "config-home").exists()  # no config file written either
-    assert [m for m, _, _ in hub.requests] == ["GET"]  # the listing, nothing downloaded
+    assert [m for m, _, _ in hub.requests] == ["GET", "GET"]  # listings, nothing downloaded
 
 
 @pytest.fixture
