@@ -4,11 +4,14 @@ it does on a real Mac:
 - `bootout` returns before launchd has let go of the label. Until it has (the daemon is still
   draining), `print` still finds the service and `bootstrap` fails with "Bootstrap failed: 5:
   Input/output error" (exit 5); it lets go of the label a little before bootstrap works again.
+  On a Mac that takes a while; here it is counted in calls, not seconds, so the order of
+  states is the same on a loaded machine: after a bootout, `print` still finds the service
+  the next HELD_PRINTS times, then bootstrap fails with 5 the next BUSY_BOOTSTRAPS times.
 - `print SERVICE` shows `pid = N` while the job runs and exits 113 "Could not find service" when
   launchd does not have it; `print gui/UID` fails when there is no GUI session, and `bootstrap`
   there fails with 125 "Domain does not support specified action".
-State lives in $FAKE_LAUNCHCTL_DIR (`loaded`, `released_at`); every call is appended to
-calls.jsonl with its exit code. $FAKE_LAUNCHCTL_RELEASE_S is how long the release takes.
+State lives in $FAKE_LAUNCHCTL_DIR (`loaded`, and the counts left: `held`, `busy`); every
+call is appended to calls.jsonl with its exit code.
 """
 
 from __future__ import annotations
@@ -16,17 +19,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 STATE = Path(os.environ["FAKE_LAUNCHCTL_DIR"])
-RELEASE_S = float(os.environ.get("FAKE_LAUNCHCTL_RELEASE_S", "1.5"))
 NO_GUI = bool(os.environ.get("FAKE_LAUNCHCTL_NO_GUI"))
+HELD_PRINTS, BUSY_BOOTSTRAPS = 2, 2
 
 
-def released_in() -> float:
-    path = STATE / "released_at"
-    return float(path.read_text()) - time.time() if path.exists() else 0.0
+def left(name: str) -> int:
+    path = STATE / name
+    return int(path.read_text()) if path.exists() else 0
+
+
+def take(name: str) -> bool:
+    """Whether count `name` had any left (and, if so, one fewer now)."""
+    n = left(name)
+    if n > 0:
+        (STATE / name).write_text(str(n - 1))
+    return n > 0
 
 
 def main(args: list[str]) -> int:  # noqa: PLR0911 (one answer per verb and state)
@@ -35,7 +45,7 @@ def main(args: list[str]) -> int:  # noqa: PLR0911 (one answer per verb and stat
     if verb == "print" and target.count("/") == 1:
         return 1 if NO_GUI else 0
     if verb == "print":
-        if loaded or released_in() > 0.5:
+        if loaded or take("held"):
             print(f"{target} = {{\n\tstate = running\n\tpid = 4242\n}}")
             return 0
         print(f'Bad request.\nCould not find service "{target}" in domain', file=sys.stderr)
@@ -45,7 +55,8 @@ def main(args: list[str]) -> int:  # noqa: PLR0911 (one answer per verb and stat
             print("Boot-out failed: 3: No such process", file=sys.stderr)
             return 3
         (STATE / "loaded").unlink()
-        (STATE / "released_at").write_text(str(time.time() + RELEASE_S))
+        (STATE / "held").write_text(str(HELD_PRINTS))
+        (STATE / "busy").write_text(str(BUSY_BOOTSTRAPS))
         return 0
     if verb == "enable":
         return 0
@@ -55,7 +66,7 @@ def main(args: list[str]) -> int:  # noqa: PLR0911 (one answer per verb and stat
                 "Bootstrap failed: 125: Domain does not support specified action", file=sys.stderr
             )
             return 125
-        if loaded or released_in() > 0:
+        if loaded or left("held") or take("busy"):
             print("Bootstrap failed: 5: Input/output error", file=sys.stderr)
             return 5
         (STATE / "loaded").touch()
