@@ -10,11 +10,13 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from msgvoice.config import Config
 from msgvoice.ops import config_file
 from msgvoice.ops.engine_steps import (
+    PIP_TIMEOUT_S,
     check_platform,
     check_python,
     hub_files,
@@ -55,7 +57,8 @@ def settings(config: Config, r: Recipe, p: Place, repo: str, files: list[str]) -
     if r.name == "kokoro":
         out |= {"kokoro.model_dir": str(p.weights), "kokoro.repo_id": repo}
         have, default = voices(files), ENGINES["kokoro"].default_voice
-        if config.tts.voice not in have and ("tts.voice" in config.sources or default not in have):
+        wrong = "tts.voice" in config.sources or default not in have
+        if have and config.tts.voice not in have and wrong:
             chinese = [v for v in have if v.startswith("zf_")]
             out["tts.voice"] = default if default in have else (chinese or have)[0]
     elif r.name == "indextts2":
@@ -76,8 +79,6 @@ def weights_listing(r: Recipe, req: Request, repo: str) -> dict[str, int]:
     if not r.repo:
         return {}
     if req.source is not None:
-        from fnmatch import fnmatch  # noqa: PLC0415
-
         found = local_files(req.source)
         listed = {n: s for n, s in found.items() if any(fnmatch(n, p) for p in r.allow or ("*",))}
         if not listed:
@@ -107,7 +108,12 @@ def fetch(p: Place, r: Recipe, repo: str, source: Path | None) -> None:
     args += [a for pattern in r.allow for a in ("--allow", pattern)]
     args += ["--from", str(source)] if source else []
     if sys.stderr.isatty():
-        done = subprocess.run(args, stdout=subprocess.DEVNULL, check=False)
+        try:
+            done = subprocess.run(
+                args, stdout=subprocess.DEVNULL, timeout=PIP_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise InstallError(f"the weights of {repo} took over an hour; run it again") from None
         if done.returncode != 0:
             raise InstallError(
                 f"the weights of {repo} did not arrive (above); run it again to resume"
