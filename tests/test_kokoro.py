@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,3 +205,38 @@ def test_doctor_finds_the_weights_in_the_hub_cache_or_says_how_to_fetch_them(
     shutil.rmtree(tmp_path / "hub")
     missing = doctor(kokoro_env(None, tmp_path))["engine"]
     assert missing["status"] == "error" and "hf download hexgrad/Kokoro-82M" in missing["message"]
+
+
+SAME_AS_STOCK = """
+import sys, types
+import numpy as np
+from kokoro import istftnet
+from msgvoice.worker.engines import kokoro
+from msgvoice.worker.protocol import Prosody
+engine = kokoro.KokoroEngine(model_dir=sys.argv[1], precision="fp32")
+ours, _ = engine.synthesize(sys.argv[2], None, Prosody(), None, seed=3)
+parts = kokoro.RESBLOCK_PARTS
+blocks = [m for m in engine.model.decoder.modules() if all(hasattr(m, p) for p in parts)]
+for block in blocks:
+    block.forward = types.MethodType(istftnet.AdaINResBlock1.forward, block)
+stock, _ = engine.synthesize(sys.argv[2], None, Prosody(), None, seed=3)
+print(len(blocks), ours.size, stock.size, float(np.max(np.abs(ours - stock))))
+"""
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_the_in_place_vocoder_blocks_give_the_stock_blocks_samples(weights: Path) -> None:
+    """The residual blocks msgvoice computes in place (`resblock_in_place`) give, in fp32 at
+    one seed, exactly the samples of kokoro's own `AdaINResBlock1.forward`."""
+    done = subprocess.run(
+        [str(KOKORO_PYTHON), "-c", SAME_AS_STOCK, str(weights), TEXT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    blocks, ours, stock, worst = done.stdout.split()
+    assert int(blocks) == 8 and ours == stock and float(worst) == 0.0

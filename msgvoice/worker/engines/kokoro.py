@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import re
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,6 +102,29 @@ def weights_dir(model_dir: str, repo_id: str) -> tuple[Path, str]:
     return Path(cached), f"hub cache {repo_id} ({cached})"
 
 
+RESBLOCK_PARTS = ("convs1", "convs2", "adain1", "adain2", "alpha1", "alpha2")
+"""What kokoro 0.9.4's `istftnet.AdaINResBlock1` holds (the vocoder's residual blocks)."""
+
+
+def snake(x: Any, alpha: Any) -> Any:
+    """Snake1D, x + sin²(αx)/α, in four passes over the tensor and two allocations where the
+    stock expression takes five and five (the profile: elementwise ops were 47% of a bf16
+    decode); the same values (fp32 output identical to the stock block's)."""
+    t = x.mul(alpha)
+    t.sin_()
+    t.mul_(t)
+    return x.addcmul(t, alpha.reciprocal())
+
+
+def resblock_in_place(block: Any, x: Any, s: Any) -> Any:
+    """`AdaINResBlock1.forward` with `snake` and the residual added in place."""
+    parts = zip(*(getattr(block, name) for name in RESBLOCK_PARTS), strict=True)
+    for conv1, conv2, norm1, norm2, alpha1, alpha2 in parts:
+        xt = conv1(snake(norm1(x, s), alpha1))
+        x = conv2(snake(norm2(xt, s), alpha2)).add_(x)
+    return x
+
+
 class KokoroEngine:
     """Kokoro-82M with a voice by name (or a blend `a,b`), Chinese and English in one text."""
 
@@ -171,11 +195,13 @@ class KokoroEngine:
     def _fast_vocoder(self, model: Any, precision: str) -> str:
         """The decoder (iSTFTNet: 92% of the time on a CPU, nearly all of it convolutions and
         the snake activations around them) with its weight norms folded once rather than
-        recomputed every call, and in bfloat16 where `cpu_bf16` says; the rest stays fp32, so
-        durations and pitch are the same as fp32's."""
+        recomputed every call, its residual blocks' snakes computed in place, and in bfloat16
+        where `cpu_bf16` says; the rest stays fp32, so durations and pitch are fp32's."""
         for module in model.decoder.modules():
             with contextlib.suppress(ValueError):  # modules without a weight norm
                 self.torch.nn.utils.remove_weight_norm(module)
+            if all(hasattr(module, a) for a in RESBLOCK_PARTS):
+                module.forward = types.MethodType(resblock_in_place, module)
         if not cpu_bf16(self.torch, self.device, precision):
             return "fp32"
         decode = model.decoder.forward
