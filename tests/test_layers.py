@@ -62,7 +62,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "msgvoice.speech",
         "msgvoice.chat",
         "msgvoice.worker.protocol",
-        "msgvoice.worker.fetch",  # the weights' manifest it writes, read by doctor
+        "msgvoice.worker.fetch",  # its weights manifest (doctor) and file matching (install)
     ),
     "msgvoice.config": ("msgvoice.speech.formats", "msgvoice.config"),
     "msgvoice.net": (),

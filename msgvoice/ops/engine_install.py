@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 
 from msgvoice.config import Config
@@ -25,6 +24,7 @@ from msgvoice.ops.engine_steps import (
     stamp,
 )
 from msgvoice.ops.engines import InstallError, Place, Recipe, place, recipe, tree_size
+from msgvoice.worker.fetch import files_under, wanted
 from msgvoice.worker.protocol import ENGINES
 
 Prove = Callable[[Config, Path], Awaitable[float]]
@@ -66,21 +66,15 @@ def settings(config: Config, r: Recipe, p: Place, repo: str, files: list[str]) -
     return out
 
 
-def local_files(source: Path) -> dict[str, int]:
-    if not source.is_dir():
-        raise InstallError(f"--from {source} is not a folder")
-    return {
-        f.relative_to(source).as_posix(): f.stat().st_size for f in source.rglob("*") if f.is_file()
-    }
-
-
 def weights_listing(r: Recipe, req: Request, repo: str) -> dict[str, int]:
     """The weights' files and sizes: of --from, or as the Hub lists them."""
     if not r.repo:
         return {}
     if req.source is not None:
-        found = local_files(req.source)
-        listed = {n: s for n, s in found.items() if any(fnmatch(n, p) for p in r.allow or ("*",))}
+        if not req.source.is_dir():
+            raise InstallError(f"--from {req.source} is not a folder")
+        found = files_under(req.source)
+        listed = {name: found[name] for name in wanted(list(found), list(r.allow))}
         if not listed:
             raise InstallError(f"--from {req.source} has none of {', '.join(r.allow)}")
         return listed

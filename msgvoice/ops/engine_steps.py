@@ -12,13 +12,13 @@ import shutil
 import subprocess
 import sys
 import time
-from fnmatch import fnmatch
 from pathlib import Path
 
 import httpx
 
 from msgvoice import __version__
 from msgvoice.ops.engines import InstallError, Place, Recipe
+from msgvoice.worker.fetch import wanted
 
 PIP_TIMEOUT_S = 3600.0
 HUB_TIMEOUT_S = 30.0
@@ -86,12 +86,8 @@ def hub_files(repo: str, allow: tuple[str, ...]) -> dict[str, int]:
         raise InstallError(f"{endpoint} refused {repo} ({answer.status_code}); set HF_TOKEN")
     if answer.status_code != 200:
         raise InstallError(f"{endpoint} has no model {repo} ({answer.status_code})")
-    siblings = answer.json().get("siblings") or []
-    return {
-        s["rfilename"]: int(s.get("size") or 0)
-        for s in siblings
-        if any(fnmatch(s["rfilename"], p) for p in allow or ("*",))
-    }
+    sizes = {s["rfilename"]: int(s.get("size") or 0) for s in answer.json().get("siblings") or []}
+    return {name: sizes[name] for name in wanted(list(sizes), list(allow))}
 
 
 def msgvoice_spec(extra: str) -> list[str]:

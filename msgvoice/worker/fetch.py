@@ -37,6 +37,15 @@ def wanted(names: list[str], patterns: list[str]) -> list[str]:
     return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
+def files_under(folder: Path) -> dict[str, int]:
+    """Every file under `folder` by its path there (as the Hub names them), with its size."""
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -101,17 +110,15 @@ def fetch(repo: str, dest: Path, revision: str = "main", patterns: list[str] | N
 
 def copy(source: Path, dest: Path, patterns: list[str] | None = None) -> int:
     """Every wanted file under `source` into `dest`; the bytes it holds then."""
-    found = [p.relative_to(source).as_posix() for p in sorted(source.rglob("*")) if p.is_file()]
-    names = wanted(found, patterns or [])
-    if not names:
+    found = files_under(source)
+    files = {name: found[name] for name in wanted(list(found), patterns or [])}
+    if not files:
         raise OSError(f"{source} has no files matching {' '.join(patterns or [])}")
     dest.mkdir(parents=True, exist_ok=True)
     (dest / COMPLETE).unlink(missing_ok=True)
-    files = {}
-    for name in names:
+    for name, size in files.items():
         target, part = dest / name, dest / PARTIAL / name
-        files[name] = (source / name).stat().st_size
-        if target.is_file() and target.stat().st_size == files[name]:
+        if target.is_file() and target.stat().st_size == size:
             continue
         part.parent.mkdir(parents=True, exist_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
