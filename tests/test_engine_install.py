@@ -10,6 +10,7 @@ is not reachable from here)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -256,5 +257,34 @@ def test_a_disk_too_small_is_one_line_before_anything_is_written(
             line = one_line_failure(install(env))
         assert "GB is needed at" in line and "GB is free" in line
         assert not (small / "state").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_config_file_on_a_full_disk_is_left_as_it_was_with_no_leftover(tmp_path: Path) -> None:
+    """The staged config cannot be written (ENOSPC): the error is raised, the old file is
+    untouched and no half-written `.new` file stays beside it."""
+    from msgvoice.config import load  # noqa: PLC0415
+    from msgvoice.ops import config_file  # noqa: PLC0415
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        path = small / "config.toml"
+        path.write_text(USER_CONFIG)
+        with contextlib.suppress(OSError), (small / "filler").open("wb", buffering=0) as filler:
+            while True:  # until the disk is full
+                filler.write(b"\0" * 4096)
+        with pytest.raises(OSError, match="No space left"):
+            config_file.staged(path, {"tts.voice": "x" * 8192}, {})
+        assert path.read_text() == USER_CONFIG and load(path).tts.format == "ogg"
+        assert sorted(p.name for p in small.iterdir()) == ["config.toml", "filler"]
     finally:
         subprocess.run(["umount", str(small)], check=False)

@@ -72,13 +72,13 @@ def staged(path: Path, settings: Settings, environ: Mapping[str, str]) -> tuple[
     with the environment's overrides of these keys left out; ConfigError if it does not load."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(edited(path, settings))
-    if path.exists():
-        os.chmod(name, path.stat().st_mode & 0o777)
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(edited(path, settings))
+        if path.exists():
+            os.chmod(name, path.stat().st_mode & 0o777)
         return Path(name), load(Path(name), without(environ, settings))
-    except ConfigError:
+    except (ConfigError, OSError):  # a value that does not load, or a full disk: no leftover
         os.unlink(name)
         raise
 
