@@ -102,7 +102,7 @@ class DaemonProcess:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=tls()).status_code == 200:
                     return self
             assert self.proc.poll() is None, "daemon exited at start"
             time.sleep(0.05)
@@ -111,12 +111,14 @@ class DaemonProcess:
     def wait_health(self, predicate: Callable[[dict[str, Any]], bool], within: float = 60) -> None:
         """Poll /healthz until `predicate` holds for its facts."""
         deadline = time.monotonic() + within
-        while not predicate(httpx.get(self.url + "/healthz", timeout=5).json()):
+        while not predicate(httpx.get(self.url + "/healthz", timeout=5, verify=tls()).json()):
             assert time.monotonic() < deadline, "the daemon did not reach that state in time"
             time.sleep(0.02)
 
     def worker_pid(self) -> int:
-        return int(httpx.get(self.url + "/healthz", timeout=5).json()["worker"]["pid"])
+        return int(
+            httpx.get(self.url + "/healthz", timeout=5, verify=tls()).json()["worker"]["pid"]
+        )
 
     def signal(self, sig: signal.Signals) -> int:
         assert self.proc is not None
@@ -139,7 +141,7 @@ def engine_daemon(state: Path, **env: str) -> Iterator[DaemonProcess]:
 def speak(daemon: DaemonProcess, text: str, **fields: Any) -> tuple[Any, int]:
     """One /v1/audio/speech request (wav unless asked otherwise); the audio decoded."""
     body = {"model": "msgvoice", "input": text, "response_format": "wav", **fields}
-    answer = httpx.post(daemon.url + "/v1/audio/speech", json=body, timeout=120)
+    answer = httpx.post(daemon.url + "/v1/audio/speech", json=body, timeout=120, verify=tls())
     assert answer.status_code == 200, answer.text
     samples, rate = sf.read(io.BytesIO(answer.content), dtype="float32")
     return samples, int(rate)

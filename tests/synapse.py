@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from msgvoice.net import tls
 from tests.conftest import REPO
 from tests.daemon_util import free_port
 
@@ -97,7 +98,9 @@ class Homeserver:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/_matrix/client/versions", timeout=1).is_success:
+                if httpx.get(
+                    f"{self.url}/_matrix/client/versions", timeout=1, verify=tls()
+                ).is_success:
                     return self
             assert self.proc.poll() is None, (self.root / "homeserver.log").read_text()[-3000:]
             time.sleep(0.05)
@@ -116,11 +119,11 @@ class Homeserver:
         """A new user (shared-secret registration); `unlimited` exempts it from rate limits."""
         password = secrets.token_hex(8)
         url = f"{self.url}/_synapse/admin/v1/register"
-        nonce = httpx.get(url, timeout=10).json()["nonce"]
+        nonce = httpx.get(url, timeout=10, verify=tls()).json()["nonce"]
         message = "\0".join([nonce, name, password, "admin" if admin else "notadmin"])
         mac = hmac.new(SECRET.encode(), message.encode(), hashlib.sha1).hexdigest()
         body = {"nonce": nonce, "username": name, "password": password, "admin": admin}
-        answer = httpx.post(url, json={**body, "mac": mac}, timeout=30)
+        answer = httpx.post(url, json={**body, "mac": mac}, timeout=30, verify=tls())
         assert answer.status_code == 200, answer.text
         user = User(answer.json()["user_id"], password, answer.json()["access_token"])
         if unlimited:
@@ -146,6 +149,7 @@ class Homeserver:
             json={"messages_per_second": per_second, "burst_count": burst},
             headers={"Authorization": f"Bearer {admin.access_token}"},
             timeout=10,
+            verify=tls(),
         )
         assert answer.status_code == 200, answer.text
 

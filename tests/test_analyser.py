@@ -16,7 +16,7 @@ import pytest
 
 from msgvoice import compose
 from msgvoice.config import EmotionConfig, load
-from msgvoice.net import base_url
+from msgvoice.net import base_url, tls
 from msgvoice.speech.emotion import dominant
 from msgvoice.speech.emotion_llm import Analyser, parse_vectors
 from msgvoice.speech.speaker import SpeechJob
@@ -150,7 +150,7 @@ async def test_server_that_never_answers_is_bounded_by_the_timeout(tmp_path: Pat
 
 async def test_results_are_cached_by_model_style_and_segments() -> None:
     """The same style and segments ask the LLM once; a new style asks again."""
-    async with FakeLLM() as llm, httpx.AsyncClient() as client:
+    async with FakeLLM() as llm, httpx.AsyncClient(verify=tls()) as client:
         analyser = Analyser(EmotionConfig(llm_base_url=llm.url, llm_model="m"), client)
         for _ in range(3):
             assert await analyser.analyse("开心", ["你好。"]) is not None
@@ -187,7 +187,7 @@ async def test_a_cold_model_gets_the_first_call_allowance_then_is_fast() -> None
     }
     async with FakeLLM([Reply(vectors_json(ANGRY, SAD))] * 2, loaded=False, load_s=3) as llm:
         config = lm_config(llm.url, **bounds)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=tls()) as client:
             analyser = Analyser(config, client)
             assert analyser.health.bound_s() == 8
             started = time.monotonic()
@@ -227,7 +227,7 @@ async def test_a_server_without_structured_output_is_asked_without_it_from_then_
     none), and the endpoint is remembered: the next call does not pay for the refused
     attempts, and a free-form answer gets a small budget."""
     llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))] * 2, schema=False)
-    async with llm, httpx.AsyncClient() as client:
+    async with llm, httpx.AsyncClient(verify=tls()) as client:
         analyser = Analyser(lm_config(llm.url), client)
         first = await analyser.analyse("生气", ["一", "二"])
         second = await analyser.analyse("难过", ["三", "四"])
@@ -240,7 +240,7 @@ async def test_a_reasoning_model_cut_off_is_asked_again_with_more_tokens() -> No
     """A thinking model spends max_tokens before its JSON (`finish_reason: "length"`): one
     more request with a larger budget, in the same bound; <think> blocks are removed."""
     llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))], think=True, needs_tokens=500)
-    async with llm, httpx.AsyncClient() as client:
+    async with llm, httpx.AsyncClient(verify=tls()) as client:
         found = await Analyser(lm_config(llm.url), client).analyse("生气", ["一", "二"])
     assert found is not None and dominant(found[0])[0] == "angry"
     budgets = [r["max_tokens"] for r in llm.requests]
@@ -252,7 +252,7 @@ async def test_no_model_loaded_with_jit_off(caplog: pytest.LogCaptureFixture) ->
     the log says once what to do; with it the model is loaded through the REST API and the
     LLM's emotion is kept."""
     llm = FakeLLM([Reply(vectors_json(ANGRY, SAD))], jit=False, loaded=False)
-    async with llm, httpx.AsyncClient() as client:
+    async with llm, httpx.AsyncClient(verify=tls()) as client:
         analyser = Analyser(lm_config(llm.url), client)
         assert await analyser.analyse("生气", ["一"]) is None
         assert await analyser.analyse("生气", ["二"]) is None

@@ -11,6 +11,7 @@ import psutil
 import pytest
 import soundfile as sf
 
+from msgvoice.net import tls
 from tests.conftest import run_msgvoice, until
 from tests.daemon_util import FAULT_ENGINE, DaemonProcess, outbox, running, wait_job
 from tests.fake_llm import FakeLLM, Reply
@@ -176,7 +177,7 @@ def _settled(health: dict[str, Any]) -> bool:
 def _jobs_for(url: str, chats: list[str]) -> dict[str, list[dict]]:
     out = {}
     for chat in chats:
-        items = httpx.get(f"{url}/v1/chats/{chat}/outbox", timeout=5).json()["items"]
+        items = httpx.get(f"{url}/v1/chats/{chat}/outbox", timeout=5, verify=tls()).json()["items"]
         out[chat] = [i for i in items if i["kind"] == "audio"]
     return out
 
@@ -189,7 +190,7 @@ def test_sigkill_mid_burst_then_restart_delivers_each_latest_exactly_once(clean_
     first = DaemonProcess(clean_env, **env).start()
     chats = ["x", "y", "z"]
     latest = {}
-    with httpx.Client(base_url=first.url, timeout=10) as client:
+    with httpx.Client(base_url=first.url, timeout=10, verify=tls()) as client:
         for chat in chats:
             client.post("/v1/messages", json={"chat_id": chat, "text": "/mode voice audio"})
         for i in range(4):
@@ -217,7 +218,10 @@ def test_sigterm_drains_and_leaves_no_worker(clean_env: Path) -> None:
     """SIGTERM while a job runs: the daemon finishes it, exits 0, and its worker is gone."""
     daemon = DaemonProcess(clean_env, MSGVOICE_TTS_ENGINE=FAULT_ENGINE, FAULT_DELAY_S="0.8").start()
     job = httpx.post(
-        daemon.url + "/v1/messages", json={"chat_id": "t", "text": "/tts 再见"}, timeout=5
+        daemon.url + "/v1/messages",
+        json={"chat_id": "t", "text": "/tts 再见"},
+        timeout=5,
+        verify=tls(),
     ).json()["jobs"][0]
     daemon.wait_health(lambda health: health["running"] == job)
     worker = psutil.Process(daemon.worker_pid())

@@ -14,6 +14,7 @@ import soundfile as sf
 
 from msgvoice.channels.discord_api import IS_VOICE_MESSAGE
 from msgvoice.config import load
+from msgvoice.net import tls
 from msgvoice.ops.apps import check_discord
 from msgvoice.speech.convert import describe
 from tests.conftest import until
@@ -191,7 +192,7 @@ async def test_an_intent_not_granted_stops_the_channel_with_one_line(
 
 
 async def test_doctor_names_the_bot_and_a_refused_token(clean_env: Path) -> None:
-    async with FakeDiscord() as fake, httpx.AsyncClient() as http:
+    async with FakeDiscord() as fake, httpx.AsyncClient(verify=tls()) as http:
         config = load(None, dc_env(fake))
         good = await check_discord(config, http)
         fake.revoked = True

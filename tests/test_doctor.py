@@ -11,6 +11,7 @@ import httpx
 import psutil
 import pytest
 
+from msgvoice.net import tls
 from tests.conftest import run_msgvoice
 from tests.daemon_util import DaemonProcess, free_port
 from tests.fake_llm import FakeLLM
@@ -127,7 +128,7 @@ def test_running_daemon_facts_appear_and_match_metrics(clean_env: Path) -> None:
         assert code in (0, 2)
         assert report["worker"]["pid"] == daemon.worker_pid()
         assert by_name(report)["daemon"]["status"] == "pass"
-        metrics = httpx.get(daemon.url + "/metrics", timeout=5).text
+        metrics = httpx.get(daemon.url + "/metrics", timeout=5, verify=tls()).text
         jobs_done = float(report["worker"]["jobs_done"])
         assert f'msgvoice_worker_jobs_total{{worker="0"}} {jobs_done}' in metrics
     finally:
@@ -143,7 +144,7 @@ async def test_doctor_checks_the_telegram_token_and_webhook(tmp_path: Path) -> N
 
     async with (
         FakeTelegram(webhook_url="https://example.invalid/h") as bot,
-        httpx.AsyncClient() as c,
+        httpx.AsyncClient(verify=tls()) as c,
     ):
         base = {"MSGVOICE_TELEGRAM_ENABLED": "true", "MSGVOICE_TELEGRAM_BASE_URL": bot.url}
         bad = await check_telegram(load(None, base | {"TELEGRAM_BOT_TOKEN": "1:NO"}), c)
@@ -182,7 +183,7 @@ async def test_doctor_times_a_real_analysis_and_reads_lm_studios_state() -> None
     from msgvoice.config import load  # noqa: PLC0415
     from msgvoice.ops.llm_check import check_llm  # noqa: PLC0415
 
-    async with FakeLLM() as llm, httpx.AsyncClient() as client:
+    async with FakeLLM() as llm, httpx.AsyncClient(verify=tls()) as client:
         config = load(None, {"LMSTUDIO_BASE_URL": llm.url, "LMSTUDIO_EMO_MODEL": "emo-model"})
         good = await check_llm(config, client)
         llm.loaded, llm.jit = False, False

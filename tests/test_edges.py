@@ -20,6 +20,7 @@ import pytest
 from msgvoice.chat import phrasebook
 from msgvoice.chat.commands import STYLE_MAX_CHARS
 from msgvoice.compose import DaemonParts
+from msgvoice.net import tls
 from tests.conftest import run_msgvoice, until
 from tests.daemon_util import DaemonProcess, running, wait_job
 from tests.fake_telegram import FakeTelegram
@@ -131,13 +132,18 @@ def test_idle_connections_under_a_small_file_limit_cost_nothing(tmp_path: Path) 
             idle.append(socket.create_connection(("127.0.0.1", daemon.port)))
             if n % 60 == 0:
                 posted = httpx.post(
-                    daemon.url + "/v1/messages", json={"chat_id": f"u{n}", "text": "/tts 你好"}
+                    daemon.url + "/v1/messages",
+                    json={"chat_id": f"u{n}", "text": "/tts 你好"},
+                    verify=tls(),
                 )
                 jobs.append(posted.json()["jobs"][0])
-        assert httpx.get(daemon.url + "/healthz", timeout=10).status_code == 200
+        assert httpx.get(daemon.url + "/healthz", timeout=10, verify=tls()).status_code == 200
         deadline = time.monotonic() + 60
         for job_id in jobs:
-            while httpx.get(f"{daemon.url}/v1/jobs/{job_id}?wait=5").json()["state"] != "done":
+            while (
+                httpx.get(f"{daemon.url}/v1/jobs/{job_id}?wait=5", verify=tls()).json()["state"]
+                != "done"
+            ):
                 assert time.monotonic() < deadline
     finally:
         for sock in idle:
@@ -193,7 +199,7 @@ async def test_clients_that_hang_up_or_send_garbage_cost_no_worker_and_no_error(
 
         async def hang_up() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=0.3) as quick:
+                async with httpx.AsyncClient(timeout=0.3, verify=tls()) as quick:
                     await quick.post(
                         f"http://127.0.0.1:{port}/v1/audio/speech",
                         json={"model": "tts-1", "input": text, "voice": "alloy"},

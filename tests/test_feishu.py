@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from msgvoice.config import load
+from msgvoice.net import tls
 from msgvoice.ops.apps import check_feishu
 from msgvoice.speech.convert import describe
 from tests.conftest import until
@@ -181,7 +182,7 @@ async def test_refused_credentials_stop_the_channel_with_one_line(
 async def test_doctor_names_the_bot_and_refused_credentials(clean_env: Path) -> None:
     async with FakeFeishu() as fake:
         env = {"MSGVOICE_STATE_DIR": str(clean_env), **fs_env(fake)}
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=tls()) as client:
             good = await check_feishu(load(None, env), client)
             bad = await check_feishu(load(None, {**env, "FEISHU_APP_SECRET": "x"}), client)
     assert good is not None and good.status == "pass" and BOT_OPEN_ID in good.message
@@ -229,7 +230,7 @@ async def test_answers_that_are_not_feishus_are_refusals_not_tracebacks() -> Non
     from msgvoice.channels.lark_api import Api  # noqa: PLC0415
     from msgvoice.channels.outbox import ChannelError  # noqa: PLC0415
 
-    async with FakeFeishu() as fake, httpx.AsyncClient() as client:
+    async with FakeFeishu() as fake, httpx.AsyncClient(verify=tls()) as client:
         api = Api(client, fake.url, APP_ID, APP_SECRET)
         fake.garbled["/open-apis/auth/v3/tenant_access_token/internal"] = (200, '{"code": 0}')
         with pytest.raises(ChannelError, match="no tenant_access_token") as no_token:

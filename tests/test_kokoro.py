@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from msgvoice.net import tls
 from msgvoice.worker.engines.kokoro import phoneme_chunks, text_runs
 from tests.conftest import read_audio, rms, run_msgvoice
 from tests.daemon_util import DaemonProcess, engine_daemon, free_port, speak
@@ -143,9 +144,10 @@ def test_voices_by_name_blend_and_a_missing_one(daemon: DaemonProcess) -> None:
         daemon.url + "/v1/audio/speech",
         json={"model": "kokoro", "input": "你好", "voice": "zf_nobody"},
         timeout=30,
+        verify=tls(),
     )
     assert refused.status_code == 400 and "zf_nobody" in refused.json()["error"]["message"]
-    listed = httpx.get(daemon.url + "/v1/audio/voices", timeout=10).json()["voices"]
+    listed = httpx.get(daemon.url + "/v1/audio/voices", timeout=10, verify=tls()).json()["voices"]
     languages = {v["id"]: v["languages"] for v in listed}
     assert languages["af_heart"] == ["en-us"] and languages["zf_xiaobei"] == ["zh"]
 

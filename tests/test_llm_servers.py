@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from msgvoice.config import load
+from msgvoice.net import tls
 from msgvoice.ops.llm_check import check_llm
 from msgvoice.speech import emotion_llm
 from msgvoice.speech.emotion_llm import Analyser
@@ -82,7 +83,10 @@ async def test_llama_cpp_python_500_is_a_refusal_and_json_object_schema_is_used(
 @pytest.mark.parametrize("kind", ["llama-server", "ollama", "lmstudio"])
 async def test_servers_that_take_json_schema_are_asked_once(kind: str) -> None:
     """llama-server, Ollama and LM Studio honour `json_schema`: one request per analysis."""
-    async with FakeLLM([Reply(vectors_json(ANGRY))], kind=kind) as llm, httpx.AsyncClient() as c:
+    async with (
+        FakeLLM([Reply(vectors_json(ANGRY))], kind=kind) as llm,
+        httpx.AsyncClient(verify=tls()) as c,
+    ):
         found = await analyser_for(llm, c).analyse("生气", ["你好"])
     assert found is not None and llm.formats() == ["json_schema"]
 
@@ -90,7 +94,7 @@ async def test_servers_that_take_json_schema_are_asked_once(kind: str) -> None:
 async def test_a_lesser_form_is_tried_again_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     """The form that works is remembered, but not forever: after REPROBE_S the better form is
     asked for again (a server upgraded or swapped), and refused again, cheaply."""
-    async with FakeLLM(kind="llama-cpp-python") as llm, httpx.AsyncClient() as client:
+    async with FakeLLM(kind="llama-cpp-python") as llm, httpx.AsyncClient(verify=tls()) as client:
         analyser = analyser_for(llm, client)
         await analyser.analyse(None, ["一"])
         await analyser.analyse(None, ["二"])
@@ -105,7 +109,10 @@ async def test_an_ollama_model_not_pulled_is_said_once_and_costs_nothing(
 ) -> None:
     """Ollama's 404 "model 'x' not found" is a refusal of the model: the lexicon at once,
     one warning, and the server is not taken for down."""
-    async with FakeLLM(kind="ollama", models=["qwen3:0.6b"]) as llm, httpx.AsyncClient() as c:
+    async with (
+        FakeLLM(kind="ollama", models=["qwen3:0.6b"]) as llm,
+        httpx.AsyncClient(verify=tls()) as c,
+    ):
         analyser = analyser_for(llm, c)
         for text in ("一", "二", "三", "四"):
             assert await analyser.analyse("开心", [text]) is None
@@ -143,7 +150,7 @@ async def test_without_a_warm_up_only_one_reply_pays_the_cold_allowance() -> Non
     ask it at all."""
     llm = FakeLLM()
     llm.frozen = True
-    async with llm, httpx.AsyncClient() as client:
+    async with llm, httpx.AsyncClient(verify=tls()) as client:
         analyser = analyser_for(llm, client, timeout_s=0.5, first_s=1.0)
         started = time.monotonic()
         assert await analyser.analyse("生气", ["一"]) is None
@@ -159,7 +166,7 @@ async def test_a_hung_warm_server_stops_costing_replies_and_recovers() -> None:
     """A warm server hangs: three replies each wait the ordinary bound, then replies stop
     asking (the lexicon at once) while a background probe backs off; when the server answers
     again the LLM is used again, without a restart."""
-    async with FakeLLM() as llm, httpx.AsyncClient() as client:
+    async with FakeLLM() as llm, httpx.AsyncClient(verify=tls()) as client:
         analyser = analyser_for(llm, client, timeout_s=0.3, first_s=0.6)
         assert await analyser.analyse("生气", ["暖"]) is not None
         llm.frozen = True
@@ -225,7 +232,7 @@ async def test_four_chats_with_a_slow_server_do_not_queue_behind_analysis(
 
 async def doctor_llm(llm: FakeLLM, **env: str) -> Any:
     config = load(None, llm_env(llm, timeout_s=1.0, first_s=3.0) | env)
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=tls()) as client:
         return await check_llm(config, client)
 
 
@@ -285,7 +292,7 @@ async def test_doctor_a_frozen_server_names_what_timed_out() -> None:
     llm.frozen = True
     async with llm:
         config = load(None, llm_env(llm, timeout_s=0.5, first_s=1.0))
-        async with httpx.AsyncClient(timeout=0.5) as client:
+        async with httpx.AsyncClient(timeout=0.5, verify=tls()) as client:
             check = await check_llm(config, client)
     assert check.status == "warning"
     assert "unreachable" in check.message or "llm_first_call_timeout_s" in check.message

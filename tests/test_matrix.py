@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from msgvoice.net import tls
 from msgvoice.speech.convert import decode, describe
 from tests.conftest import run_msgvoice
 from tests.daemon_util import DaemonProcess, free_port
@@ -46,6 +47,7 @@ class Person:
             base_url=f"{server.url}/_matrix/client",
             headers={"Authorization": f"Bearer {user.access_token}"},
             timeout=30,
+            verify=tls(),
         )
 
     def create_room(self, *invite: str, **extra: Any) -> str:
@@ -126,7 +128,9 @@ def log_of(state: Path) -> str:
 
 
 def outbox(daemon: DaemonProcess, room: str) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{daemon.url}/v1/chats/{quote('mx:' + room)}/outbox", timeout=10)
+    answer = httpx.get(
+        f"{daemon.url}/v1/chats/{quote('mx:' + room)}/outbox", timeout=10, verify=tls()
+    )
     return list(answer.json()["items"])
 
 
@@ -188,6 +192,7 @@ def test_a_restart_between_two_messages_neither_repeats_nor_misses(
         f"{server.url}/_synapse/admin/v2/users/{bot.user_id}/devices",
         headers={"Authorization": f"Bearer {admin.access_token}"},
         timeout=10,
+        verify=tls(),
     ).json()["devices"]
     assert sum(d.get("display_name") == "msgvoice" for d in devices) == 1
 
@@ -334,7 +339,7 @@ def test_refused_credentials_stop_the_channel_not_the_daemon(
         while "matrix channel stopped" not in log_of(state):
             assert time.monotonic() < deadline, log_of(state)
             time.sleep(0.05)
-        assert httpx.get(wrong.url + "/healthz", timeout=5).status_code == 200
+        assert httpx.get(wrong.url + "/healthz", timeout=5, verify=tls()).status_code == 200
     finally:
         assert wrong.signal(signal.SIGTERM) == 0
     assert bot.user_id in log_of(state) and "Traceback" not in log_of(state)

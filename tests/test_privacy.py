@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from msgvoice.net import tls
 from tests.conftest import run_msgvoice
 from tests.daemon_util import DaemonProcess, running, wait_job
 
@@ -24,9 +25,11 @@ def test_a_new_state_dir_and_everything_in_it_is_private(tmp_path: Path) -> None
     state = tmp_path / "state"
     daemon = DaemonProcess(state).start()
     try:
-        posted = httpx.post(daemon.url + "/v1/messages", json={"chat_id": "p", "text": "/tts 你好"})
+        posted = httpx.post(
+            daemon.url + "/v1/messages", json={"chat_id": "p", "text": "/tts 你好"}, verify=tls()
+        )
         job_id = posted.json()["jobs"][0]
-        job = httpx.get(f"{daemon.url}/v1/jobs/{job_id}?wait=30", timeout=40).json()
+        job = httpx.get(f"{daemon.url}/v1/jobs/{job_id}?wait=30", timeout=40, verify=tls()).json()
         assert job["state"] == "done"
     finally:
         assert daemon.signal(signal.SIGTERM) == 0

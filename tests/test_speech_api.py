@@ -14,6 +14,7 @@ import openai
 import pytest
 import soundfile as sf
 
+from msgvoice.net import tls
 from msgvoice.sound import audio
 from tests.conftest import pitch_hz
 from tests.daemon_util import running
@@ -145,7 +146,7 @@ async def test_first_audio_arrives_before_the_whole_text_is_spoken(clean_env: Pa
     }
     async with running(clean_env, **env) as (daemon, _):
         url = f"http://127.0.0.1:{daemon.http.port}/v1/audio/speech"
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, verify=tls()) as http:
             for fmt in ("pcm", "mp3", "flac", "opus", "aac", "wav"):
                 body = {"model": "msgvoice", "input": "第一句。第二句。第三句。", "stream": True}
                 async with http.stream("POST", url, json={**body, "response_format": fmt}) as got:
