@@ -263,18 +263,33 @@ async def test_unseeded_engine_says_why(clean_env: Path) -> None:
     assert report.unseeded_why == "fault takes no seed"
 
 
-def test_api_requests_speak_their_first_sentence_alone() -> None:
-    """The first sentence is its own segment for API requests (sooner first audio); the rest
-    keeps the normal budget."""
+def test_api_requests_speak_their_opening_clause_alone() -> None:
+    """The opening clause is its own segment for API requests (sooner first audio); the rest
+    keeps the normal budget. A clause under LEAD_MIN_CHARS goes with what follows, a number's
+    comma or point is no clause end, and nothing speakable after it means no split."""
     from msgvoice.config import load  # noqa: PLC0415
     from msgvoice.speech.emotion import Emotions  # noqa: PLC0415
     from msgvoice.speech.speaker import Speaker  # noqa: PLC0415
 
     config = load(None, {})
     speaker = Speaker(config, None, Emotions(config.emotion))  # type: ignore[arg-type]  # unused
-    assert speaker.segments("一。二。三。") == ["一。二。三。"]
-    assert speaker.segments("一。二。三。", lead_sentence=True) == ["一。", "二。三。"]
-    assert speaker.segments("只有一句。", lead_sentence=True) == ["只有一句。"]
+    morning = "清晨的阳光洒在窗台上，城市慢慢醒来。街角的早餐店已经排起了长队。"
+    assert speaker.segments(morning) == [morning]
+    assert speaker.segments(morning, lead_clause=True) == [
+        "清晨的阳光洒在窗台上，",
+        "城市慢慢醒来。街角的早餐店已经排起了长队。",
+    ]
+    assert speaker.segments("嗯，好的。我们走吧。", lead_clause=True) == [
+        "嗯，好的。",
+        "我们走吧。",
+    ]
+    english = "It costs 1,000.50 dollars, or so I hear."
+    assert speaker.segments(english, lead_clause=True) == [
+        "It costs 1,000.50 dollars,",
+        "or so I hear.",
+    ]
+    for whole in ("只有一句。", "你好，😀", "嗯，好的。"):
+        assert speaker.segments(whole, lead_clause=True) == [whole]
 
 
 async def test_long_requests_take_turns_to_encode_and_all_finish(

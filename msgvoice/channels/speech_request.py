@@ -177,7 +177,7 @@ def parse(body: Any, config: Config, voice_named: Callable[[str], str | None]) -
         seed=default_seed if got["seed"] is None else got["seed"],
         speed=float(1.0 if got["speed"] is None else got["speed"]),
         vector=tuple(got["emotion"]) if got["emotion"] else None,
-        lead_sentence=True,
+        lead_clause=True,
     )
     stream = sse or (fmt.streams if got["stream"] is None else got["stream"])
     return SpeechRequest(job, fmt, stream, sse)

@@ -55,8 +55,8 @@ class SpeechJob:
     """Multiplies the speaking rate (engines that take prosody)."""
     vector: tuple[float, ...] | None = None
     """An explicit emotion vector for this job (wins over style and LLM)."""
-    lead_sentence: bool = False
-    """Speak the first sentence as a segment of its own (sooner first audio when streaming)."""
+    lead_clause: bool = False
+    """Speak the opening clause as a segment of its own (sooner first audio when streaming)."""
     emotion: EmotionResult | None = None
     """The job's emotion when it was resolved ahead of its turn (`Speaker.feel`)."""
 

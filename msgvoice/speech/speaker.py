@@ -81,17 +81,17 @@ class Speaker:
         """The main engine's spelling of voice `name` (see EngineChain.voice_named)."""
         return self.chain.voice_named(name)
 
-    def segments(self, message: str, lead_sentence: bool = False) -> list[str]:
-        """The segments a message is spoken in; SpeechError when there is nothing to say."""
+    def segments(self, message: str, lead_clause: bool = False) -> list[str]:
+        """The segments a message is spoken in (the opening clause alone first, with
+        `lead_clause`); SpeechError when there is nothing to say."""
         limit = self.config.text.max_chars
         if len(message) > limit:
             raise SpeechError(f"text is {len(message)} characters; the limit is {limit}")
         pieces = text.segment(message, self.config.text.segment_chars)
         if not pieces:
             raise SpeechError("nothing to speak")
-        first = text.sentences(pieces[0])
-        if lead_sentence and len(first) > 1:
-            pieces[:1] = [first[0], pieces[0][len(first[0]) :].strip()]
+        if lead_clause:
+            pieces[:1] = [p for p in text.lead(pieces[0]) if p]
         return pieces
 
     # -- the two ways out --------------------------------------------------------------------
@@ -267,7 +267,7 @@ class Speaker:
 
     async def feel(self, job: SpeechJob) -> EmotionResult:
         """The job's emotion, resolved ahead of its turn (SpeechError: nothing to speak)."""
-        pieces = self.segments(job.text, job.lead_sentence)
+        pieces = self.segments(job.text, job.lead_clause)
         return await self.emotions.resolve(job.style, pieces, job.vector)
 
     async def syntheses(
@@ -276,7 +276,7 @@ class Speaker:
         """The job's segments as the worker speaks them, one at a time, in order; a job of
         one segment asks its worker for the finished `output`."""
         started = time.perf_counter()
-        pieces = self.segments(job.text, job.lead_sentence)
+        pieces = self.segments(job.text, job.lead_clause)
         emotion = job.emotion or await self.emotions.resolve(job.style, pieces, job.vector)
         report.emotion, report.segments = emotion, len(pieces)
         report.timings.update(

@@ -25,6 +25,11 @@ TINY_SEGMENT_CHARS = 8
 """A final piece shorter than this is merged into its neighbour."""
 _SAYABLE = re.compile(r"[^\W_]")
 """A letter or a digit, in any script."""
+LEAD_MIN_CHARS = 4
+"""An opening clause shorter than this ("嗯，", "Well,") is spoken with what follows it."""
+_LEAD_END = re.compile(rf"(?:[，、：。！？；…]|[,:;.!?](?=\s))+[{_CLOSERS}]*|\n")
+"""Where an opening clause may end: CJK punctuation, or Latin punctuation before a space (so
+"1,000" and "3.14" stay whole)."""
 
 
 def speakable(text: str) -> bool:
@@ -47,6 +52,16 @@ def normalise(text: str) -> str:
 def sentences(text: str) -> list[str]:
     """Split normalised text into sentences, each keeping its end punctuation."""
     return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
+
+
+def lead(piece: str) -> tuple[str, str]:
+    """(its opening clause, the rest) of a piece: up to its first comma, colon or sentence
+    end, at least LEAD_MIN_CHARS long; (piece, "") when nothing speakable follows that."""
+    for end in _LEAD_END.finditer(piece):
+        head, rest = piece[: end.end()].strip(), piece[end.end() :].strip()
+        if len(head) >= LEAD_MIN_CHARS:
+            return (head, rest) if speakable(rest) else (piece, "")
+    return piece, ""
 
 
 def _cut(piece: str, budget: int) -> list[str]:
