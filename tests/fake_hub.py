@@ -16,6 +16,13 @@ documented download headers):
   HTTP is used (what the Hub does for clients without hf_xet).
 - `GET` of a file or a store object honours `Range: bytes=N-` with a 206 and `Content-Range`,
   as both do; huggingface_hub resumes with it.
+- Access (huggingface_hub 2.4.0 `utils/_http.py` `hf_raise_for_status`, whose comment says the
+  Hub answers 401 alike for a private, a gated or a missing repo when unauthenticated): with
+  `token` set, a request without `Authorization: Bearer <token>` is a 401 with `X-Error-Code:
+  RepoNotFound`, one with another token a 401 with `X-Error-Message: Invalid credentials in
+  Authorization header`; with `gated`, the right token gets a 403 `X-Error-Code: GatedRepo`
+  (access not granted to that account). `lobby` answers every request with a 200 HTML page,
+  as a captive portal or a proxy's login page does.
 - `cut_after(n)`: the next store download sends `n` bytes, then the connection is dropped, and
   every download after it is a 503 until `heal()`: a network that goes away mid-download.
 
@@ -45,8 +52,18 @@ def _git_blob_id(data: bytes) -> str:
 class FakeHub:
     """Serves `folder` as the model repository `repo` at revision main."""
 
-    def __init__(self, repo: str, folder: Path, chunk: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        repo: str,
+        folder: Path,
+        chunk: int = 1 << 16,
+        *,
+        token: str | None = None,
+        gated: bool = False,
+        lobby: bool = False,
+    ) -> None:
         self.repo, self.folder, self.chunk = repo, folder, chunk
+        self.token, self.gated, self.lobby = token, gated, lobby
         self.requests: list[tuple[str, str, str | None]] = []
         self._cut: int | None = None
         self._down = False
@@ -107,6 +124,19 @@ class FakeHub:
     @web.middleware
     async def _log(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path, request.headers.get("Range")))
+        if self.lobby:
+            return web.Response(
+                text="<html>Sign in to the network</html>", content_type="text/html"
+            )
+        if self.token is not None:
+            given = request.headers.get("Authorization")
+            if given is None:
+                raise web.HTTPUnauthorized(headers={"X-Error-Code": "RepoNotFound"})
+            if given != f"Bearer {self.token}":
+                message = "Invalid credentials in Authorization header"
+                raise web.HTTPUnauthorized(headers={"X-Error-Message": message})
+            if self.gated:
+                raise web.HTTPForbidden(headers={"X-Error-Code": "GatedRepo"})
         return await handler(request)
 
     def _check_repo(self, request: web.Request) -> None:

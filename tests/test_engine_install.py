@@ -11,6 +11,7 @@ is not reachable from here)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from msgvoice.ops.engines import recipe
 from tests.conftest import read_audio, run_msgvoice
 from tests.daemon_util import free_port
 from tests.fake_hub import FakeHub
@@ -226,6 +228,60 @@ def test_failures_before_anything_is_installed_are_one_line(
     line = one_line_failure(run_msgvoice("engine", "install", *args, env=env))
     assert says in line and "the config is unchanged" in line
     assert not (tmp_path / "state" / "engines").exists()
+
+
+@pytest.mark.parametrize(
+    ("hub", "token", "says"),
+    [
+        (
+            {"token": "hf_good"},
+            None,
+            "is not public (401: private, gated or missing); set HF_TOKEN",
+        ),
+        ({"token": "hf_good"}, "hf_old", "HF_TOKEN was refused as invalid; make a new one"),
+        ({"token": "hf_good", "gated": True}, "hf_good", "is gated and this token's account"),
+        ({"lobby": True}, "", "did not answer as the Hugging Face Hub does"),
+    ],
+)
+def test_a_hub_that_refuses_or_is_no_hub_is_one_line(
+    hub: dict, token: str, says: str, weights_listing: Path, clean_env: Path
+) -> None:
+    """The Hub's refusals as huggingface_hub reads them (no token, a revoked one, a gated
+    repo the account may not read yet) and a sign-in page in its place: each one line."""
+    fake = FakeHub(REPO_ID, weights_listing, **hub)
+    with fake.serving():
+        line = one_line_failure(install({"HF_ENDPOINT": fake.endpoint, "HF_TOKEN": token}))
+    assert says in line and "the config is unchanged" in line
+    assert not (clean_env / "engines").exists()
+
+
+def test_a_token_the_hub_takes_lists_the_weights(weights_listing: Path) -> None:
+    fake = FakeHub(REPO_ID, weights_listing, token="hf_good")
+    with fake.serving():
+        done = install({"HF_ENDPOINT": fake.endpoint, "HF_TOKEN": "hf_good"}, "--dry-run")
+    assert done.returncode == 0 and "weights: 3 files" in done.stdout, done.stderr
+
+
+def test_a_python_the_engine_does_not_support_is_one_line(tmp_path: Path) -> None:
+    """`--python` naming a real interpreter of another version (pyenv's, where it has one)."""
+    supported = recipe("kokoro").pythons
+    found = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.*/bin/python3")))
+    found += filter(None, (shutil.which(f"python3.{n}") for n in range(8, 15)))
+    other = next((p for p in found if version_of(p) not in (None, *supported)), None)
+    if other is None:
+        pytest.skip(f"no Python here other than {', '.join(supported)}")
+    line = one_line_failure(run_msgvoice("engine", "install", "kokoro", "--python", other))
+    assert f"kokoro needs Python {' or '.join(supported)}, and {other} is" in line
+    assert "pass --python with one of those" in line and "the config is unchanged" in line
+    assert not (tmp_path / "state" / "engines").exists()
+
+
+def version_of(python: str) -> str | None:
+    done = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def test_an_engine_this_machine_cannot_run_is_refused(tmp_path: Path) -> None:

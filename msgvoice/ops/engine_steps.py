@@ -82,12 +82,38 @@ def hub_files(repo: str, allow: tuple[str, ...]) -> dict[str, int]:
             f"cannot reach the Hugging Face Hub at {endpoint}: {exc or type(exc).__name__}; "
             "without a network, fetch the weights elsewhere and pass --from DIR"
         ) from None
-    if answer.status_code in (401, 403):
-        raise InstallError(f"{endpoint} refused {repo} ({answer.status_code}); set HF_TOKEN")
-    if answer.status_code != 200:
-        raise InstallError(f"{endpoint} has no model {repo} ({answer.status_code})")
-    sizes = {s["rfilename"]: int(s.get("size") or 0) for s in answer.json().get("siblings") or []}
+    if problem := hub_refusal(answer, repo, bool(token)):
+        raise InstallError(f"{endpoint}: {problem}")
+    try:
+        siblings = answer.json().get("siblings") or []
+        sizes = {s["rfilename"]: int(s.get("size") or 0) for s in siblings}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise InstallError(
+            f"{endpoint} did not answer as the Hugging Face Hub does (a proxy's or a network's "
+            "sign-in page?); set HF_ENDPOINT to the Hub or a mirror, or pass --from DIR"
+        ) from None
     return {name: sizes[name] for name in wanted(list(sizes), list(allow))}
+
+
+def hub_refusal(answer: httpx.Response, repo: str, has_token: bool) -> str | None:
+    """What the Hub's refusal of a listing means, as huggingface_hub reads it (`X-Error-Code`,
+    `X-Error-Message`; a 401 alike for a private, gated or missing repo); None for a 200."""
+    code = answer.headers.get("X-Error-Code")
+    if answer.status_code == 200:
+        return None
+    if answer.headers.get("X-Error-Message") == "Invalid credentials in Authorization header":
+        return "HF_TOKEN was refused as invalid; make a new one at huggingface.co/settings/tokens"
+    if answer.status_code == 403 or code == "GatedRepo":
+        return (
+            f"{repo} is gated and this token's account has no access yet ({answer.status_code}); "
+            "ask for it on the model's page, or pass --from DIR"
+        )
+    if answer.status_code == 401 and not has_token:
+        return (
+            f"{repo} is not public (401: private, gated or missing); set HF_TOKEN to a token "
+            "that can read it"
+        )
+    return f"no model {repo} ({answer.status_code})"
 
 
 def msgvoice_spec(extra: str) -> list[str]:
