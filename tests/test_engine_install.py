@@ -233,7 +233,7 @@ def test_failures_before_anything_is_installed_are_one_line(
 @pytest.mark.parametrize(
     ("hub", "token", "says"),
     [
-        ({"token": "hf_good"}, "", "is not public (401: private, gated or missing)"),
+        ({"token": "hf_good"}, "", "is not public (401: private, gated or missing); set HF_TOKEN"),
         ({"token": "hf_good"}, "hf_old", "HF_TOKEN was refused as invalid; make a new one"),
         ({"token": "hf_good", "gated": True}, "hf_good", "is gated and this token's account"),
         ({"lobby": True}, "", "did not answer as the Hugging Face Hub does"),

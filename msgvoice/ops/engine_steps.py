@@ -82,8 +82,8 @@ def hub_files(repo: str, allow: tuple[str, ...]) -> dict[str, int]:
             f"cannot reach the Hugging Face Hub at {endpoint}: {exc or type(exc).__name__}; "
             "without a network, fetch the weights elsewhere and pass --from DIR"
         ) from None
-    if problem := hub_refusal(answer, repo, bool(token)):
-        raise InstallError(f"{endpoint}: {problem}")
+    if answer.status_code != 200:
+        raise InstallError(f"{endpoint}: {hub_refusal(answer, repo, bool(token))}")
     try:
         siblings = answer.json().get("siblings") or []
         sizes = {s["rfilename"]: int(s.get("size") or 0) for s in siblings}
@@ -95,25 +95,24 @@ def hub_files(repo: str, allow: tuple[str, ...]) -> dict[str, int]:
     return {name: sizes[name] for name in wanted(list(sizes), list(allow))}
 
 
-def hub_refusal(answer: httpx.Response, repo: str, has_token: bool) -> str | None:
+def hub_refusal(answer: httpx.Response, repo: str, has_token: bool) -> str:
     """What the Hub's refusal of a listing means, as huggingface_hub reads it (`X-Error-Code`,
-    `X-Error-Message`; a 401 alike for a private, gated or missing repo); None for a 200."""
-    code = answer.headers.get("X-Error-Code")
-    if answer.status_code == 200:
-        return None
+    `X-Error-Message`; a 401 alike for a private, gated or missing repo)."""
+    status = answer.status_code
     if answer.headers.get("X-Error-Message") == "Invalid credentials in Authorization header":
         return "HF_TOKEN was refused as invalid; make a new one at huggingface.co/settings/tokens"
-    if answer.status_code == 403 or code == "GatedRepo":
+    if answer.headers.get("X-Error-Code") == "GatedRepo":
         return (
-            f"{repo} is gated and this token's account has no access yet ({answer.status_code}); "
+            f"{repo} is gated and this token's account has no access yet ({status}); "
             "ask for it on the model's page, or pass --from DIR"
         )
-    if answer.status_code == 401 and not has_token:
-        return (
-            f"{repo} is not public (401: private, gated or missing); set HF_TOKEN to a token "
-            "that can read it"
-        )
-    return f"no model {repo} ({answer.status_code})"
+    if status == 401 and not has_token:
+        return f"{repo} is not public (401: private, gated or missing); set HF_TOKEN to read it"
+    if status in (401, 403):
+        return f"{repo} may not be read with this HF_TOKEN ({status})"
+    if status >= 500 or status == 429:
+        return f"the Hub answered {status} for {repo}; run it again later"
+    return f"no model {repo} ({status})"
 
 
 def msgvoice_spec(extra: str) -> list[str]:
