@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from msgvoice.ops.engines import recipe
+from msgvoice.ops.engine_steps import proven_before
+from msgvoice.ops.engines import Place, recipe
 from tests.conftest import read_audio, run_msgvoice
 from tests.daemon_util import free_port
 from tests.fake_hub import FakeHub
@@ -160,9 +161,22 @@ def test_list_doctor_a_reinstall_from_a_folder_then_remove(
     assert found["installed_engines"]["status"] == "pass", found["installed_engines"]
     assert found["engine"]["status"] == "pass" and "kokoro" in found["engine"]["message"]
 
-    again = install(env, "--from", str(weights))
+    log = (installed.engine / "install.log").read_text()
+    again = install(env, "--from", str(weights))  # as installed, and it spoke: nothing to do
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "nothing to change" in again.stdout
+    assert "nothing to change" in again.stdout and "nothing to install or fetch" in again.stdout
+    assert (installed.engine / "install.log").read_text() == log  # no pip, no fetch
+    # Another Python, other pip steps or a weight of another size is not the install that spoke.
+    stamp, here = (
+        json.loads((installed.engine / "installed.json").read_text()),
+        Place(installed.engine),
+    )
+    python, steps = stamp["python"], stamp["pip"]
+    assert proven_before(here, python, steps, {}) is not None
+    assert proven_before(here, "3.12" if python != "3.12" else "3.11", steps, {}) is None
+    assert proven_before(here, python, [*steps[:-1], [*steps[-1], "--upgrade"]], {}) is None
+    grown = {"kokoro-v1_0.pth": (weights / "kokoro-v1_0.pth").stat().st_size + 1}
+    assert proven_before(here, python, steps, grown) is None
 
     gone = run_msgvoice("engine", "remove", "kokoro", env=env)
     assert gone.returncode == 0, gone.stderr

@@ -21,6 +21,7 @@ from msgvoice.ops.engine_steps import (
     check_python,
     hub_files,
     pip_steps,
+    proven_before,
     run_logged,
     stamp,
 )
@@ -149,17 +150,21 @@ async def install(config: Config, req: Request, prove: Prove, environ: Mapping[s
     check_disk(p, r, weights)
     steps = pip_steps(r, req.torch)
     planned = settings(config, r, p, repo, list(weights))
-    say(f"{r.name}: {r.about}")
-    say(f"  into {p.root} (Python {version}, about {r.size_mb / 1000:.1f} GB of packages)")
-    for step in steps:
-        say(f"  pip install {' '.join(step)}")
-    if weights:
-        whence = req.source or f"the Hugging Face Hub ({repo})"
-        say(f"  weights: {len(weights)} files, {sum(weights.values()) / 1e6:.0f} MB from {whence}")
-    for line in config_file.changes(config, planned) or ["nothing to change"]:
-        say(f"  {req.config_path}: {line}")
+    whence = req.source or f"the Hugging Face Hub ({repo})"
+    fetched = f"{len(weights)} files, {sum(weights.values()) / 1e6:.0f} MB from {whence}"
+    changes = config_file.changes(config, planned) or ["nothing to change"]
+    plan = [
+        f"{r.name}: {r.about}",
+        f"  into {p.root} (Python {version}, about {r.size_mb / 1000:.1f} GB of packages)",
+        *(f"  pip install {' '.join(step)}" for step in steps),
+        *([f"  weights: {fetched}"] if weights else []),
+        *(f"  {req.config_path}: {c}" for c in changes),
+    ]
+    say("\n".join(plan))
     if req.dry_run:
         return 0
+    if (before := proven_before(p, version, steps, weights)) is not None:
+        return again(config, req, planned, environ, before)
     p.root.mkdir(parents=True, exist_ok=True)
     if not p.python.exists():
         say("making its venv ...")
@@ -187,6 +192,19 @@ async def install(config: Config, req: Request, prove: Prove, environ: Mapping[s
     say("a daemon that is running speaks with it once restarted")
     for name in config_file.overridden(planned, environ):
         say(f"note: {name} is set in the environment and overrides the file")
+    return 0
+
+
+def again(
+    config: Config, req: Request, planned: dict[str, str], environ: Mapping[str, str], before: str
+) -> int:
+    """An install that is there as planned and spoke: nothing is installed or fetched again;
+    the config is pointed at it if it is not (`engine remove` first to install it anew)."""
+    say(f"installed as planned, and it spoke ({before}): nothing to install or fetch")
+    if config_file.changes(config, planned):
+        staged, _ = config_file.staged(req.config_path, planned, environ)
+        config_file.commit(staged, req.config_path)
+        say(f"{req.config_path} now uses it")
     return 0
 
 

@@ -191,3 +191,23 @@ def stamp(p: Place, r: Recipe, python_version: str, steps: list[list[str]], proo
             indent=2,
         )
     )
+
+
+def proven_before(
+    p: Place, python_version: str, steps: list[list[str]], weights: dict[str, int]
+) -> str | None:
+    """When this very install (the same Python and pip steps, every weight file there at its
+    listed size) spoke before: what its stamp says it spoke, and when. Else None."""
+    try:
+        found = json.loads(p.stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or not p.python.exists():
+        return None
+    if found.get("python") != python_version or found.get("pip") != steps:
+        return None
+    for name, size in weights.items():
+        path = p.weights / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return f"{found.get('proof')}, {found.get('at')}"
