@@ -150,7 +150,7 @@ async def engine_figures(
     return figures
 
 
-def bench_engines(tmp: Path) -> dict[str, dict[str, float]]:
+def bench_engines(tmp: Path, compare: Path | None = None) -> dict[str, dict[str, float]]:
     print("\n== engines (warm RTF = engine synthesis time / audio duration) ==")
     print(
         f"{'engine':10} {'load s':>7} {'RTF short':>9} {'RTF med':>8} {'RTF 300':>8} "
@@ -169,6 +169,6 @@ def bench_engines(tmp: Path) -> dict[str, dict[str, float]]:
         from bench.kokoro import bench_kokoro  # noqa: PLC0415
 
         python, options = interpreters["kokoro"]
-        bench_kokoro(tmp, python, options["model_dir"])
+        bench_kokoro(tmp, python, options["model_dir"], compare)
     print(SEED_INDEXTTS2)
     return rows

@@ -4,7 +4,8 @@ exactly) and the default (auto: the bf16 vocoder where the CPU has it), each in 
 warm RTF for the 300-character Mandarin text, the time to the first audio bytes of a streamed
 request through a daemon, and how far the default's sound is from fp32's at the same seed
 (log-spectral distance, beside the distance between two fp32 runs at different seeds: the
-model's own noise source, for scale)."""
+model's own noise source, for scale). With --compare-with, the default path's first audio
+through the other checkout's daemon too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from bench.common import TEXTS, median, start_daemon, stream
+from bench.common import REPO, TEXTS, median, start_daemon, stream
 
 PATHS = {"fp32": "fp32", "default (auto)": "auto"}
 
@@ -49,9 +50,12 @@ async def path_figures(python: str, weights: str, precision: str) -> dict[str, A
     return {"rtf": median(rtfs), "samples": samples, "precision": facts.get("precision")}
 
 
-async def first_audio_s(tmp: Path, python: str, weights: str, precision: str) -> float:
+async def first_audio_s(
+    tmp: Path, python: str, weights: str, precision: str, repo: Path = REPO
+) -> float:
     proc, url = start_daemon(
-        tmp / f"kokoro-{precision}",
+        tmp / f"kokoro-{precision}-{repo.name}",
+        repo,
         MSGVOICE_TTS_ENGINE="kokoro",
         MSGVOICE_WORKER_PYTHON=python,
         MSGVOICE_KOKORO_MODEL_DIR=weights,
@@ -68,7 +72,7 @@ async def first_audio_s(tmp: Path, python: str, weights: str, precision: str) ->
     return median(firsts)
 
 
-def bench_kokoro(tmp: Path, python: str, weights: str) -> None:
+def bench_kokoro(tmp: Path, python: str, weights: str, compare: Path | None = None) -> None:
     print("\n== Kokoro paths (generated checkpoint of the real architecture, 300 chars) ==")
     print(f"{'path':16} {'vocoder':>12} {'RTF':>6} {'first audio s':>14} {'vs fp32':>8}")
     rows = {}
@@ -84,6 +88,11 @@ def bench_kokoro(tmp: Path, python: str, weights: str) -> None:
     before, after = rows["fp32"], rows["default (auto)"]
     same_seed = distance(fp32, after["samples"][1])
     other_seed = distance(fp32, before["samples"][2])
+    if compare is not None:  # the same default path through the other checkout's daemon
+        then = asyncio.run(first_audio_s(tmp, python, weights, "auto", compare))
+        print(
+            f"first audio, default path: {after['first_s']:.2f} s here, {then:.2f} s at {compare}"
+        )
     print(
         f"speed-up {before['rtf'] / after['rtf']:.2f}x; log-spectral distance to fp32 at the same "
         f"seed {same_seed:.3f}, against {other_seed:.3f} between two fp32 runs at different "
