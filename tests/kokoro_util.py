@@ -5,10 +5,13 @@ every module's)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,8 @@ VARIANTS = {"v1.0": (), "v1.1-zh": ("--v1.1-zh",)}
 def checkpoints(request: pytest.FixtureRequest) -> dict[str, Path]:
     """Every generated checkpoint, each kept in pytest's cache under a key of what makes it:
     the generator's source, its flags and the installed kokoro, misaki and torch (their
-    dist-info names carry the versions). The missing ones are made in one generator run."""
+    dist-info names carry the versions). The missing ones are made in one generator run, by
+    one test process while the others wait."""
     site = sorted(KOKORO_PYTHON.parent.parent.glob("lib/python*/site-packages"))
     installed = sorted(d.name for s in site for d in s.glob("*.dist-info"))
     wanted = [n for n in installed if n.split("-")[0].lower() in ("kokoro", "misaki", "torch")]
@@ -43,6 +47,29 @@ def checkpoints(request: pytest.FixtureRequest) -> dict[str, Path]:
             folders[variant] = cache.mkdir(f"kokoro-{key[:16]}")
         else:  # -p no:cacheprovider: once per run
             folders[variant] = request.getfixturevalue("tmp_path_factory").mktemp("kokoro")
+    with _held(next(iter(folders.values())).parent / "kokoro-checkpoints.lock"):
+        _make_missing(folders)
+    return folders
+
+
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """An exclusive lock across test processes: the first makes the checkpoints, the others
+    wait for them rather than make them again beside it."""
+    deadline = time.monotonic() + 600  # the generator's own timeout is 300 s
+    with lock.open("w") as held:
+        while True:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{lock} was held for 10 minutes"
+                time.sleep(0.1)
+        yield
+
+
+def _make_missing(folders: dict[str, Path]) -> None:
+    """Run the generator once for every checkpoint not made yet."""
     missing = {v: f for v, f in folders.items() if not (f / "config.json").is_file()}
     if missing:
         made = {
@@ -62,7 +89,6 @@ def checkpoints(request: pytest.FixtureRequest) -> dict[str, Path]:
                 shutil.rmtree(missing[variant])
                 path.rename(missing[variant])  # config.json comes with the whole checkpoint
             shutil.rmtree(path, ignore_errors=True)
-    return folders
 
 
 @pytest.fixture(scope="session")
