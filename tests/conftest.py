@@ -37,9 +37,18 @@ async def until(predicate: Callable[[], object], within: float = 30.0) -> None:
         await asyncio.sleep(0.005)
 
 
-LONGEST_FIRST = ("test_engine_install.py", "test_kokoro.py", "test_matrix.py", "test_zhtts.py")
-"""The modules that take longest (a pip install, a model, a homeserver), started first: with
-each module kept to one test process, a long one left to the end runs alone on one core."""
+LONGEST_FIRST = (
+    "test_engine_install.py",
+    "test_matrix.py",
+    "test_channels.py",
+    "test_zhtts.py",
+    "test_kokoro.py",
+)
+"""The modules that take longest (a pip install, a homeserver, a model), started first: with
+each module kept to one test process, a long one left to the end runs alone on one core.
+pytest-xdist hands each process one module, then a second, in this order: the engine install
+(which makes the Kokoro checkpoints on a fresh checkout) gets the short zhtts module after it,
+and the Kokoro module goes behind the homeserver's, by when its checkpoints are made."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
