@@ -166,6 +166,13 @@ def test_list_doctor_a_reinstall_from_a_folder_then_remove(
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing to change" in again.stdout and "nothing to install or fetch" in again.stdout
     assert (installed.engine / "install.log").read_text() == log  # no pip, no fetch
+    configured = installed.config.read_text()
+    installed.config.write_text(USER_CONFIG)  # the user went back to eSpeak by hand
+    pointed = install(env, "--from", str(weights))
+    assert pointed.returncode == 0 and "now uses it" in pointed.stdout, pointed.stderr
+    assert "nothing to install or fetch" in pointed.stdout
+    assert installed.config.read_text() == configured
+    assert not list(installed.config.parent.glob("*.new"))  # the staged file took its place
     # Another Python, other pip steps or a weight of another size is not the install that spoke.
     stamp, here = (
         json.loads((installed.engine / "installed.json").read_text()),

@@ -152,19 +152,19 @@ async def install(config: Config, req: Request, prove: Prove, environ: Mapping[s
     planned = settings(config, r, p, repo, list(weights))
     whence = req.source or f"the Hugging Face Hub ({repo})"
     fetched = f"{len(weights)} files, {sum(weights.values()) / 1e6:.0f} MB from {whence}"
-    changes = config_file.changes(config, planned) or ["nothing to change"]
+    changes = config_file.changes(config, planned)
     plan = [
         f"{r.name}: {r.about}",
         f"  into {p.root} (Python {version}, about {r.size_mb / 1000:.1f} GB of packages)",
         *(f"  pip install {' '.join(step)}" for step in steps),
         *([f"  weights: {fetched}"] if weights else []),
-        *(f"  {req.config_path}: {c}" for c in changes),
+        *(f"  {req.config_path}: {c}" for c in changes or ["nothing to change"]),
     ]
     say("\n".join(plan))
     if req.dry_run:
         return 0
     if (before := proven_before(p, version, steps, weights)) is not None:
-        return again(config, req, planned, environ, before)
+        return again(req, planned, environ, before, bool(changes))
     p.root.mkdir(parents=True, exist_ok=True)
     if not p.python.exists():
         say("making its venv ...")
@@ -189,22 +189,31 @@ async def install(config: Config, req: Request, prove: Prove, environ: Mapping[s
     finally:
         staged.unlink(missing_ok=True)
     say(f"it speaks ({seconds:.2f} s in {p.root / 'proof.ogg'}); {req.config_path} now uses it")
-    say("a daemon that is running speaks with it once restarted")
-    for name in config_file.overridden(planned, environ):
-        say(f"note: {name} is set in the environment and overrides the file")
+    after_pointing(planned, environ)
     return 0
 
 
+def after_pointing(planned: dict[str, str], environ: Mapping[str, str]) -> None:
+    """What a user needs to know once the config file points at the engine."""
+    say("a daemon that is running speaks with it once restarted")
+    for name in config_file.overridden(planned, environ):
+        say(f"note: {name} is set in the environment and overrides the file")
+
+
 def again(
-    config: Config, req: Request, planned: dict[str, str], environ: Mapping[str, str], before: str
+    req: Request, planned: dict[str, str], environ: Mapping[str, str], before: str, changed: bool
 ) -> int:
     """An install that is there as planned and spoke: nothing is installed or fetched again;
     the config is pointed at it if it is not (`engine remove` first to install it anew)."""
     say(f"installed as planned, and it spoke ({before}): nothing to install or fetch")
-    if config_file.changes(config, planned):
+    if changed:
         staged, _ = config_file.staged(req.config_path, planned, environ)
-        config_file.commit(staged, req.config_path)
+        try:
+            config_file.commit(staged, req.config_path)
+        finally:
+            staged.unlink(missing_ok=True)
         say(f"{req.config_path} now uses it")
+        after_pointing(planned, environ)
     return 0
 
 
