@@ -240,3 +240,33 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     monkeypatch.setattr(output, "available", lambda: False)
     raw, payload = main.synthesize(engine, {**params, "output": wanted}, False)
     assert "output" not in raw and len(payload) == 4 * raw["samples"]
+
+
+@pytest.mark.parametrize("dies", ["raises", "killed"])
+def test_an_espeak_child_that_dies_fails_its_utterance_and_the_next_one_speaks(
+    dies: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pristine child raising something nobody listed, or killed before it answers: that
+    utterance is a RuntimeError naming the child's status (its answer is not whole), the
+    child is reaped, and the next utterance is byte-identical to one from a fresh engine."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    engine = EspeakEngine("cmn")
+    expected, _ = EspeakEngine("cmn").synthesize("你好", None, Prosody(), None)
+    speak = engine._speak
+
+    def broken(*_args: object) -> np.ndarray:
+        if dies == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise MemoryError("nobody listed this")
+
+    monkeypatch.setattr(engine, "_speak", broken)
+    engine.prepare()  # the child is forked with the broken _speak
+    with pytest.raises(RuntimeError, match=r"eSpeak synthesis failed \(child status [1-9]"):
+        engine.synthesize("你好", None, Prosody(), None)
+    monkeypatch.setattr(engine, "_speak", speak)
+    again, _ = engine.synthesize("你好", None, Prosody(), None)
+    assert again.tobytes() == expected.tobytes()
+    engine.prepare()  # the next child forked, every one that answered reaped
+    assert engine._ready is not None and not engine._spent
