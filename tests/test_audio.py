@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from pathlib import Path
 
@@ -89,6 +90,33 @@ def test_click_ratio_tells_a_clicky_join_from_a_faded_one() -> None:
     hard = np.concatenate([a, np.zeros(int(RATE * 0.1), np.float32), b])
     assert audio.click_ratio(faded, RATE) <= 1.0
     assert audio.click_ratio(hard, RATE) > 2.0
+
+
+@pytest.mark.parametrize(("out_rate", "factor"), [(RATE, 1.0), (48_000, 1.0), (48_000, 1.5)])
+def test_a_segment_shaped_piece_by_piece_is_the_segment_shaped_whole(
+    out_rate: int, factor: float
+) -> None:
+    """Fed in pieces cut anywhere (empty ones, single samples, silence before, between and
+    after), `Pieces` gives exactly the samples of the whole segment trimmed, faded, stretched
+    and resampled in one go (`shape_segment`, `stretch`, `resample`), to the last bit."""
+    rng = np.random.default_rng(7)
+    quiet = np.zeros(3000, np.float32)
+    segments = [
+        np.concatenate([quiet, tone(0.6), quiet, tone(0.3, 330), quiet]),
+        np.concatenate([tone(0.6), quiet, tone(0.3, 330)]),  # loud at both ends
+        tone(0.004),  # shorter than two fades
+        quiet,
+        (rng.standard_normal(9) * 0.3).astype(np.float32),
+    ]
+    for x, shaping in itertools.product(segments, [audio.Shaping(), audio.Shaping(0.0, 80, -40)]):
+        shaped = audio.stretch(audio.shape_segment(x, RATE, shaping), RATE, factor)
+        whole = audio.resample(shaped, RATE, out_rate)
+        assert np.array_equal(audio.piece(x, RATE, out_rate, shaping, factor), whole)
+        for _ in range(6):
+            cuts = np.sort(rng.integers(0, x.size + 1, size=rng.integers(0, 9)))
+            pieces = audio.Pieces(RATE, out_rate, shaping, factor)
+            given = [pieces.feed(part) for part in np.split(x, cuts)] + [pieces.finish()]
+            assert np.array_equal(np.concatenate(given), whole)
 
 
 def test_trailing_and_leading_silence_is_trimmed() -> None:
@@ -207,9 +235,10 @@ def test_stretch_keeps_the_pitch_and_makes_the_length_exact(
 def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Asked for a job's output, the worker answers with the finished bytes, which decode to
-    the daemon's own encode of the same samples (same shaping, rate and settings); a worker
-    that cannot encode here sends the samples instead."""
+    """Asked for a job's output, the worker answers with the finished bytes, encoded piece by
+    piece as eSpeak speaks a long sentence, which decode to the daemon's own encode of the
+    same samples in one piece (same shaping, rate and settings); a worker that cannot encode
+    here sends the samples instead."""
     from msgvoice.sound.encoder import EncodeSettings, encode_whole  # noqa: PLC0415
     from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
     from msgvoice.worker import main, output  # noqa: PLC0415
@@ -220,7 +249,10 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
         "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
         "stretch": 1.0,
     }  # fmt: skip
-    params = {"text": "你好", "voice": None, "prosody": {}, "emotion": None, "seed": None}
+    text = "那真是太好了！保持这种好心情，今天注定会是个充满阳光的日子。"
+    params = {"text": text, "voice": None, "prosody": {}, "emotion": None, "seed": None}
+    pieces, _rate = engine.stream(text, None, Prosody(), None)
+    assert len(list(pieces)) > 5
     made, data = main.synthesize(engine, {**params, "output": wanted}, False)
     rate = output_rate(fmt, engine.sample_rate, 48_000)
     assert made["output"]["rate"] == rate and made["output"]["frames"] > 0
@@ -240,33 +272,3 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     monkeypatch.setattr(output, "available", lambda: False)
     raw, payload = main.synthesize(engine, {**params, "output": wanted}, False)
     assert "output" not in raw and len(payload) == 4 * raw["samples"]
-
-
-@pytest.mark.parametrize("dies", ["raises", "killed"])
-def test_an_espeak_child_that_dies_fails_its_utterance_and_the_next_one_speaks(
-    dies: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The pristine child raising something nobody listed, or killed before it answers: that
-    utterance is a RuntimeError naming the child's status (its answer is not whole), the
-    child is reaped, and the next utterance is byte-identical to one from a fresh engine."""
-    import os  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-
-    engine = EspeakEngine("cmn")
-    expected, _ = EspeakEngine("cmn").synthesize("你好", None, Prosody(), None)
-    speak = engine._speak
-
-    def broken(*_args: object) -> np.ndarray:
-        if dies == "killed":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise MemoryError("nobody listed this")
-
-    monkeypatch.setattr(engine, "_speak", broken)
-    engine.prepare()  # the child is forked with the broken _speak
-    with pytest.raises(RuntimeError, match=r"eSpeak synthesis failed \(child status [1-9]"):
-        engine.synthesize("你好", None, Prosody(), None)
-    monkeypatch.setattr(engine, "_speak", speak)
-    again, _ = engine.synthesize("你好", None, Prosody(), None)
-    assert again.tobytes() == expected.tobytes()
-    engine.prepare()  # the next child forked, every one that answered reaped
-    assert engine._ready is not None and not engine._spent

@@ -27,7 +27,7 @@ def fade_edges(samples: Samples, rate: int, fade_ms: float) -> Samples:
     if n <= 0:
         return samples
     out = samples.copy()
-    ramp = (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n, dtype=np.float32))).astype(np.float32)
+    ramp = _ramp(n)
     out[:n] *= ramp
     out[-n:] *= ramp[::-1]
     return out
@@ -58,8 +58,105 @@ def shape_segment(samples: Any, rate: int, shaping: Shaping) -> Samples:
 def piece(samples: Any, rate: int, out_rate: int, shaping: Shaping, factor: float) -> Samples:
     """One spoken segment as it goes into the joined output at `out_rate`: trimmed, faded,
     made `factor` times as long (pitch kept), resampled."""
-    shaped = stretch(shape_segment(samples, rate, shaping), rate, factor)
-    return resample(shaped, rate, out_rate)
+    pieces = Pieces(rate, out_rate, shaping, factor)
+    return np.concatenate([pieces.feed(to_float32(samples)), pieces.finish()])
+
+
+_NONE = np.zeros(0, dtype=np.float32)
+
+
+class Shaper:
+    """`shape_segment` a piece at a time, as a segment is spoken: what it gives, joined, is
+    exactly `shape_segment` of the whole. Audio is held back only as far as the segment's end
+    could still change it: a quiet stretch that may turn out to be the tail, and the fade."""
+
+    def __init__(self, rate: int, shaping: Shaping, keep_ms: float = 30.0) -> None:
+        self.rate, self.fade_ms = rate, shaping.fade_ms
+        self.threshold = 10 ** (shaping.silence_db / 20)
+        self.keep, self.fade = int(rate * keep_ms / 1000), int(rate * shaping.fade_ms / 1000)
+        self.held, self.at = _NONE, 0  # what is not given yet, and where it starts
+        self.start: int | None = None  # where the segment starts (keep before the first loud)
+        self.end = 0  # where it ends as far as heard (keep after the last loud sample)
+        self.given = 0
+
+    def feed(self, samples: Samples) -> Samples:
+        """What of the segment is settled now that `samples` (float32) came."""
+        heard = self.at + self.held.size
+        loud = np.flatnonzero(np.abs(samples) > self.threshold)
+        if loud.size:
+            if self.start is None:
+                self.start = max(0, heard + int(loud[0]) - self.keep)
+            self.end = heard + int(loud[-1]) + 1 + self.keep
+        self.held = np.concatenate([self.held, samples]) if self.held.size else samples
+        if self.start is None:  # nothing loud yet: only the last `keep` samples may be kept
+            self._drop(self.at + self.held.size - self.keep)
+            return _NONE
+        self._drop(self.start)
+        end = min(self.end, heard + samples.size)
+        if end - self.start < 2 * self.fade:  # the fade may still be shortened
+            return _NONE
+        out = self.held[: end - self.fade - self.at].copy()
+        self._drop(end - self.fade)
+        if self.given < self.fade:
+            ramp = _ramp(self.fade)[self.given :]
+            out[: ramp.size] *= ramp[: out.size]
+        self.given += out.size
+        return out
+
+    def finish(self) -> Samples:
+        """The rest of the segment, its fade-out included."""
+        if self.start is None:
+            return _NONE
+        rest = self.held[: min(self.end, self.at + self.held.size) - self.at]
+        if not self.given:
+            return fade_edges(rest, self.rate, self.fade_ms)
+        out = rest.copy()
+        if self.fade:
+            out[-self.fade :] *= _ramp(self.fade)[::-1]
+        return out
+
+    def _drop(self, upto: int) -> None:
+        if upto > self.at:
+            self.held, self.at = self.held[upto - self.at :], upto
+
+
+def _ramp(n: int) -> Samples:
+    """`fade_edges`' raised-cosine ramp of n samples."""
+    return (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n, dtype=np.float32))).astype(np.float32)
+
+
+class Pieces:
+    """`piece` a piece at a time: each spoken piece (float32) is shaped and resampled as it
+    comes, so a segment can be encoded while it is still being spoken. A segment to stretch
+    is held whole (the stretch needs all of it) and given at the end."""
+
+    def __init__(self, rate: int, out_rate: int, shaping: Shaping, factor: float) -> None:
+        self.rate, self.factor = rate, factor
+        self.shaper = Shaper(rate, shaping)
+        self.whole: list[Samples] | None = [] if abs(factor - 1.0) >= 1e-6 else None
+        self.resampler = (
+            soxr.ResampleStream(rate, out_rate, 1, dtype="float32") if rate != out_rate else None
+        )
+
+    def feed(self, samples: Samples) -> Samples:
+        """The output settled by one more spoken piece."""
+        shaped = self.shaper.feed(samples)
+        if self.whole is not None:
+            self.whole.append(shaped)
+            return _NONE
+        return self._resample(shaped, last=False)
+
+    def finish(self) -> Samples:
+        """The rest of the output."""
+        shaped = self.shaper.finish()
+        if self.whole is not None:
+            shaped = stretch(np.concatenate([*self.whole, shaped]), self.rate, self.factor)
+        return self._resample(shaped, last=True)
+
+    def _resample(self, samples: Samples, last: bool) -> Samples:
+        if self.resampler is None:
+            return samples
+        return np.asarray(self.resampler.resample_chunk(samples, last=last), dtype=np.float32)
 
 
 def gap(rate: int, shaping: Shaping, stretch: float = 1.0) -> Samples:

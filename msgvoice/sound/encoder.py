@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -223,6 +224,18 @@ def encode_whole(
 ) -> bytes:
     """All of `samples` as one response or file of `fmt`: what an Encoder fed them in one
     piece gives, header included (a streamed WAV's unknown sizes when `streaming`)."""
+    return encode_all(fmt, rate, [samples], streaming, settings)
+
+
+def encode_all(
+    fmt: Format, rate: int, pieces: Iterable[Samples], streaming: bool, settings: EncodeSettings
+) -> bytes:
+    """`encode_whole` of the pieces joined, each encoded as it comes (they may still be in
+    the making: a segment being spoken)."""
     encoder = Encoder(fmt, rate, streaming, settings)
-    body = encoder.start() + encoder.feed(samples) + encoder.finish()
-    return encoder.header() + body
+    try:
+        body = [encoder.start(), *(encoder.feed(piece) for piece in pieces), encoder.finish()]
+    except BaseException:
+        encoder.abort()
+        raise
+    return encoder.header() + b"".join(body)

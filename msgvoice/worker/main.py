@@ -18,6 +18,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from msgvoice.worker.protocol import (
     EngineUnavailable,
     Prosody,
     SampleError,
+    Samples,
     SynthesisAnswer,
     stage_times,
     to_float32,
@@ -116,32 +118,66 @@ def synthesize(
     engine: Engine, params: dict[str, Any], takes_seed: bool
 ) -> tuple[SynthesisAnswer, bytes]:
     """Speak one request's text: the answer and its samples as the protocol carries them, or
-    the job's finished output when the request asks for it (see output.py)."""
+    the job's finished output when the request asks for it (see output.py), encoded as the
+    engine speaks where it streams (`stream`, same arguments, pieces as they come)."""
     started = time.perf_counter()
     seed = params.get("seed")
     extra = {"seed": seed} if seed is not None and takes_seed else {}
-    samples, rate = engine.synthesize(
+    why = None if extra or seed is None else f"{engine.name} takes no seed"
+    args = (
         params["text"],
         params.get("voice"),
         Prosody(**params.get("prosody", {})),
         params.get("emotion"),
-        **extra,
     )
+    wanted = output.check(params.get("output"))
+    stream = getattr(engine, "stream", None)
+    if wanted is not None and callable(stream):
+        pieces, rate = stream(*args, **extra)
+        heard = Heard(pieces)
+        made, data = output.finish(heard, int(rate), wanted)
+        answer = _answer(engine, int(rate), heard.samples, heard.done - started, why)
+        if heard.samples:
+            answer["output"] = made
+            return answer, data
+        return answer, b""
+    samples, rate = engine.synthesize(*args, **extra)
     synth_s = time.perf_counter() - started
     audio = to_float32(samples)
-    answer: SynthesisAnswer = {
-        "sample_rate": int(rate),
-        "samples": int(audio.size),
-        "duration_s": audio.size / rate,
-        "synth_s": synth_s,
-        "stages": stage_times(engine),
-        "unseeded_why": None if extra or seed is None else f"{engine.name} takes no seed",
-        "peak_rss_mb": peak_rss_mb(),
-    }
-    if audio.size and (wanted := output.check(params.get("output"))) is not None:
-        answer["output"], data = output.finish(audio, int(rate), wanted)
+    answer = _answer(engine, int(rate), audio.size, synth_s, why)
+    if audio.size and wanted is not None:
+        answer["output"], data = output.finish([audio], int(rate), wanted)
         return answer, data
     return answer, to_raw(audio)
+
+
+class Heard:
+    """An engine's pieces as it speaks them, as float32, counted; `done` is when the last
+    came (perf_counter)."""
+
+    def __init__(self, pieces: Iterable[Any]) -> None:
+        self.pieces, self.samples, self.done = pieces, 0, 0.0
+
+    def __iter__(self) -> Iterator[Samples]:
+        for piece in self.pieces:
+            audio = to_float32(piece)
+            self.samples += audio.size
+            yield audio
+        self.done = time.perf_counter()
+
+
+def _answer(
+    engine: Engine, rate: int, samples: int, synth_s: float, unseeded_why: str | None
+) -> SynthesisAnswer:
+    return {
+        "sample_rate": rate,
+        "samples": samples,
+        "duration_s": samples / rate,
+        "synth_s": synth_s,
+        "stages": stage_times(engine),
+        "unseeded_why": unseeded_why,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def serve(engine: Engine, requests: IO[str], out: IO[bytes]) -> None:

@@ -4,7 +4,8 @@ When a job is one segment, the daemon asks for its output rather than its sample
 `output` parameter of `synthesize`): the worker shapes the segment, stretches it to the
 job's speed, resamples it and encodes it, and sends back the finished file or response. The
 encode then runs beside the synthesis, one per worker process, instead of in the daemon
-next to every other job, and raw audio never crosses the pipe. A worker whose interpreter
+next to every other job, and raw audio never crosses the pipe; from an engine that streams
+(eSpeak), each piece is encoded while the engine speaks the next. A worker whose interpreter
 lacks PyAV or soxr sends the samples as before, and the daemon encodes them.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, TypedDict
 
 from msgvoice.worker.samples import Samples
@@ -56,23 +58,42 @@ def warm_up() -> None:
     threading.Thread(target=available, name="output-warm-up", daemon=True).start()
 
 
-def finish(samples: Samples, rate: int, params: OutputParams) -> tuple[OutputAnswer, bytes]:
-    """The whole output of a one-segment job spoken as `samples` at `rate`."""
+def finish(
+    spoken: Iterable[Samples], rate: int, params: OutputParams
+) -> tuple[OutputAnswer, bytes]:
+    """The whole output of a one-segment job spoken as `spoken` (float32 pieces at `rate`),
+    each piece shaped and encoded as it comes: from an engine that streams, while it speaks
+    the next. `encode_s` is the time spent on the output, not waiting for the engine."""
     from msgvoice.sound import audio  # noqa: PLC0415 (see available)
-    from msgvoice.sound.encoder import EncodeSettings, encode_whole  # noqa: PLC0415
+    from msgvoice.sound.encoder import EncodeSettings, encode_all  # noqa: PLC0415
     from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
 
     started = time.perf_counter()
     fmt = FORMATS[params["format"]]
     out_rate = output_rate(fmt.name, rate, params["opus_rate_hz"])
     shaping = audio.Shaping(params["fade_ms"], params["gap_ms"], params["silence_db"])
-    piece = audio.piece(samples, rate, out_rate, shaping, params["stretch"])
+    pieces = audio.Pieces(rate, out_rate, shaping, params["stretch"])
+    frames, waited = 0, 0.0
+
+    def shaped() -> Iterator[Samples]:
+        nonlocal frames, waited
+        spoken_pieces = iter(spoken)
+        while True:
+            asked = time.perf_counter()
+            samples = next(spoken_pieces, None)
+            waited += time.perf_counter() - asked
+            piece = pieces.finish() if samples is None else pieces.feed(samples)
+            frames += piece.size
+            yield piece
+            if samples is None:
+                return
+
     settings = EncodeSettings(params["opus_complexity"], params["opus_bitrate_kbps"])
-    data = encode_whole(fmt, out_rate, piece, params["streaming"], settings)
+    data = encode_all(fmt, out_rate, shaped(), params["streaming"], settings)
     answer: OutputAnswer = {
         "rate": out_rate,
-        "frames": int(piece.size),
-        "encode_s": time.perf_counter() - started,
+        "frames": frames,
+        "encode_s": time.perf_counter() - started - waited,
     }
     return answer, data
 

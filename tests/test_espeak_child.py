@@ -1,0 +1,141 @@
+"""eSpeak's pristine children: each utterance is spoken by a forked copy of the engine, which
+makes the pages it will write its own while it waits (changing how fast it answers, never
+what it says) and answers in pieces as it speaks; one that dies, or whose worker stops
+listening, costs only its own utterance."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from msgvoice.worker.engines import prefault
+from msgvoice.worker.engines.espeak import SAMPLE, EspeakEngine
+from msgvoice.worker.protocol import Prosody
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/pagemap")
+
+
+def faults_in_child(before: prefault.Runs, work: object) -> int:
+    """Minor page faults a forked child takes doing `work()` after populating `before`."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            prefault.populate(before)
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            work()  # type: ignore[operator]
+            spent = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+            os.write(write_fd, str(spent).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return int(answer)
+
+
+@linux
+def test_a_child_that_populated_the_learned_pages_copies_few_on_the_clock() -> None:
+    """The probe learns the pages a child's answer to the sample writes; a child that made
+    them its own ahead copies at most half as many while it answers as one that did not."""
+    engine = EspeakEngine("cmn")
+    learned = engine._touched
+    assert learned and all(start % os.sysconf("SC_PAGE_SIZE") == 0 for start, _ in learned)
+
+    request = json.dumps({"text": SAMPLE, "voice": None, "prosody": {}, "seed": None}).encode()
+
+    def speak() -> None:  # what a child does with a request
+        with open(os.devnull, "wb") as nowhere:
+            engine._reply(request, nowhere)
+
+    cold, warm = faults_in_child([], speak), faults_in_child(learned, speak)
+    assert warm * 2 < cold, (warm, cold)
+
+
+def test_populated_children_say_exactly_what_a_fresh_engine_says() -> None:
+    """Populating pages never changes their contents: utterance after utterance (Chinese,
+    English, another voice, a seed) is byte-identical to the same request to a fresh engine,
+    and an engine with nothing learned (another OS) says the same."""
+    engine = EspeakEngine("cmn")
+    requests = [
+        ("你好，世界", None, 0),
+        ("Good night, 晚安。", None, 7),
+        ("hello there", "en-us", 3),
+    ]
+    said = [
+        engine.synthesize(text, voice, Prosody(), None, seed)[0] for text, voice, seed in requests
+    ]
+    unlearned = EspeakEngine("cmn")
+    unlearned._touched = []
+    for (text, voice, seed), samples in zip(requests, said, strict=True):
+        fresh, _ = EspeakEngine("cmn").synthesize(text, voice, Prosody(), None, seed)
+        plain, _ = unlearned.synthesize(text, voice, Prosody(), None, seed)
+        assert samples.size > 1000 and np.array_equal(samples, fresh)
+        assert np.array_equal(plain, fresh)
+
+
+LONG = "那真是太好了！保持这种好心情，今天注定会是个充满阳光的日子。"
+
+
+@pytest.mark.parametrize("dies", ["raises", "killed before answering", "killed mid-answer"])
+def test_an_espeak_child_that_dies_fails_its_utterance_and_the_next_one_speaks(
+    dies: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pristine child raising something nobody listed, or killed before it answers or
+    after its first pieces went out: that utterance is a RuntimeError naming the child's
+    status (its answer has no end frame), the child is reaped, and the next utterance is
+    byte-identical to one from a fresh engine."""
+    engine = EspeakEngine("cmn")
+    expected, _ = EspeakEngine("cmn").synthesize(LONG, None, Prosody(), None)
+    speak = engine._speak
+
+    def broken(*args: object, each: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
+        if dies == "raises":
+            raise MemoryError("nobody listed this")
+        if dies == "killed before answering":
+            os.kill(os.getpid(), signal.SIGKILL)
+        heard = [0]
+
+        def then_die(piece: np.ndarray) -> bool:
+            heard[0] += 1
+            if heard[0] == 12:  # nine 60 ms pieces make a frame: one went out
+                os.kill(os.getpid(), signal.SIGKILL)
+            return each(piece) if each else False
+
+        return speak(*args, each=then_die)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_speak", broken)
+    engine.prepare()  # the child is forked with the broken _speak
+    pieces, _ = engine.stream(LONG, None, Prosody(), None)
+    came = []
+    with pytest.raises(RuntimeError, match=r"eSpeak synthesis failed \(child status [1-9]"):
+        came.extend(pieces)
+    assert bool(came) == (dies == "killed mid-answer")
+    monkeypatch.setattr(engine, "_speak", speak)
+    again, _ = engine.synthesize(LONG, None, Prosody(), None)
+    assert again.tobytes() == expected.tobytes()
+    engine.prepare()  # the next child forked, every one that answered reaped
+    assert engine._ready is not None and not engine._spent
+
+
+def test_a_worker_that_stops_listening_costs_only_that_utterance() -> None:
+    """A worker that takes the first piece of a long utterance and stops reading (its encode
+    failed) stops the child mid-sentence: nothing hangs, the child is reaped, and the next
+    utterance is byte-identical to one from a fresh engine."""
+    engine = EspeakEngine("cmn")
+    expected, _ = EspeakEngine("cmn").synthesize("你好", None, Prosody(), None)
+    pieces, _ = engine.stream(LONG * 20, None, Prosody(), None)
+    assert next(pieces).size > 0
+    pieces.close()  # type: ignore[attr-defined]
+    again, _ = engine.synthesize("你好", None, Prosody(), None)
+    assert again.tobytes() == expected.tobytes()
+    engine.prepare()
+    assert engine._ready is not None and not engine._spent
