@@ -212,6 +212,7 @@ def test_doctor_finds_the_weights_in_the_hub_cache_or_says_how_to_fetch_them(
 SAME_AS_STOCK = """
 import sys, types
 import numpy as np
+import torch
 from kokoro import istftnet
 from msgvoice.worker.engines import kokoro
 from msgvoice.worker.protocol import Prosody
@@ -223,6 +224,16 @@ for block in blocks:
     block.forward = types.MethodType(istftnet.AdaINResBlock1.forward, block)
 stock, _ = engine.synthesize(sys.argv[2], None, Prosody(), None, seed=3)
 print(len(blocks), ours.size, stock.size, float(np.max(np.abs(ours - stock))))
+auto = kokoro.KokoroEngine(model_dir=sys.argv[1], precision="auto")
+if auto.precision == "fp32":  # no native bf16 on this CPU: nothing cast ahead
+    print("fp32")
+else:
+    ahead, _ = auto.synthesize(sys.argv[2], None, Prosody(), None, seed=3)
+    layers = (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)
+    for layer in [m for m in auto.model.decoder.modules() if isinstance(m, layers)]:
+        layer.float()  # autocast casts them again on every call
+    each_call, _ = auto.synthesize(sys.argv[2], None, Prosody(), None, seed=3)
+    print(ahead.size == each_call.size and float(np.max(np.abs(ahead - each_call))))
 """
 
 
@@ -230,7 +241,9 @@ print(len(blocks), ours.size, stock.size, float(np.max(np.abs(ours - stock))))
 @pytest.mark.slow
 def test_the_in_place_vocoder_blocks_give_the_stock_blocks_samples(weights: Path) -> None:
     """The residual blocks msgvoice computes in place (`resblock_in_place`) give, in fp32 at
-    one seed, exactly the samples of kokoro's own `AdaINResBlock1.forward`."""
+    one seed, exactly the samples of kokoro's own `AdaINResBlock1.forward`; and the bf16
+    vocoder's layers cast once at load give exactly what autocast casting them on every call
+    gives (where the CPU has native bf16)."""
     done = subprocess.run(
         [str(KOKORO_PYTHON), "-c", SAME_AS_STOCK, str(weights), "你好，世界。"],
         capture_output=True,
@@ -240,5 +253,6 @@ def test_the_in_place_vocoder_blocks_give_the_stock_blocks_samples(weights: Path
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    blocks, ours, stock, worst = done.stdout.split()
+    blocks, ours, stock, worst, cast_ahead = done.stdout.split()
     assert int(blocks) == 8 and ours == stock and float(worst) == 0.0
+    assert cast_ahead in ("fp32", "0.0"), cast_ahead
