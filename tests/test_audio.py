@@ -43,9 +43,12 @@ def test_slightly_hot_float_is_scaled_down_not_mistaken_for_pcm() -> None:
 
 
 def test_integer_pcm_and_stereo_become_mono_float() -> None:
-    """int16 PCM is scaled by its range; (n, 2) stereo is averaged to mono."""
+    """int16 PCM is scaled by its range (every one of its values to exactly value / 32768);
+    (n, 2) stereo is averaged to mono."""
     pcm = (tone(0.1) * 32767).astype(np.int16)
     assert np.allclose(to_float32(pcm), tone(0.1), atol=1e-4)
+    every = np.arange(-32768, 32768, dtype=np.int16)
+    assert np.array_equal(to_float32(every), (every / 32768).astype(np.float32))
     stereo = np.stack([tone(0.1), tone(0.1)], axis=1)
     assert to_float32(stereo).shape == (int(RATE * 0.1),)
 

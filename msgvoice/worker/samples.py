@@ -33,7 +33,11 @@ def to_float32(samples: Any) -> Samples:
         raise SampleError(f"expected mono or (samples, channels) audio, got shape {array.shape}")
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
-        return (array.astype(np.float64) / max(abs(info.min), info.max)).astype(np.float32)
+        scale = max(abs(info.min), info.max)
+        if array.dtype.kind == "i" and array.dtype.itemsize <= 2:  # a power of two: exact
+            exact: Samples = np.multiply(array, np.float32(1 / scale), dtype=np.float32)
+            return exact
+        return (array.astype(np.float64) / scale).astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
         raise SampleError(f"expected numeric samples, got {array.dtype}")
     if not np.all(np.isfinite(array)):
