@@ -58,8 +58,8 @@ def shape_segment(samples: Any, rate: int, shaping: Shaping) -> Samples:
 def piece(samples: Any, rate: int, out_rate: int, shaping: Shaping, factor: float) -> Samples:
     """One spoken segment as it goes into the joined output at `out_rate`: trimmed, faded,
     made `factor` times as long (pitch kept), resampled."""
-    pieces = Pieces(rate, out_rate, shaping, factor)
-    return np.concatenate([pieces.feed(to_float32(samples)), pieces.finish()])
+    shaped = stretch(shape_segment(samples, rate, shaping), rate, factor)
+    return resample(shaped, rate, out_rate)
 
 
 _NONE = np.zeros(0, dtype=np.float32)
@@ -127,7 +127,8 @@ def _ramp(n: int) -> Samples:
 
 class Pieces:
     """`piece` a piece at a time: each spoken piece (float32) is shaped and resampled as it
-    comes, so a segment can be encoded while it is still being spoken. A segment to stretch
+    comes, so a segment can be encoded while it is still being spoken (the joined output is
+    exactly `piece`'s; `piece` keeps to one copy of a whole segment at a time). A segment to stretch
     is held whole (the stretch needs all of it) and given at the end."""
 
     def __init__(self, rate: int, out_rate: int, shaping: Shaping, factor: float) -> None:
