@@ -153,7 +153,8 @@ def synthesize(
 
 class Heard:
     """An engine's pieces as it speaks them, as float32, counted; `done` is when the last
-    came (perf_counter)."""
+    came (perf_counter). Each piece is scaled alone, which is exact for integer PCM (eSpeak's);
+    an engine whose floats may run hot is scaled by its whole output, so it does not stream."""
 
     def __init__(self, pieces: Iterable[Any]) -> None:
         self.pieces, self.samples, self.done = pieces, 0, 0.0
