@@ -25,6 +25,9 @@ from msgvoice.worker.engines.espeak_library import (
 )
 from msgvoice.worker.protocol import Prosody
 
+_SAMPLED = json.dumps({"text": SAMPLE, "voice": None, "prosody": {}, "seed": None}).encode()
+"""The request a probe child answers to learn which pages an utterance writes."""
+
 
 @dataclass(frozen=True)
 class _Child:
@@ -48,9 +51,7 @@ class EspeakEngine:
         self._lib, self.sample_rate = library()
         self._voice: str | None = None
         self._set_voice(voice)
-        sample = json.dumps({"text": SAMPLE, "voice": None, "prosody": {}, "seed": None}).encode()
-        with open(os.devnull, "wb") as nowhere:
-            self._touched = prefault.learn(lambda: self._reply(sample, nowhere))
+        self._touched: prefault.Runs | None = None  # learned after the first utterance
 
     def _set_voice(self, voice: str) -> None:
         """Load a voice, unless it is the library's already: loading it again changes nothing
@@ -117,10 +118,16 @@ class EspeakEngine:
                     raise RuntimeError(f"eSpeak synthesis failed (child status {status})") from None
 
     def prepare(self) -> None:
-        """Fork the next pristine child now, while the worker is idle."""
+        """Fork the next pristine child now, while the worker is idle. Once the engine has
+        spoken, first learn which pages an utterance writes (a probe child speaking `SAMPLE`):
+        a worker that never speaks never pays for it, nor does its start."""
         with self._lock:
-            if self._ready is None and hasattr(os, "fork"):
-                self._ready = self._fork()
+            if not hasattr(os, "fork") or self._ready is not None:
+                return
+            if self._touched is None and self._spent:
+                with open(os.devnull, "wb") as nowhere:
+                    self._touched = prefault.learn(lambda: self._reply(_SAMPLED, nowhere))
+            self._ready = self._fork()
 
     def _reap(self) -> int:
         """Wait for the children that answered (they are leaving); the last one's status."""
@@ -147,7 +154,7 @@ class EspeakEngine:
         read the request (EOF without one: the worker is gone), answer it, leave."""
         code = 1
         try:
-            prefault.populate(self._touched)
+            prefault.populate(self._touched or [])
             with os.fdopen(request_fd, "rb") as pipe:
                 raw = pipe.read()
             if raw:
