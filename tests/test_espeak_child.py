@@ -144,3 +144,42 @@ def test_a_worker_that_stops_listening_costs_only_that_utterance() -> None:
     assert again.tobytes() == expected.tobytes()
     engine.prepare()
     assert engine._ready is not None and not engine._spent
+
+
+def test_an_encode_that_fails_mid_sentence_is_that_jobs_error_and_the_worker_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's encoder raising something nobody listed while eSpeak is still speaking a
+    one-segment job: the job is answered with that error (the worker does not end), the child
+    is stopped and reaped, and the next job's output is made in full."""
+    from msgvoice.sound.encoder import Encoder  # noqa: PLC0415
+    from msgvoice.worker import main  # noqa: PLC0415
+
+    engine = EspeakEngine("cmn")
+    wanted = {
+        "format": "ogg", "streaming": False, "opus_rate_hz": 48_000, "opus_complexity": 0,
+        "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
+        "stretch": 1.0,
+    }  # fmt: skip
+    params = {"text": LONG * 4, "voice": None, "prosody": {}, "output": wanted}
+    feed = Encoder.feed
+    fed = [0]
+
+    def breaks(self: Encoder, piece: np.ndarray) -> bytes:
+        fed[0] += 1
+        if fed[0] == 3:
+            raise OSError(5, "Input/output error")
+        return feed(self, piece)
+
+    monkeypatch.setattr(Encoder, "feed", breaks)
+    failed, payload = main.answer(engine, "synthesize", params, True)
+    assert failed == {
+        "ok": False,
+        "error": {"type": "OSError", "message": "[Errno 5] Input/output error"},
+    }
+    assert payload == b""
+    monkeypatch.setattr(Encoder, "feed", feed)
+    made, data = main.answer(engine, "synthesize", {**params, "text": LONG}, True)
+    assert made["ok"] and made["result"]["output"]["frames"] > 48_000 and len(data) > 1000
+    engine.prepare()
+    assert engine._ready is not None and not engine._spent

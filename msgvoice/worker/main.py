@@ -135,7 +135,10 @@ def synthesize(
     if wanted is not None and callable(stream):
         pieces, rate = stream(*args, **extra)
         heard = Heard(pieces)
-        made, data = output.finish(heard, int(rate), wanted)
+        try:
+            made, data = output.finish(heard, int(rate), wanted)
+        finally:  # an encode that failed part way stops the engine now, not when collected
+            getattr(pieces, "close", lambda: None)()
         answer = _answer(engine, int(rate), heard.samples, heard.done - started, why)
         if heard.samples:
             answer["output"] = made

@@ -3,9 +3,11 @@ request always says the same samples (the library itself is bound in `espeak_lib
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,21 +103,32 @@ class EspeakEngine:
     def _pieces(
         self, text: str, voice: str | None, prosody: Prosody, seed: int | None
     ) -> Iterator[Piece]:
+        """The pieces of one utterance. The lock is held only to take a child: a caller that
+        stops reading part way (its encode failed) holds nothing, and its child is killed
+        when the iteration is closed, so no later utterance or reap waits on it."""
         with self._lock:
             if not hasattr(os, "fork"):
-                yield self._speak(text, voice, prosody, seed)
-                return
-            child, self._ready = self._ready or self._fork(), None
-            self._spent.append(child.pid)
-            request = {"text": text, "voice": voice, "prosody": prosody.as_json(), "seed": seed}
-            with os.fdopen(child.request_fd, "wb") as pipe:
-                pipe.write(json.dumps(request).encode())
-            with os.fdopen(child.answer_fd, "rb") as pipe:
-                try:
-                    yield from _heard(pipe)
-                except _Cut:
+                spoken = self._speak(text, voice, prosody, seed)
+            else:
+                child, self._ready = self._ready or self._fork(), None
+                self._spent.append(child.pid)
+        if not hasattr(os, "fork"):
+            yield spoken
+            return
+        request = {"text": text, "voice": voice, "prosody": prosody.as_json(), "seed": seed}
+        with os.fdopen(child.request_fd, "wb") as pipe:
+            pipe.write(json.dumps(request).encode())
+        with os.fdopen(child.answer_fd, "rb") as pipe:
+            try:
+                yield from _heard(pipe)
+            except _Cut:
+                with self._lock:
                     status = self._reap()
-                    raise RuntimeError(f"eSpeak synthesis failed (child status {status})") from None
+                raise RuntimeError(f"eSpeak synthesis failed (child status {status})") from None
+            except GeneratorExit:  # nobody listens any more: the rest of the sentence is moot
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+                raise
 
     def prepare(self) -> None:
         """Fork the next pristine child now, while the worker is idle. Once the engine has
