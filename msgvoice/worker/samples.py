@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,10 @@ def to_float32(samples: Any) -> Samples:
         return (array.astype(np.float64) / scale).astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
         raise SampleError(f"expected numeric samples, got {array.dtype}")
-    if not np.all(np.isfinite(array)):
+    high, low = float(array.max()), float(array.min())  # no temporary arrays: NaN propagates
+    if not (math.isfinite(high) and math.isfinite(low)):
         raise SampleError("engine returned NaN or infinite samples")
-    peak = float(np.max(np.abs(array)))
+    peak = max(high, -low)
     if peak > HOT_FLOAT_MAX:  # PCM values carried in a float array
         array = array / (INT16_SCALE if peak <= INT16_SCALE else peak)
     elif peak > 1.0:  # float audio a little too hot: scale down, never clip
