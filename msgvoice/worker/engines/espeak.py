@@ -106,15 +106,14 @@ class EspeakEngine:
         """The pieces of one utterance. The lock is held only to take a child: a caller that
         stops reading part way (its encode failed) holds nothing, and its child is killed
         when the iteration is closed, so no later utterance or reap waits on it."""
-        with self._lock:
-            if not hasattr(os, "fork"):
+        if not hasattr(os, "fork"):  # one process: the lock keeps the library to one caller
+            with self._lock:
                 spoken = self._speak(text, voice, prosody, seed)
-            else:
-                child, self._ready = self._ready or self._fork(), None
-                self._spent.append(child.pid)
-        if not hasattr(os, "fork"):
             yield spoken
             return
+        with self._lock:
+            child, self._ready = self._ready or self._fork(), None
+            self._spent.append(child.pid)
         request = {"text": text, "voice": voice, "prosody": prosody.as_json(), "seed": seed}
         with os.fdopen(child.request_fd, "wb") as pipe:
             pipe.write(json.dumps(request).encode())
