@@ -15,11 +15,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
-from msgvoice import __version__, compose, logs
+from msgvoice import __version__, logs
 from msgvoice.chat import commands, phrasebook
 from msgvoice.config import Config, ConfigError, default_path, load
 from msgvoice.speech.formats import FILE_FORMATS, SUFFIXES
-from msgvoice.speech.speaker import SpeechError, SpeechJob, WorkerError, speakable
+from msgvoice.speech.text import speakable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -132,6 +132,9 @@ def _progress(done: int, total: int) -> None:
 
 
 async def _say(config: Config, args: argparse.Namespace) -> int:
+    from msgvoice import compose  # noqa: PLC0415 (numpy, PyAV, the worker: only to speak)
+    from msgvoice.speech.speaker import SpeechJob  # noqa: PLC0415
+
     text, style = _speakable(args.text)
     out, fmt = _output(args, config)
     async with compose.speech_kit(config) as kit:
@@ -144,6 +147,7 @@ async def _say(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _doctor(args: argparse.Namespace) -> int:
+    from msgvoice import compose  # noqa: PLC0415
     from msgvoice.ops import doctor  # noqa: PLC0415 (probes and clients: only for doctor)
 
     try:
@@ -165,6 +169,9 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 async def _prove(config: Config, out: Path) -> float:
     """One sentence through the engine's worker: the seconds of audio it made."""
+    from msgvoice import compose  # noqa: PLC0415
+    from msgvoice.speech.speaker import SpeechJob  # noqa: PLC0415
+
     async with compose.speech_kit(config) as kit:
         job = SpeechJob(
             f"engine-{os.getpid()}", "你好，我是你的新声音。Nice to meet you!", out, "ogg"
@@ -234,18 +241,33 @@ def _dispatch(args: argparse.Namespace) -> int:
     missing = args.command == "engine" and args.config and not args.config.exists()
     config = load(None if missing else args.config, os.environ)  # engine writes a new one
     if args.command == "say":
-        return _run_main(lambda: _say(config, args))
+        return _speaking(lambda: _run_main(lambda: _say(config, args)))
     if args.command == "run":
         os.umask(0o077)  # the journal, voice notes and logs: the owner's alone
         logs.setup(args, args.log_format or config.daemon.log_format, config)
         from msgvoice import daemon  # noqa: PLC0415 (the daemon's channels: only for run)
 
-        return asyncio.run(daemon.serve(config, console=args.console))
+        return _speaking(lambda: asyncio.run(daemon.serve(config, console=args.console)))
     if args.command == "service":
         return _service(config, args)
     if args.command == "engine":
         return _engine(config, args)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _speaking(command: Callable[[], int]) -> int:
+    """Run a command that speaks (the only ones that import numpy, PyAV and the worker's
+    client): text with nothing to speak is one line and exit 2, a failed synthesis exit 1."""
+    from msgvoice.speech.speaker import SpeechError, WorkerError  # noqa: PLC0415
+
+    try:
+        return command()
+    except SpeechError as exc:
+        print(f"msgvoice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkerError as exc:
+        print(f"msgvoice: synthesis failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,12 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_doctor(args))
     try:
         return _dispatch(args)
-    except (ConfigError, UsageError, SpeechError) as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"msgvoice: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except WorkerError as exc:
-        print(f"msgvoice: synthesis failed: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except (OSError, sqlite3.Error) as exc:  # the state dir or journal cannot be opened
         print(f"msgvoice: cannot start: {exc}", file=sys.stderr)
         return EXIT_ERROR
