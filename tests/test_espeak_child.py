@@ -19,7 +19,10 @@ from msgvoice.worker.engines import prefault
 from msgvoice.worker.engines.espeak import SAMPLE, EspeakEngine
 from msgvoice.worker.protocol import Prosody
 
-linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/pagemap")
+linux = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or prefault.own_pages() is None,
+    reason="no readable /proc/self/pagemap here",
+)
 
 
 def faults_in_child(before: prefault.Runs, work: object) -> int:
