@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.common import (
     REPO,
@@ -69,9 +71,22 @@ async def _tts_round(client: httpx.AsyncClient, posts: list[tuple[str, str]]) ->
     return list(await asyncio.gather(*(one(chat, text) for chat, text in posts)))
 
 
-async def parallel_figures(url: str, runs: int) -> dict[str, float]:
-    """Latency by text length (one at a time) and throughput for 1, 4 and 16 chats at once."""
+def cpu_s(proc: psutil.Process) -> tuple[float, float]:
+    """(the daemon's own CPU seconds, its workers' with the children they reaped)."""
+    own = proc.cpu_times()
+    workers = 0.0
+    for child in proc.children():
+        with contextlib.suppress(psutil.Error):
+            t = child.cpu_times()
+            workers += t.user + t.system + t.children_user + t.children_system
+    return own.user + own.system, workers
+
+
+async def parallel_figures(url: str, runs: int, pid: int) -> dict[str, float]:
+    """Latency by text length (one at a time), throughput for 1, 4 and 16 chats at once, and
+    the CPU a job of the 16-chat round took in the daemon and in its workers."""
     figures: dict[str, float] = {}
+    daemon = psutil.Process(pid)
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         await _tts_round(client, [("warm", "你好")])
         for name in ("short", "medium", "300ch"):
@@ -79,8 +94,12 @@ async def parallel_figures(url: str, runs: int) -> dict[str, float]:
             figures[f"p50_{name}_ms"] = median(lat) * 1000
         for chats in (1, 4, 16):
             posts = [(f"c{chats}-{i % chats}", TEXTS["medium"]) for i in range(48)]
-            started = time.perf_counter()
+            started, before = time.perf_counter(), cpu_s(daemon)
             lat = sorted(await _tts_round(client, posts))
+            spent = [
+                (b - a) / len(posts) * 1000 for a, b in zip(before, cpu_s(daemon), strict=True)
+            ]
+            figures["daemon_cpu_ms"], figures["workers_cpu_ms"] = spent
             figures[f"jobs_per_s_{chats}"] = len(posts) / (time.perf_counter() - started)
             figures[f"p95_{chats}_ms"] = lat[int(len(lat) * 0.95) - 1] * 1000
         long_text = (TEXTS["300ch"] * 12)[:3000]
@@ -117,7 +136,8 @@ def bench_parallel(runs: int, tmp: Path, compare: Path | None) -> dict[str, dict
         for n in range(max(runs, 3)):
             labels = list(daemons)
             for label in labels[n % len(labels) :] + labels[: n % len(labels)]:
-                rounds[label].append(asyncio.run(parallel_figures(daemons[label][1], 1)))
+                proc, url = daemons[label]
+                rounds[label].append(asyncio.run(parallel_figures(url, 1, proc.pid)))
         rows = {
             label: {k: median([r[k] for r in found]) for k in found[0]}
             | daemon_memory(daemons[label][0].pid)
@@ -150,6 +170,8 @@ def bench_parallel(runs: int, tmp: Path, compare: Path | None) -> dict[str, dict
     for key, label in (
         ("first_audio_3000ch_ms", "first audio, 3000 chars ms"),
         ("first_audio_sentence_ms", "first audio, 1 sentence ms"),
+        ("workers_cpu_ms", "16 chats: workers CPU ms/job"),
+        ("daemon_cpu_ms", "16 chats: daemon CPU ms/job"),
         ("daemon_rss_mb", "daemon RSS MB"),
         ("worker_rss_max_mb", "largest worker RSS MB"),
     ):
