@@ -56,18 +56,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep order
 
 
-@pytest.fixture(autouse=True)
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Every test gets its own state dir and no msgvoice or seed env from the outside, and
-    one worker unless it asks for more (the auto count follows the machine's cores)."""
+def isolate(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No msgvoice or seed env from the outside, a state dir and config home under `folder`
+    (no user config file), and one worker unless a test asks for more (the auto count follows
+    the machine's cores); the state dir."""
     for name in list(os.environ):
         if name.startswith("MSGVOICE_") or name in ALIASES:
             monkeypatch.delenv(name)
-    state = tmp_path / "state"
+    state = folder / "state"
     monkeypatch.setenv("MSGVOICE_STATE_DIR", str(state))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))  # no user config file
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(folder / "config-home"))
     monkeypatch.setenv("MSGVOICE_WORKER_COUNT", "1")
-    yield state
+    return state
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own state dir and environment (`isolate`)."""
+    yield isolate(tmp_path, monkeypatch)
 
 
 def rms(samples: npt.NDArray[np.floating]) -> float:

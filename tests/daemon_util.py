@@ -15,16 +15,30 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import soundfile as sf
 
 from msgvoice.compose import DaemonParts
 from msgvoice.config import load
 from msgvoice.daemon import Daemon
 from msgvoice.net import tls
-from tests.conftest import REPO
+from tests.conftest import REPO, isolate
 
 FAULT_ENGINE = "tests.fault_engine:FaultEngine"
 FINAL = ("done", "failed", "superseded")
+
+
+Speech = tuple[DaemonParts, httpx.AsyncClient]
+"""A running daemon's parts and an HTTP client of it."""
+
+
+@contextlib.asynccontextmanager
+async def shared_daemon(folder: Path) -> AsyncIterator[Speech]:
+    """`running`, isolated as every test is (`isolate`), for a module whose tests only ask it
+    for speech: one daemon and worker start instead of one per test."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        async with running(isolate(folder, monkeypatch)) as parts:
+            yield parts
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,21 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import pytest_asyncio
 import soundfile as sf
 
 from msgvoice.net import tls
 from msgvoice.sound import audio
 from tests.conftest import pitch_hz
-from tests.daemon_util import running
+from tests.daemon_util import Speech, running, shared_daemon
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def speech(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Speech]:
+    """One daemon for the tests here that only ask it for speech (no settings of their own)."""
+    async with shared_daemon(tmp_path_factory.mktemp("speech")) as parts:
+        yield parts
+
 
 TEXT = "今天天气很好。我们下午一起去公园散步吧！Then we can have tea."
 DECODE = {"mp3": "MP3", "opus": "OGG", "wav": "WAV", "flac": "FLAC"}
@@ -66,15 +76,16 @@ def create(client: openai.OpenAI, fmt: str, stream: bool, **extra: Any) -> bytes
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "wav", "flac", "pcm"])
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
 async def test_every_format_streaming_and_not_decodes_with_the_right_duration(
-    clean_env: Path, fmt: str
+    speech: Speech, fmt: str
 ) -> None:
     """The official client gets decodable audio in every format, streamed or whole, of the
     same plausible length."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
-        whole = await asyncio.to_thread(create, client, fmt, False)
-        streamed = await asyncio.to_thread(create, client, fmt, True)
+    daemon, _ = speech
+    client = client_for(daemon.http.port)
+    whole = await asyncio.to_thread(create, client, fmt, False)
+    streamed = await asyncio.to_thread(create, client, fmt, True)
     a, rate = decode(fmt, whole)
     b, rate_b = decode(fmt, streamed)
     assert rate == rate_b
@@ -91,16 +102,15 @@ def ffmpeg_samples(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "flac"])
-async def test_streamed_mp3_and_flac_hold_the_whole_files_samples(
-    clean_env: Path, fmt: str
-) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_streamed_mp3_and_flac_hold_the_whole_files_samples(speech: Speech, fmt: str) -> None:
     """A streamed mp3 or flac of several sentences decodes to the non-streamed file's samples.
     FLAC: the same samples. MP3: the same samples after the encoder's delay, which only the
     whole file's Xing frame tells a decoder to skip (a stream cannot carry it)."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
-        whole = ffmpeg_samples(await asyncio.to_thread(create, client, fmt, False, seed=3))
-        streamed = ffmpeg_samples(await asyncio.to_thread(create, client, fmt, True, seed=3))
+    daemon, _ = speech
+    client = client_for(daemon.http.port)
+    whole = ffmpeg_samples(await asyncio.to_thread(create, client, fmt, False, seed=3))
+    streamed = ffmpeg_samples(await asyncio.to_thread(create, client, fmt, True, seed=3))
     assert whole.size > 22_050 * 3 and float(np.sqrt(np.mean(whole**2))) > 0.03
     if fmt == "flac":
         assert np.array_equal(whole, streamed)
@@ -116,14 +126,15 @@ async def test_streamed_mp3_and_flac_hold_the_whole_files_samples(
 
 
 @pytest.mark.parametrize("fmt", ["pcm", "wav"])
-async def test_streamed_samples_equal_the_offline_ones(clean_env: Path, fmt: str) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_streamed_samples_equal_the_offline_ones(speech: Speech, fmt: str) -> None:
     """For a deterministic engine the streamed audio equals the non-streamed audio (MAE 0, so
     well under 1e-3), and the joins are no sharper than the speech within sentences."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
-        whole = await asyncio.to_thread(create, client, fmt, False, seed=7)
-        streamed = await asyncio.to_thread(create, client, fmt, True, seed=7)
-        again = await asyncio.to_thread(create, client, fmt, False, seed=7)
+    daemon, _ = speech
+    client = client_for(daemon.http.port)
+    whole = await asyncio.to_thread(create, client, fmt, False, seed=7)
+    streamed = await asyncio.to_thread(create, client, fmt, True, seed=7)
+    again = await asyncio.to_thread(create, client, fmt, False, seed=7)
     a, _ = decode(fmt, whole)
     b, _ = decode(fmt, streamed)
     assert len(a) == len(b)
@@ -174,71 +185,76 @@ async def test_first_audio_arrives_before_the_whole_text_is_spoken(clean_env: Pa
         ({"model": "m", "input": "hi", "voice": 3}, "voice"),
     ],
 )
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
 async def test_bad_requests_get_openai_shaped_errors(
-    clean_env: Path, body: dict, param: str
+    speech: Speech, body: dict, param: str
 ) -> None:
     """Invalid bodies are 400 with {"error": {"message", "type", "param", "code"}}."""
-    async with running(clean_env) as (_, client):
-        answer = await client.post("/v1/audio/speech", json=body)
-        assert answer.status_code == 400
-        error = answer.json()["error"]
-        assert error["param"] == param and error["type"] == "invalid_request_error"
-        assert error["message"]
-        assert (await client.get("/healthz")).status_code == 200
+    _, client = speech
+    answer = await client.post("/v1/audio/speech", json=body)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert error["message"]
+    assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_openai_client_raises_on_errors(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_openai_client_raises_on_errors(speech: Speech) -> None:
     """The official client surfaces our errors as its BadRequestError."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
-        with pytest.raises(openai.BadRequestError, match="speed"):
-            await asyncio.to_thread(
-                client.audio.speech.create, model="msgvoice", voice="alloy", input="hi", speed=9.0
-            )
+    daemon, _ = speech
+    client = client_for(daemon.http.port)
+    with pytest.raises(openai.BadRequestError, match="speed"):
+        await asyncio.to_thread(
+            client.audio.speech.create, model="msgvoice", voice="alloy", input="hi", speed=9.0
+        )
 
 
-async def test_style_emotion_and_speed_change_the_audio(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_style_emotion_and_speed_change_the_audio(speech: Speech) -> None:
     """An angry emotion vector or speed 2 make shorter audio than neutral speed 1."""
-    async with running(clean_env) as (_, client):
+    _, client = speech
 
-        async def length(**extra: Any) -> int:
-            body = {"model": "m", "input": TEXT, "response_format": "pcm", **extra}
-            return len((await client.post("/v1/audio/speech", json=body)).content)
+    async def length(**extra: Any) -> int:
+        body = {"model": "m", "input": TEXT, "response_format": "pcm", **extra}
+        return len((await client.post("/v1/audio/speech", json=body)).content)
 
-        plain = await length()
-        fast = await length(speed=2.0)
-        angry = await length(emotion=[0, 0.7, 0, 0, 0, 0, 0, 0])
-        sad = await length(style="难过")
+    plain = await length()
+    fast = await length(speed=2.0)
+    angry = await length(emotion=[0, 0.7, 0, 0, 0, 0, 0, 0])
+    sad = await length(style="难过")
     assert fast < 0.7 * plain and angry < plain < sad
 
 
-async def test_speed_means_what_openai_means(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_speed_means_what_openai_means(speech: Speech) -> None:
     """`speed` 0.25 is four times as long as 1.0 and 4.0 a quarter (±5 %), past eSpeak's own
     80-450 wpm, with the voice's pitch kept (±5 %): the daemon stretches the time. (At 4.0
     half of a tonal contour is left out, so its median F0 is not the whole one's: the pitch
     of faster speech is checked on a flat contour, test_audio's stretch test.)"""
     text = "今天天气很好，我们一起去公园散步吧，路上还能买一杯热咖啡。"
-    async with running(clean_env) as (_, client):
+    _, client = speech
 
-        async def samples(speed: float) -> np.ndarray:
-            body = {"model": "m", "input": text, "response_format": "pcm", "speed": speed}
-            data = (await client.post("/v1/audio/speech", json=body)).content
-            return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0
+    async def samples(speed: float) -> np.ndarray:
+        body = {"model": "m", "input": text, "response_format": "pcm", "speed": speed}
+        data = (await client.post("/v1/audio/speech", json=body)).content
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32767.0
 
-        plain, slow, fast = await samples(1.0), await samples(0.25), await samples(4.0)
+    plain, slow, fast = await samples(1.0), await samples(0.25), await samples(4.0)
     assert slow.size / plain.size == pytest.approx(4.0, rel=0.05)
     assert fast.size / plain.size == pytest.approx(0.25, rel=0.05)
     assert pitch_hz(slow, 24_000) == pytest.approx(pitch_hz(plain, 24_000), rel=0.05)
 
 
-async def test_models_and_voices_are_listed(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_models_and_voices_are_listed(speech: Speech) -> None:
     """/v1/models lists msgvoice and the engine; /v1/audio/voices lists eSpeak's voices as
     {"id", "name"} objects (the shape Open WebUI and Kokoro-FastAPI read) with the languages
     each speaks, and /v1/audio/models as {"models": [{"id"}]}."""
-    async with running(clean_env) as (daemon, client):
-        models = await asyncio.to_thread(client_for(daemon.http.port).models.list)
-        voices = (await client.get("/v1/audio/voices")).json()
-        audio_models = (await client.get("/v1/audio/models")).json()
+    daemon, client = speech
+    models = await asyncio.to_thread(client_for(daemon.http.port).models.list)
+    voices = (await client.get("/v1/audio/voices")).json()
+    audio_models = (await client.get("/v1/audio/models")).json()
     assert {m.id for m in models.data} >= {"msgvoice", "espeak"}
     listed = {v["id"]: v for v in voices["voices"]}
     assert listed["cmn"] == {"id": "cmn", "name": "cmn", "languages": ["cmn", "zh-cmn", "zh"]}

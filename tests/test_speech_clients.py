@@ -19,16 +19,26 @@ import base64
 import json
 import math
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
+import pytest_asyncio
 
 from msgvoice.speech.convert import decode
-from tests.daemon_util import running
+from tests.daemon_util import Speech, running, shared_daemon
 from tests.test_speech_api import client_for
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def speech(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Speech]:
+    """One daemon for the tests here that only ask it for speech (no settings of their own)."""
+    async with shared_daemon(tmp_path_factory.mktemp("speech")) as parts:
+        yield parts
+
 
 TEXT = "今天天气很好。我们下午一起去公园散步吧！"
 
@@ -40,86 +50,89 @@ def mp3_seconds(data: bytes, tmp: Path) -> float:
     return samples.size / rate
 
 
-async def test_open_webui_request_gets_an_mp3(clean_env: Path, tmp_path: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_open_webui_request_gets_an_mp3(speech: Speech, tmp_path: Path) -> None:
     """Open WebUI's body (input, voice, its model, no response_format) through aiohttp gives
     an MP3 it can save and play; its voice and model lists parse the way it reads them."""
-    async with running(clean_env) as (daemon, _):
-        base = f"http://127.0.0.1:{daemon.http.port}/v1"
-        payload = {"input": TEXT, "voice": "alloy", "model": "tts-1"}
-        headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-unused"}
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{base}/audio/speech", json=payload, headers=headers) as r:
-                r.raise_for_status()
-                kind, body = r.headers["Content-Type"], await r.read()
-            async with session.get(f"{base}/audio/voices") as r:
-                voices = {v["id"]: v["name"] for v in (await r.json())["voices"]}
-            async with session.get(f"{base}/audio/models") as r:
-                models = [m["id"] for m in (await r.json())["models"]]
+    daemon, _ = speech
+    base = f"http://127.0.0.1:{daemon.http.port}/v1"
+    payload = {"input": TEXT, "voice": "alloy", "model": "tts-1"}
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-unused"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/audio/speech", json=payload, headers=headers) as r:
+            r.raise_for_status()
+            kind, body = r.headers["Content-Type"], await r.read()
+        async with session.get(f"{base}/audio/voices") as r:
+            voices = {v["id"]: v["name"] for v in (await r.json())["voices"]}
+        async with session.get(f"{base}/audio/models") as r:
+            models = [m["id"] for m in (await r.json())["models"]]
     assert kind == "audio/mpeg" and mp3_seconds(body, tmp_path) > 1.0
     assert voices["cmn"] == "cmn" and "msgvoice" in models
 
 
-async def test_home_assistant_instructions_become_the_style(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_home_assistant_instructions_become_the_style(speech: Speech) -> None:
     """Home Assistant's call (streaming response, `instructions`, mp3) works; the instructions
     act as the style (same audio as `style`), and "None" or "" count as no style."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
+    daemon, _ = speech
+    client = client_for(daemon.http.port)
 
-        def home_assistant(instructions: str, **extra: Any) -> bytes:
-            with client.audio.speech.with_streaming_response.create(
-                model="gpt-4o-mini-tts",
-                voice="marin",
-                input=TEXT,
-                instructions=instructions,
-                response_format="pcm",
-                extra_body=extra,
-            ) as response:
-                return b"".join(response.iter_bytes())
+    def home_assistant(instructions: str, **extra: Any) -> bytes:
+        with client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts",
+            voice="marin",
+            input=TEXT,
+            instructions=instructions,
+            response_format="pcm",
+            extra_body=extra,
+        ) as response:
+            return b"".join(response.iter_bytes())
 
-        sad = await asyncio.to_thread(home_assistant, "难过")
-        styled = await asyncio.to_thread(home_assistant, "", style="难过")
-        none = await asyncio.to_thread(home_assistant, "None")
-        empty = await asyncio.to_thread(home_assistant, "")
-        mp3 = await asyncio.to_thread(
-            lambda: (
-                client.audio.speech.create(
-                    model="tts-1", voice="nova", input=TEXT, instructions="speak cheerfully"
-                ).content
-            )
+    sad = await asyncio.to_thread(home_assistant, "难过")
+    styled = await asyncio.to_thread(home_assistant, "", style="难过")
+    none = await asyncio.to_thread(home_assistant, "None")
+    empty = await asyncio.to_thread(home_assistant, "")
+    mp3 = await asyncio.to_thread(
+        lambda: (
+            client.audio.speech.create(
+                model="tts-1", voice="nova", input=TEXT, instructions="speak cheerfully"
+            ).content
         )
+    )
     assert sad == styled and none == empty and sad != none
     assert len(sad) > len(none)  # sad is slower
     assert mp3[:3] == b"ID3" or mp3[0] == 0xFF
 
 
-async def test_sse_events_carry_the_same_audio(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_sse_events_carry_the_same_audio(speech: Speech) -> None:
     """`stream_format: "sse"`: `speech.audio.delta` events whose base64 audio joins to the
     same PCM as the plain response, then one `speech.audio.done`."""
-    async with running(clean_env) as (daemon, _):
-        client = client_for(daemon.http.port)
+    daemon, _ = speech
+    client = client_for(daemon.http.port)
 
-        def sse() -> tuple[str, list[dict[str, Any]]]:
-            with client.audio.speech.with_streaming_response.create(
-                model="gpt-4o-mini-tts",
-                voice="alloy",
-                input=TEXT,
-                response_format="pcm",
-                stream_format="sse",
-            ) as response:
-                lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-                return response.headers["content-type"], [json.loads(x[6:]) for x in lines]
+    def sse() -> tuple[str, list[dict[str, Any]]]:
+        with client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts",
+            voice="alloy",
+            input=TEXT,
+            response_format="pcm",
+            stream_format="sse",
+        ) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+            return response.headers["content-type"], [json.loads(x[6:]) for x in lines]
 
-        def plain() -> bytes:
-            return client.audio.speech.create(
-                model="tts-1",
-                voice="alloy",
-                input=TEXT,
-                response_format="pcm",
-                stream_format="audio",
-            ).content
+    def plain() -> bytes:
+        return client.audio.speech.create(
+            model="tts-1",
+            voice="alloy",
+            input=TEXT,
+            response_format="pcm",
+            stream_format="audio",
+        ).content
 
-        kind, events = await asyncio.to_thread(sse)
-        whole = await asyncio.to_thread(plain)
+    kind, events = await asyncio.to_thread(sse)
+    whole = await asyncio.to_thread(plain)
     assert kind.startswith("text/event-stream")
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done" and len(events) >= 3
@@ -131,24 +144,26 @@ async def test_sse_events_carry_the_same_audio(clean_env: Path) -> None:
 @pytest.mark.parametrize(
     "voice", ["default", "marin", "cedar", {"id": "alloy"}, "cmn", "en+f3", "en-us", "EN-US+f2"]
 )
-async def test_every_openai_voice_form_is_accepted(clean_env: Path, voice: Any) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_every_openai_voice_form_is_accepted(speech: Speech, voice: Any) -> None:
     """OpenAI's names (old and new), `default`, `{"id": ...}` and the engine's own names, in
     any case (eSpeak's `en-US` as the example config spells it, `en-us`), all speak."""
-    async with running(clean_env) as (_, client):
-        body = {"model": "tts-1", "input": "你好", "voice": voice, "response_format": "wav"}
-        answer = await client.post("/v1/audio/speech", json=body)
+    _, client = speech
+    body = {"model": "tts-1", "input": "你好", "voice": voice, "response_format": "wav"}
+    answer = await client.post("/v1/audio/speech", json=body)
     assert answer.status_code == 200 and answer.content[:4] == b"RIFF"
 
 
-async def test_unknown_voice_is_the_clients_mistake(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_unknown_voice_is_the_clients_mistake(speech: Speech) -> None:
     """A voice the engine lacks is a 400 naming `voice` and pointing at the voice list; the
     worker is neither restarted nor replaced."""
-    async with running(clean_env) as (daemon, client):
-        before = [w.facts() for w in daemon.kit.workers]
-        answer = await client.post(
-            "/v1/audio/speech", json={"model": "tts-1", "input": "你好", "voice": "nosuchvoice"}
-        )
-        after = [w.facts() for w in daemon.kit.workers]
+    daemon, client = speech
+    before = [w.facts() for w in daemon.kit.workers]
+    answer = await client.post(
+        "/v1/audio/speech", json={"model": "tts-1", "input": "你好", "voice": "nosuchvoice"}
+    )
+    after = [w.facts() for w in daemon.kit.workers]
     error = answer.json()["error"]
     assert answer.status_code == 400 and error["param"] == "voice"
     assert "/v1/audio/voices" in error["message"]
@@ -156,30 +171,32 @@ async def test_unknown_voice_is_the_clients_mistake(clean_env: Path) -> None:
     assert all(sum(w["restarts"].values()) == 0 for w in after)
 
 
-async def test_aac_is_adts(clean_env: Path, tmp_path: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_aac_is_adts(speech: Speech, tmp_path: Path) -> None:
     """`response_format: aac` is ADTS AAC (`audio/aac`) that decodes to the speech."""
-    async with running(clean_env) as (_, client):
-        body = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "aac"}
-        answer = await client.post("/v1/audio/speech", json=body)
+    _, client = speech
+    body = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "aac"}
+    answer = await client.post("/v1/audio/speech", json=body)
     path = tmp_path / "x.aac"
     path.write_bytes(answer.content)
     samples, rate = decode(path)
     assert answer.headers["Content-Type"] == "audio/aac" and samples.size / rate > 1.0
 
 
-async def test_streamable_formats_stream_by_default(clean_env: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")  # the module's daemon
+async def test_streamable_formats_stream_by_default(speech: Speech) -> None:
     """Every format comes chunked (no Content-Length) unless `stream: false`, as OpenAI
     streams mp3."""
-    async with running(clean_env) as (_, client):
-        kinds = {}
-        for fmt in ("opus", "aac", "wav", "pcm", "mp3", "flac"):
-            body = {"model": "tts-1", "input": "你好。", "voice": "alloy", "response_format": fmt}
-            answer = await client.post("/v1/audio/speech", json=body)
-            kinds[fmt] = "content-length" in answer.headers
-        whole = await client.post(
-            "/v1/audio/speech",
-            json={"model": "tts-1", "input": "你好。", "response_format": "pcm", "stream": False},
-        )
+    _, client = speech
+    kinds = {}
+    for fmt in ("opus", "aac", "wav", "pcm", "mp3", "flac"):
+        body = {"model": "tts-1", "input": "你好。", "voice": "alloy", "response_format": fmt}
+        answer = await client.post("/v1/audio/speech", json=body)
+        kinds[fmt] = "content-length" in answer.headers
+    whole = await client.post(
+        "/v1/audio/speech",
+        json={"model": "tts-1", "input": "你好。", "response_format": "pcm", "stream": False},
+    )
     assert kinds == {
         "opus": False,
         "aac": False,
