@@ -13,12 +13,16 @@ from msgvoice.worker.samples import Samples, to_float32
 
 def trim_silence(samples: Samples, rate: int, silence_db: float, keep_ms: float = 30.0) -> Samples:
     """Drop leading and trailing audio quieter than `silence_db`, keeping a short margin."""
-    threshold = 10 ** (silence_db / 20)
-    loud = np.flatnonzero(np.abs(samples) > threshold)
+    loud = _loud(samples, silence_db)
     if loud.size == 0:
         return samples[:0]
     keep = int(rate * keep_ms / 1000)
     return samples[max(0, loud[0] - keep) : loud[-1] + 1 + keep]
+
+
+def _loud(samples: Samples, silence_db: float) -> Any:
+    """The indices of the samples louder than `silence_db`."""
+    return np.flatnonzero(np.abs(samples) > 10 ** (silence_db / 20))
 
 
 def fade_edges(samples: Samples, rate: int, fade_ms: float) -> Samples:
@@ -71,8 +75,7 @@ class Shaper:
     could still change it: a quiet stretch that may turn out to be the tail, and the fade."""
 
     def __init__(self, rate: int, shaping: Shaping, keep_ms: float = 30.0) -> None:
-        self.rate, self.fade_ms = rate, shaping.fade_ms
-        self.threshold = 10 ** (shaping.silence_db / 20)
+        self.rate, self.fade_ms, self.silence_db = rate, shaping.fade_ms, shaping.silence_db
         self.keep, self.fade = int(rate * keep_ms / 1000), int(rate * shaping.fade_ms / 1000)
         self.held, self.at = _NONE, 0  # what is not given yet, and where it starts
         self.start: int | None = None  # where the segment starts (keep before the first loud)
@@ -82,7 +85,7 @@ class Shaper:
     def feed(self, samples: Samples) -> Samples:
         """What of the segment is settled now that `samples` (float32) came."""
         heard = self.at + self.held.size
-        loud = np.flatnonzero(np.abs(samples) > self.threshold)
+        loud = _loud(samples, self.silence_db)
         if loud.size:
             if self.start is None:
                 self.start = max(0, heard + int(loud[0]) - self.keep)
