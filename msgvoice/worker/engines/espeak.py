@@ -136,7 +136,7 @@ class EspeakEngine:
         with self._lock:
             if not hasattr(os, "fork") or self._ready is not None:
                 return
-            if self._touched is None and self._spent:
+            if self._touched is None and self._spent:  # a child has answered: it has spoken
                 with open(os.devnull, "wb") as nowhere:
                     self._touched = prefault.learn(lambda: self._reply(_SAMPLED, nowhere))
             self._ready = self._fork()
@@ -248,11 +248,13 @@ def _heard(pipe: io.BufferedReader) -> Iterator[Piece]:
         if len(head) < 9:
             raise _Cut
         kind, size = head[:1], int.from_bytes(head[1:], "little")
+        if kind not in (b"C", b"A", b"E"):
+            raise _Cut
         body = np.empty(size, dtype=np.uint8)
         got = 0
         while got < size and (n := pipe.readinto(body.data[got:])):
             got += n
-        if got < size or kind not in (b"C", b"A", b"E"):
+        if got < size:
             raise _Cut
         if kind == b"E":
             raise ValueError(body.tobytes().decode(errors="replace"))
