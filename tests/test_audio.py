@@ -239,9 +239,10 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asked for a job's output, the worker answers with the finished bytes, encoded piece by
-    piece as eSpeak speaks a long sentence, which decode to the daemon's own encode of the
-    same samples in one piece (same shaping, rate and settings); a worker that cannot encode
-    here sends the samples instead."""
+    piece as eSpeak speaks a long sentence (shaped by the worker, then, once made ready, by
+    eSpeak's child as it speaks), which decode to the daemon's own encode of the same samples
+    in one piece (same shaping, rate and settings); a worker that cannot encode here sends
+    the samples instead."""
     from msgvoice.sound.encoder import EncodeSettings, encode_whole  # noqa: PLC0415
     from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
     from msgvoice.worker import main, output  # noqa: PLC0415
@@ -257,16 +258,23 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     pieces, _rate = engine.stream(text, None, Prosody(), None)
     assert len(list(pieces)) > 5
     made, data = main.synthesize(engine, {**params, "output": wanted}, False)
+    engine.prepare()  # the next child is made ready to shape for this output as it speaks
+    again, theirs = main.synthesize(engine, {**params, "output": wanted}, False)
+    assert again["samples"] == made["samples"] and again["output"] == made["output"] | {
+        "encode_s": again["output"]["encode_s"]
+    }
     rate = output_rate(fmt, engine.sample_rate, 48_000)
     assert made["output"]["rate"] == rate and made["output"]["frames"] > 0
     spoken, _ = main.synthesize(engine, params, False)
     samples = np.frombuffer(_, dtype="<f4")
     piece = audio.piece(samples, engine.sample_rate, rate, audio.Shaping(), 1.0)
     ours = encode_whole(FORMATS[fmt], rate, piece, False, EncodeSettings())
-    if fmt == "pcm":
-        assert data == ours
-    else:  # an Ogg stream's serial number is random: compare what they decode to
-        (tmp_path / f"w.{fmt}").write_bytes(data)
+    for worker in (data, theirs):
+        if fmt == "pcm":
+            assert worker == ours
+            continue
+        # an Ogg stream's serial number is random: compare what they decode to
+        (tmp_path / f"w.{fmt}").write_bytes(worker)
         (tmp_path / f"d.{fmt}").write_bytes(ours)
         got, want = decode(tmp_path / f"w.{fmt}"), decode(tmp_path / f"d.{fmt}")
         assert got[1] == want[1] and np.array_equal(got[0], want[0])

@@ -15,9 +15,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from msgvoice.sound import audio
+from msgvoice.speech.formats import output_rate
 from msgvoice.worker.engines import prefault
 from msgvoice.worker.engines.espeak import SAMPLE, EspeakEngine
-from msgvoice.worker.protocol import Prosody
+from msgvoice.worker.protocol import Prosody, Shape
 
 linux = pytest.mark.skipif(
     not sys.platform.startswith("linux") or prefault.own_pages() is None,
@@ -91,6 +93,44 @@ def test_populated_children_say_exactly_what_a_fresh_engine_says() -> None:
 
 
 LONG = "那真是太好了！保持这种好心情，今天注定会是个充满阳光的日子。"
+WANTED = {
+    "format": "ogg", "streaming": False, "opus_rate_hz": 48_000, "opus_complexity": 0,
+    "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
+    "stretch": 1.0,
+}  # fmt: skip
+
+
+def shaped(engine: EspeakEngine, text: str, shape: Shape) -> tuple[np.ndarray, int]:
+    """An utterance streamed with `shape`: the output's samples joined, and the count the
+    engine says it spoke."""
+    pieces, _ = engine.stream(text, None, Prosody(), None, shape=shape)
+    got = []
+    try:
+        while True:
+            got.append(next(pieces))
+    except StopIteration as end:
+        return np.concatenate(got), end.value
+
+
+def test_a_child_makes_the_output_of_what_it_speaks_as_the_worker_would() -> None:
+    """With a job's `shape`, what eSpeak speaks comes shaped, stretched and resampled for the
+    output: by the child as it speaks once the engine has made that shape ready before the
+    fork, by the worker otherwise (the first job, another speed). Either way it is exactly
+    the whole utterance shaped in one piece, and the count is of the samples spoken."""
+    engine = EspeakEngine("cmn")
+    spoken, rate = EspeakEngine("cmn").synthesize(LONG, None, Prosody(), None)
+    plain, slow = Shape(WANTED), Shape({**WANTED, "stretch": 1.5})
+    out_rate = output_rate("ogg", rate, 48_000)
+    theirs = []
+    for shape in (plain, plain, slow, slow, plain):
+        engine.prepare()
+        theirs.append(engine._ready is not None and engine._ready.shape == shape)
+        made, count = shaped(engine, LONG, shape)
+        factor = 1.5 if shape == slow else 1.0
+        whole = audio.piece(spoken, rate, out_rate, audio.Shaping(8.0, 180.0, -50.0), factor)
+        assert count == spoken.size and made.dtype == np.float32
+        assert np.array_equal(made, whole), (shape, theirs)
+    assert theirs == [False, True, False, True, False]  # the child's once made ready for it
 
 
 @pytest.mark.parametrize("dies", ["raises", "killed before answering", "killed mid-answer"])
@@ -159,12 +199,7 @@ def test_an_encode_that_fails_mid_sentence_is_that_jobs_error_and_the_worker_goe
     from msgvoice.worker import main  # noqa: PLC0415
 
     engine = EspeakEngine("cmn")
-    wanted = {
-        "format": "ogg", "streaming": False, "opus_rate_hz": 48_000, "opus_complexity": 0,
-        "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
-        "stretch": 1.0,
-    }  # fmt: skip
-    params = {"text": LONG * 4, "voice": None, "prosody": {}, "output": wanted}
+    params = {"text": LONG * 4, "voice": None, "prosody": {}, "output": WANTED}
     feed = Encoder.feed
     fed = [0]
 
@@ -186,3 +221,36 @@ def test_an_encode_that_fails_mid_sentence_is_that_jobs_error_and_the_worker_goe
     assert made["ok"] and made["result"]["output"]["frames"] > 48_000 and len(data) > 1000
     engine.prepare()
     assert engine._ready is not None and not engine._spent
+
+
+def test_a_child_whose_shaping_fails_fails_only_that_utterance() -> None:
+    """Shaping that raises once in the child, inside the library's callback (where ctypes
+    would print the error and let the utterance go on without that piece), stops the
+    utterance and fails it as a cut answer; the next child, made ready properly, speaks in
+    full."""
+    engine = EspeakEngine("cmn")
+    shape = Shape(WANTED)
+    want, _ = shaped(engine, LONG, shape)
+
+    class FailsOnce:
+        def __init__(self) -> None:
+            self.real, self.failed = shape(engine.sample_rate), False
+
+        def feed(self, samples: np.ndarray) -> np.ndarray:
+            if not self.failed:
+                self.failed = True
+                raise MemoryError("nobody listed this")
+            return self.real.feed(samples)
+
+        def finish(self) -> np.ndarray:
+            return self.real.finish()
+
+    engine._making = (shape, FailsOnce())
+    engine.prepare()
+    with pytest.raises(RuntimeError, match=r"eSpeak synthesis failed \(child status [1-9]"):
+        shaped(engine, LONG, shape)
+    engine._making = None
+    engine.prepare()
+    assert engine._ready is not None and engine._ready.shape == shape
+    again, count = shaped(engine, LONG, shape)
+    assert np.array_equal(again, want) and count > 0

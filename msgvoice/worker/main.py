@@ -133,10 +133,11 @@ def synthesize(
     wanted = output.check(params.get("output"))
     stream = getattr(engine, "stream", None)
     if wanted is not None and callable(stream):
-        pieces, rate = stream(*args, **extra)
-        heard = Heard(pieces)
+        shapes = "shape" in inspect.signature(stream).parameters
+        pieces, rate = stream(*args, **extra, **({"shape": output.Shape(wanted)} if shapes else {}))
+        heard = Heard(pieces, shaped=shapes)
         try:
-            made, data = output.finish(heard, int(rate), wanted)
+            made, data = output.finish(heard, int(rate), wanted, shaped=shapes)
         finally:  # an encode that failed part way stops the engine now, not when collected
             getattr(pieces, "close", lambda: None)()
         answer = _answer(engine, int(rate), heard.samples, heard.done - started, why)
@@ -157,16 +158,22 @@ def synthesize(
 class Heard:
     """An engine's pieces as it speaks them, as float32, counted; `done` is when the last
     came (perf_counter). Each piece is scaled alone, which is exact for integer PCM (eSpeak's);
-    an engine whose floats may run hot is scaled by its whole output, so it does not stream."""
+    an engine whose floats may run hot is scaled by its whole output, so it does not stream.
+    `shaped`: the engine made the pieces the output's (`stream`'s `shape`); its stream then
+    returns the count of samples it spoke."""
 
-    def __init__(self, pieces: Iterable[Any]) -> None:
-        self.pieces, self.samples, self.done = pieces, 0, 0.0
+    def __init__(self, pieces: Iterable[Any], shaped: bool = False) -> None:
+        self.pieces: Any = pieces
+        self.shaped, self.samples, self.done = shaped, 0, 0.0
 
     def __iter__(self) -> Iterator[Samples]:
-        for piece in self.pieces:
-            audio = to_float32(piece)
-            self.samples += audio.size
-            yield audio
+        if self.shaped:
+            self.samples = yield from self.pieces
+        else:
+            for piece in self.pieces:
+                audio = to_float32(piece)
+                self.samples += audio.size
+                yield audio
         self.done = time.perf_counter()
 
 

@@ -15,9 +15,14 @@ import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, TypedDict
+from dataclasses import dataclass
+from typing import Any, Protocol, TypedDict
+
+import numpy as np
 
 from msgvoice.worker.samples import Samples
+
+_NONE: Samples = np.zeros(0, dtype=np.float32)
 
 
 class OutputParams(TypedDict):
@@ -58,38 +63,71 @@ def warm_up() -> None:
     threading.Thread(target=available, name="output-warm-up", daemon=True).start()
 
 
+class Making(Protocol):
+    """A job's output made as its segment is spoken (`audio.Pieces`)."""
+
+    def feed(self, samples: Samples) -> Samples:
+        """The output settled by one more spoken piece (float32)."""
+        ...
+
+    def finish(self) -> Samples:
+        """The rest of the output."""
+        ...
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a job's spoken pieces (float32 at the engine's rate) become its output's, piece by
+    piece: shaped, stretched and resampled. The worker applies it as the pieces come
+    (`finish`); an engine that streams may apply it itself as it speaks (`stream`'s `shape`).
+    Two are equal when they make the same output."""
+
+    params: OutputParams
+
+    def __call__(self, rate: int) -> Making:
+        from msgvoice.sound import audio  # noqa: PLC0415 (see available)
+        from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
+
+        params = self.params
+        out_rate = output_rate(FORMATS[params["format"]].name, rate, params["opus_rate_hz"])
+        shaping = audio.Shaping(params["fade_ms"], params["gap_ms"], params["silence_db"])
+        return audio.Pieces(rate, out_rate, shaping, params["stretch"])
+
+
 def finish(
-    spoken: Iterable[Samples], rate: int, params: OutputParams
+    spoken: Iterable[Samples], rate: int, params: OutputParams, shaped: bool = False
 ) -> tuple[OutputAnswer, bytes]:
     """The whole output of a one-segment job spoken as `spoken` (float32 pieces at `rate`),
     each piece shaped and encoded as it comes: from an engine that streams, while it speaks
-    the next. `encode_s` is the time spent on the output, not waiting for the engine."""
-    from msgvoice.sound import audio  # noqa: PLC0415 (see available)
-    from msgvoice.sound.encoder import EncodeSettings, encode_all  # noqa: PLC0415
+    the next. `shaped`: the pieces are the output's already (the engine applied `Shape`).
+    `encode_s` is the time spent on the output, not waiting for the engine."""
+    from msgvoice.sound.encoder import EncodeSettings, encode_all  # noqa: PLC0415 (available)
     from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
 
     started = time.perf_counter()
     fmt = FORMATS[params["format"]]
     out_rate = output_rate(fmt.name, rate, params["opus_rate_hz"])
-    shaping = audio.Shaping(params["fade_ms"], params["gap_ms"], params["silence_db"])
-    pieces = audio.Pieces(rate, out_rate, shaping, params["stretch"])
+    making = None if shaped else Shape(params)(rate)
     frames, waited = 0, 0.0
 
-    def shaped() -> Iterator[Samples]:
+    def made() -> Iterator[Samples]:
         nonlocal frames, waited
         spoken_pieces = iter(spoken)
         while True:
             asked = time.perf_counter()
             samples = next(spoken_pieces, None)
             waited += time.perf_counter() - asked
-            piece = pieces.finish() if samples is None else pieces.feed(samples)
+            if samples is None:
+                rest = _NONE if making is None else making.finish()
+                frames += rest.size
+                yield rest
+                return
+            piece = samples if making is None else making.feed(samples)
             frames += piece.size
             yield piece
-            if samples is None:
-                return
 
     settings = EncodeSettings(params["opus_complexity"], params["opus_bitrate_kbps"])
-    data = encode_all(fmt, out_rate, shaped(), params["streaming"], settings)
+    data = encode_all(fmt, out_rate, made(), params["streaming"], settings)
     answer: OutputAnswer = {
         "rate": out_rate,
         "frames": frames,

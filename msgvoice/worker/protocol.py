@@ -18,7 +18,7 @@ from typing import Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
-from msgvoice.worker.output import OutputAnswer, OutputParams
+from msgvoice.worker.output import Making, OutputAnswer, OutputParams, Shape
 from msgvoice.worker.samples import SampleError, Samples, to_float32
 
 __all__ = [
@@ -27,11 +27,13 @@ __all__ = [
     "Engine",
     "EngineSpec",
     "EngineUnavailable",
+    "Making",
     "OutputAnswer",
     "OutputParams",
     "Prosody",
     "SampleError",
     "Samples",
+    "Shape",
     "SynthesisAnswer",
     "SynthesisParams",
     "from_raw",
@@ -108,7 +110,11 @@ class Engine(Protocol):
         engines whose `synthesize` names it) to make sampling reproducible. A voice the engine
         does not have, or text it refuses, is a `ValueError` naming it (the request's fault).
         An engine may also have `prepare()`: the worker calls it whenever it is idle, so work
-        for the next request (eSpeak forks its next child) stays off the clock."""
+        for the next request (eSpeak forks its next child) stays off the clock. An engine that
+        speaks in pieces may have `stream` (same arguments): (an iterator of the pieces as
+        they are spoken, rate), encoded by the worker as they come; if it takes a keyword
+        `shape` (a `Shape`), it applies it to the pieces itself and its iterator returns the
+        count of samples spoken."""
         ...
 
     def facts(self) -> dict[str, Any]:

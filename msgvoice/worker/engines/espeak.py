@@ -4,12 +4,11 @@ request always says the same samples (the library itself is bound in `espeak_lib
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -17,7 +16,9 @@ from typing import IO, Any, NoReturn
 import espeakng_loader
 import numpy as np
 
+from msgvoice.worker.engines import espeak_frames as frames
 from msgvoice.worker.engines import prefault
+from msgvoice.worker.engines.espeak_frames import Cut, Spoken
 from msgvoice.worker.engines.espeak_library import (
     SAMPLE,
     Piece,
@@ -25,10 +26,7 @@ from msgvoice.worker.engines.espeak_library import (
     library,
     utter,
 )
-from msgvoice.worker.protocol import Prosody
-
-_SAMPLED = json.dumps({"text": SAMPLE, "voice": None, "prosody": {}, "seed": None}).encode()
-"""The request a probe child answers to learn which pages an utterance writes."""
+from msgvoice.worker.protocol import Making, Prosody, Samples, Shape, to_float32
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,9 @@ class _Child:
     pid: int
     request_fd: int
     answer_fd: int
+    shape: Shape | None
+    """What it can make of what it speaks (`stream`'s `shape`): the engine made it before
+    the fork (`prepare`), so the child imports and sets up nothing."""
 
 
 class EspeakEngine:
@@ -54,6 +55,8 @@ class EspeakEngine:
         self._voice: str | None = None
         self._set_voice(voice)
         self._touched: prefault.Runs | None = None  # learned after the first utterance
+        self._shape: Shape | None = None  # the last job's (`stream`), made ready for the next
+        self._making: tuple[Shape, Making] | None = None  # made by it here, never fed here
 
     def _set_voice(self, voice: str) -> None:
         """Load a voice, unless it is the library's already: loading it again changes nothing
@@ -84,7 +87,7 @@ class EspeakEngine:
         neither the fork, nor those copies, nor the child's exit is on the call's path.
         """
         pieces, rate = self.stream(text, voice, prosody, emotion, seed)
-        spoken = list(pieces)
+        spoken = [np.asarray(piece, dtype=np.int16) for piece in pieces]
         return (np.concatenate(spoken) if spoken else np.zeros(0, dtype=np.int16)), rate
 
     def stream(
@@ -94,33 +97,49 @@ class EspeakEngine:
         prosody: Prosody,
         emotion: Sequence[float] | None,
         seed: int | None = None,
-    ) -> tuple[Iterator[Piece], int]:
+        *,
+        shape: Shape | None = None,
+    ) -> tuple[Spoken, int]:
         """`synthesize` as the child speaks: its pieces (about half a second of audio each) as
-        they come, so the worker can encode one while the child speaks the next."""
+        they come, so the worker can encode one while the child speaks the next. With `shape`
+        (a job's output), the pieces come as that output takes them (float32, trimmed, faded,
+        stretched, resampled), made by the child as it speaks, beside the worker's encode
+        rather than before it; the iterator returns the count of samples spoken. The rate is
+        eSpeak's either way."""
         del emotion
-        return self._pieces(text, voice, prosody, seed), self.sample_rate
+        return self._pieces(text, voice, prosody, seed, shape), self.sample_rate
 
     def _pieces(
-        self, text: str, voice: str | None, prosody: Prosody, seed: int | None
-    ) -> Iterator[Piece]:
+        self,
+        text: str,
+        voice: str | None,
+        prosody: Prosody,
+        seed: int | None,
+        shape: Shape | None,
+    ) -> Spoken:
         """The pieces of one utterance. The lock is held only to take a child: a caller that
         stops reading part way (its encode failed) holds nothing, and its child is killed
-        when the iteration is closed, so no later utterance or reap waits on it."""
+        when the iteration is closed, so no later utterance or reap waits on it. A child
+        forked before the engine was ready for this `shape` (the first job, another format or
+        speed) speaks plainly, shaped here."""
         if not hasattr(os, "fork"):  # one process: the lock keeps the library to one caller
             with self._lock:
                 spoken = self._speak(text, voice, prosody, seed)
-            yield spoken
-            return
+            return (yield from self._shaped([spoken], shape))
         with self._lock:
             child, self._ready = self._ready or self._fork(), None
             self._spent.append(child.pid)
+            self._shape = shape or self._shape
+        there = shape is not None and shape == child.shape
         request = {"text": text, "voice": voice, "prosody": prosody.as_json(), "seed": seed}
         with os.fdopen(child.request_fd, "wb") as pipe:
-            pipe.write(json.dumps(request).encode())
+            pipe.write(json.dumps(request | {"shaped": there}).encode())
         with os.fdopen(child.answer_fd, "rb") as pipe:
             try:
-                yield from _heard(pipe)
-            except _Cut:
+                if there:
+                    return (yield from frames.heard(pipe, np.float32))
+                return (yield from self._shaped(frames.heard(pipe, np.int16), shape))
+            except Cut:
                 with self._lock:
                     status = self._reap()
                 raise RuntimeError(f"eSpeak synthesis failed (child status {status})") from None
@@ -129,16 +148,33 @@ class EspeakEngine:
                     os.kill(child.pid, signal.SIGKILL)
                 raise
 
+    def _shaped(self, spoken: Iterable[Piece | Samples], shape: Shape | None) -> Spoken:
+        """`spoken` as it comes, shaped in this process when `shape` asks for it."""
+        making = None if shape is None else shape(self.sample_rate)
+        count = 0
+        for piece in spoken:
+            count += piece.size
+            yield piece if making is None else making.feed(to_float32(piece))
+        if making is not None:
+            yield making.finish()
+        return count
+
     def prepare(self) -> None:
         """Fork the next pristine child now, while the worker is idle. Once the engine has
-        spoken, first learn which pages an utterance writes (a probe child speaking `SAMPLE`):
-        a worker that never speaks never pays for it, nor does its start."""
+        spoken, first make what the last job's `shape` makes (so the child can shape without
+        importing or setting anything up), then learn which pages an utterance writes (a
+        probe child speaking `SAMPLE`, shaped likewise): a worker that never speaks never pays
+        for either, nor does its start."""
         with self._lock:
             if not hasattr(os, "fork") or self._ready is not None:
                 return
+            if self._shape is not None and self._made_for() != self._shape:
+                self._making = (self._shape, self._shape(self.sample_rate))
             if self._touched is None and self._spent:  # a child has answered: it has spoken
+                sample: dict[str, Any] = {"text": SAMPLE, "voice": None, "prosody": {}}
+                probe = json.dumps(sample | {"seed": None, "shaped": bool(self._making)}).encode()
                 with open(os.devnull, "wb") as nowhere:
-                    self._touched = prefault.learn(lambda: self._reply(_SAMPLED, nowhere))
+                    self._touched = prefault.learn(lambda: self._reply(probe, nowhere))
             self._ready = self._fork()
 
     def _reap(self) -> int:
@@ -152,6 +188,7 @@ class EspeakEngine:
         self._reap()
         request_r, request_w = os.pipe()
         answer_r, answer_w = os.pipe()
+        frames.widen(answer_w)
         pid = os.fork()
         if pid == 0:  # the child: wait for one request, answer it, leave at once
             os.close(request_w)
@@ -159,7 +196,10 @@ class EspeakEngine:
             self._child(request_r, answer_w)
         os.close(request_r)
         os.close(answer_w)
-        return _Child(pid, request_w, answer_r)
+        return _Child(pid, request_w, answer_r, self._made_for())
+
+    def _made_for(self) -> Shape | None:
+        return self._making[0] if self._making else None
 
     def _child(self, request_fd: int, answer_fd: int) -> NoReturn:
         """In the forked child: make the pages an utterance writes its own while it waits,
@@ -177,39 +217,46 @@ class EspeakEngine:
             os._exit(code)
 
     def _reply(self, raw: bytes, pipe: IO[bytes]) -> None:
-        """Speak one request onto `pipe` as frames of a kind byte and a byte count (8 bytes,
-        little-endian): b"C" and samples as they are spoken, then b"A" (all said); or b"E" and
-        the error. The end frame shows the answer whole without waiting for the child's exit;
-        a worker that stopped listening stops the utterance."""
+        """Speak one request onto `pipe` as it is spoken (`espeak_frames`): int16 pieces, or,
+        when the request says `shaped`, what the engine's `Making` makes of them (float32). A
+        worker that stopped listening stops the utterance."""
+        request = json.loads(raw)
+        making = self._making[1] if request.get("shaped") and self._making else None
         held: list[bytes] = []
+        spoken = 0
 
-        def send(kind: bytes, body: bytes = b"") -> bool:
-            try:
-                pipe.write(kind + len(body).to_bytes(8, "little") + body)
-                pipe.flush()
-            except OSError:
-                return True
-            return False
+        def flush(last: bool) -> bool:
+            """Send what is held, shaped when asked; True when nobody listens any more."""
+            body = b"".join(held)
+            held.clear()
+            if making is not None:
+                made = making.feed(to_float32(np.frombuffer(body, dtype=np.int16)))
+                body = (np.concatenate([made, making.finish()]) if last else made).tobytes()
+            return bool(body) and frames.send(pipe, b"C", body)
 
         def each(piece: Piece) -> bool:
             # Half a second at a time: every frame wakes the worker, and a frame per 60 ms
             # piece cost it more than the overlap saved (30 characters: 27.6 ms against 24.3).
+            nonlocal spoken
+            spoken += piece.size
             held.append(piece.tobytes())
-            if sum(map(len, held)) < self.sample_rate:  # bytes: 2 a sample
-                return False
-            body = b"".join(held)
-            held.clear()
-            return send(b"C", body)
+            try:
+                return sum(map(len, held)) >= self.sample_rate and flush(last=False)  # 2 B each
+            except Exception as exc:  # raised after the library returns: ctypes would drop it
+                failed.append(exc)
+                return True
 
-        request = json.loads(raw)
+        failed: list[Exception] = []
         try:
             voice, prosody = request["voice"], Prosody(**request["prosody"])
             self._speak(request["text"], voice, prosody, request["seed"], each=each)
         except (ValueError, RuntimeError) as exc:
-            send(b"E", str(exc).encode())
+            frames.send(pipe, b"E", str(exc).encode())
             return
-        if not (held and send(b"C", b"".join(held))):
-            send(b"A")
+        if failed:  # the child's own failure: it ends without an end frame (a cut answer)
+            raise failed[0]
+        if not flush(last=True):
+            frames.send(pipe, b"A", spoken.to_bytes(8, "little"))
 
     def _speak(
         self,
@@ -235,32 +282,6 @@ class EspeakEngine:
             "voice": self.default_voice,
             "version": "1.52",
         }
-
-
-class _Cut(Exception):
-    """A child's answer that ended before its end frame (the child died)."""
-
-
-def _heard(pipe: io.BufferedReader) -> Iterator[Piece]:
-    """A child's answer (see `_reply`): its pieces as they come, ValueError for its error."""
-    while True:
-        head = pipe.read(9)
-        if len(head) < 9:
-            raise _Cut
-        kind, size = head[:1], int.from_bytes(head[1:], "little")
-        if kind not in (b"C", b"A", b"E"):
-            raise _Cut
-        body = np.empty(size, dtype=np.uint8)
-        got = 0
-        while got < size and (n := pipe.readinto(body.data[got:])):
-            got += n
-        if got < size:
-            raise _Cut
-        if kind == b"E":
-            raise ValueError(body.tobytes().decode(errors="replace"))
-        if kind == b"A":
-            return
-        yield body.view(np.int16)
 
 
 def _languages(voice_file: Path) -> list[str]:
