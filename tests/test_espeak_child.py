@@ -254,3 +254,37 @@ def test_a_child_whose_shaping_fails_fails_only_that_utterance() -> None:
     assert engine._ready is not None and engine._ready.shape == shape
     again, count = shaped(engine, LONG, shape)
     assert np.array_equal(again, want) and count > 0
+
+
+def test_a_worker_whose_engine_cannot_get_ready_answers_the_next_request(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forking the next child while idle fails (EAGAIN: the user's process limit): the worker
+    says so in one line and goes on, and the next request forks its child itself."""
+    import errno  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from msgvoice.worker import main  # noqa: PLC0415
+
+    engine = EspeakEngine("cmn")
+    fork, refused = os.fork, []
+
+    def once_refused() -> int:
+        if not refused:
+            refused.append(True)
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return fork()
+
+    monkeypatch.setattr(os, "fork", once_refused)
+    requests = io.StringIO(
+        json.dumps({"id": 1, "method": "synthesize", "params": {"text": "你好"}})
+        + "\n"
+        + json.dumps({"id": 2, "method": "shutdown"})
+        + "\n"
+    )
+    out = io.BytesIO()
+    main.serve(engine, requests, out)
+    first = json.loads(out.getvalue().split(b"\n", 1)[0])
+    assert refused and first["id"] == 1 and first["ok"] and first["result"]["samples"] > 1000
+    assert "not ready ahead of the next request: [Errno 11]" in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]

@@ -193,12 +193,17 @@ def _answer(
 
 def serve(engine: Engine, requests: IO[str], out: IO[bytes]) -> None:
     """Answer requests until shutdown or end of input. After each answer the engine may get
-    ready for the next request (`prepare()`, for engines that have it), off the clock."""
+    ready for the next request (`prepare()`, for engines that have it), off the clock; if it
+    cannot (no process left to fork), the next request gets it ready on its own clock, and
+    fails alone if it still cannot."""
     takes_seed = "seed" in inspect.signature(engine.synthesize).parameters
     prepare = getattr(engine, "prepare", None)
     while True:
         if callable(prepare):
-            prepare()
+            try:
+                prepare()
+            except Exception as exc:
+                log.warning("engine not ready ahead of the next request: %s", exc)
         line = requests.readline()
         if not line:
             return

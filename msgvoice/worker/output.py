@@ -5,8 +5,9 @@ When a job is one segment, the daemon asks for its output rather than its sample
 job's speed, resamples it and encodes it, and sends back the finished file or response. The
 encode then runs beside the synthesis, one per worker process, instead of in the daemon
 next to every other job, and raw audio never crosses the pipe; from an engine that streams
-(eSpeak), each piece is encoded while the engine speaks the next. A worker whose interpreter
-lacks PyAV or soxr sends the samples as before, and the daemon encodes them.
+(eSpeak), each piece is encoded while the engine speaks the next, and an engine that takes
+the job's `Shape` shapes, stretches and resamples each piece itself as it speaks. A worker
+whose interpreter lacks PyAV or soxr sends the samples as before, and the daemon encodes them.
 """
 
 from __future__ import annotations
