@@ -16,7 +16,7 @@ from msgvoice.sound.files import AudioWriter
 from msgvoice.speech.convert import decode, describe
 from msgvoice.speech.formats import output_rate
 from msgvoice.worker.engines.espeak import EspeakEngine
-from msgvoice.worker.protocol import Prosody
+from msgvoice.worker.protocol import Prosody, from_raw, to_raw
 from msgvoice.worker.samples import SampleError, to_float32
 from tests.conftest import pitch_hz, rms
 
@@ -51,6 +51,24 @@ def test_integer_pcm_and_stereo_become_mono_float() -> None:
     assert np.array_equal(to_float32(every), (every / 32768).astype(np.float32))
     stereo = np.stack([tone(0.1), tone(0.1)], axis=1)
     assert to_float32(stereo).shape == (int(RATE * 0.1),)
+
+
+def test_the_protocol_carries_16_bit_pcm_as_it_is_and_the_rest_as_float32() -> None:
+    """An engine's mono int16 crosses the pipe as its own 2 bytes a sample; float, wider
+    integers and stereo as float32. Either way the daemon's shaping sees what `to_float32`
+    makes of the engine's samples, to the bit."""
+    every = np.arange(-32768, 32768, dtype=np.int16)
+    for spoken, kind in [
+        (every, "s16"),
+        (tone(0.1), "f32"),
+        (every.astype(np.int32) * 65536, "f32"),
+        (np.stack([every, every], axis=1), "f32"),
+    ]:
+        raw, sample_format = to_raw(spoken)
+        assert sample_format == kind and len(raw) == (2 if kind == "s16" else 4) * (
+            spoken.size // spoken.ndim
+        )
+        assert np.array_equal(to_float32(from_raw(raw, sample_format)), to_float32(spoken))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -265,8 +283,9 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     }
     rate = output_rate(fmt, engine.sample_rate, 48_000)
     assert made["output"]["rate"] == rate and made["output"]["frames"] > 0
-    spoken, _ = main.synthesize(engine, params, False)
-    samples = np.frombuffer(_, dtype="<f4")
+    spoken, raw = main.synthesize(engine, params, False)
+    assert spoken["sample_format"] == "s16"  # eSpeak's own 16-bit PCM, half the bytes
+    samples = to_float32(from_raw(raw, "s16"))
     piece = audio.piece(samples, engine.sample_rate, rate, audio.Shaping(), 1.0)
     ours = encode_whole(FORMATS[fmt], rate, piece, False, EncodeSettings())
     for worker in (data, theirs):
@@ -281,5 +300,5 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     assert "output" not in spoken and spoken["samples"] == samples.size
 
     monkeypatch.setattr(output, "available", lambda: False)
-    raw, payload = main.synthesize(engine, {**params, "output": wanted}, False)
-    assert "output" not in raw and len(payload) == 4 * raw["samples"]
+    plain, payload = main.synthesize(engine, {**params, "output": wanted}, False)
+    assert "output" not in plain and len(payload) == 2 * plain["samples"]

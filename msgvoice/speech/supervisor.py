@@ -190,7 +190,8 @@ class Supervisor:
         """(In a thread.) The worker's samples or finished output, and the worker's memory
         now (0 when there is no limit to hold it to)."""
         output, limit = Output.of(result), self.config.rss_limit_mb
-        samples = from_raw(b"" if output else result["payload"])
+        raw = b"" if output else result["payload"]
+        samples = from_raw(raw, result.get("sample_format", "f32"))
         return samples, output, worker.memory_mb(limit) if limit else 0.0
 
     def _after_job(self, worker: WorkerProcess, memory_mb: float) -> None:

@@ -24,6 +24,7 @@ from msgvoice.worker.samples import SampleError, Samples, to_float32
 __all__ = [
     "ENGINES",
     "PROTOCOL_FD_ENV",
+    "RAW_FORMATS",
     "Engine",
     "EngineSpec",
     "EngineUnavailable",
@@ -82,18 +83,29 @@ class SynthesisAnswer(TypedDict):
     stages: dict[str, float]
     unseeded_why: str | None
     peak_rss_mb: float
+    sample_format: NotRequired[str]
+    """How the payload carries the samples (`RAW_FORMATS`; absent: float32)."""
     output: NotRequired[OutputAnswer]
     """Present when the payload is the finished output (see `SynthesisParams.output`)."""
 
 
-def to_raw(samples: Samples) -> bytes:
-    """Samples as the protocol carries them."""
-    return samples.astype("<f4", copy=False).tobytes()
+RAW_FORMATS = {"f32": "<f4", "s16": "<i2"}
+"""How a `synthesize` answer's samples are carried (its `sample_format`): float32, or 16-bit
+PCM as the engine spoke it (exact, and half the bytes)."""
 
 
-def from_raw(data: bytes) -> Samples:
-    """Samples from the protocol's bytes (a writable copy)."""
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+def to_raw(samples: Any) -> tuple[bytes, str]:
+    """An engine's samples as the protocol carries them, and their `sample_format`: mono
+    16-bit PCM as it is, anything else as `to_float32` makes it."""
+    if isinstance(samples, np.ndarray) and samples.dtype == np.int16 and samples.ndim == 1:
+        return samples.astype("<i2", copy=False).tobytes(), "s16"
+    return to_float32(samples).astype("<f4", copy=False).tobytes(), "f32"
+
+
+def from_raw(data: bytes, sample_format: str = "f32") -> Any:
+    """The samples of an answer's bytes (a read-only view of them: float32, or int16 for the
+    shaping to scale exactly, as `to_float32` does)."""
+    return np.frombuffer(data, dtype=RAW_FORMATS[sample_format])
 
 
 class Engine(Protocol):
