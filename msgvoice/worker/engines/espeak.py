@@ -223,6 +223,7 @@ class EspeakEngine:
         request = json.loads(raw)
         making = self._making[1] if request.get("shaped") and self._making else None
         held: list[bytes] = []
+        failed: list[Exception] = []  # in `each`, where ctypes would print it and go on
         spoken = 0
 
         def flush(last: bool) -> bool:
@@ -242,20 +243,21 @@ class EspeakEngine:
             held.append(piece.tobytes())
             try:
                 return sum(map(len, held)) >= self.sample_rate and flush(last=False)  # 2 B each
-            except Exception as exc:  # raised after the library returns: ctypes would drop it
+            except Exception as exc:  # raised once the library has stopped (below)
                 failed.append(exc)
                 return True
 
-        failed: list[Exception] = []
+        refused: Exception | None = None
         try:
             voice, prosody = request["voice"], Prosody(**request["prosody"])
             self._speak(request["text"], voice, prosody, request["seed"], each=each)
-        except (ValueError, RuntimeError) as exc:
-            frames.send(pipe, b"E", str(exc).encode())
-            return
+        except (ValueError, RuntimeError) as exc:  # the request's (an unknown voice)
+            refused = exc
         if failed:  # the child's own failure: it ends without an end frame (a cut answer)
             raise failed[0]
-        if not flush(last=True):
+        if refused is not None:
+            frames.send(pipe, b"E", str(refused).encode())
+        elif not flush(last=True):
             frames.send(pipe, b"A", spoken.to_bytes(8, "little"))
 
     def _speak(
