@@ -28,6 +28,7 @@ from msgvoice.worker import output
 from msgvoice.worker.protocol import (
     ENGINES,
     PROTOCOL_FD_ENV,
+    RAW_FORMATS,
     Engine,
     EngineUnavailable,
     Prosody,
@@ -149,10 +150,10 @@ def synthesize(
     samples, rate = engine.synthesize(*args, **extra)
     synth_s = time.perf_counter() - started
     if wanted is None:
-        raw, answer_format = to_raw(samples)
-        count = len(raw) // (2 if answer_format == "s16" else 4)
+        raw, sample_format = to_raw(samples)
+        count = len(raw) // np.dtype(RAW_FORMATS[sample_format]).itemsize
         answer = _answer(engine, int(rate), count, synth_s, why)
-        answer["sample_format"] = answer_format
+        answer["sample_format"] = sample_format
         return answer, raw
     audio = to_float32(samples)
     answer = _answer(engine, int(rate), audio.size, synth_s, why)
