@@ -189,7 +189,7 @@ class EspeakEngine:
         request_r, request_w = os.pipe()
         answer_r, answer_w = os.pipe()
         frames.widen(answer_w)
-        pid = os.fork()
+        pid = prefault.fork()
         if pid == 0:  # the child: wait for one request, answer it, leave at once
             os.close(request_w)
             os.close(answer_r)

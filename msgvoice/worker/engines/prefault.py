@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -62,13 +63,25 @@ def runs_of(pages: set[int]) -> Runs:
     return runs
 
 
+def fork() -> int:
+    """`os.fork`, with the child's cyclic garbage collector off. A child lives for one answer,
+    and a collection there would free the parent's uncollected garbage in the child: an
+    abandoned PyAV encoder's filter graph joins FFmpeg's threads when it is freed, threads a
+    forked child does not have, so the child waited forever (seen after an encode failed part
+    way). It would also copy every page that holds an object."""
+    pid = os.fork()
+    if pid == 0:
+        gc.disable()
+    return pid
+
+
 def learn(sample: Callable[[], object]) -> Runs:
     """The pages `sample()` writes, run in a forked probe so this process stays as it was;
     [] where that cannot be learned here."""
     if not hasattr(os, "fork") or not os.path.exists("/proc/self/pagemap"):
         return []
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the probe: what became its own while it did the sample
         code = 1
         try:
