@@ -336,3 +336,44 @@ def test_a_child_never_collects_the_workers_garbage(
     engine.prepare()  # the answered child reaped: whatever it did is done
     gc.collect()
     assert collected_in.read_text().split() == [str(os.getpid())]
+
+
+@pytest.mark.parametrize("stalls", ["before answering", "mid-answer"])
+def test_a_stuck_child_is_stopped_and_fails_only_its_utterance(
+    stalls: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that stops saying anything (stuck before its first piece or after some) is
+    killed once the worker has waited `ANSWER_WAIT_S` for it: that utterance fails, saying
+    so, the worker is not held, and the next utterance is byte-identical to a fresh engine's."""
+    import time  # noqa: PLC0415
+
+    from msgvoice.worker.engines import espeak_frames  # noqa: PLC0415
+
+    engine = EspeakEngine("cmn")
+    expected, _ = EspeakEngine("cmn").synthesize(LONG, None, Prosody(), None)
+    speak = engine._speak
+
+    def stuck(*args: object, each: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
+        heard = [0]
+
+        def then_stall(piece: np.ndarray) -> bool:
+            heard[0] += 1
+            if heard[0] == (1 if stalls == "before answering" else 12):
+                time.sleep(60)  # stuck, as a child in a deadlock is
+            return each(piece) if each else False
+
+        return speak(*args, each=then_stall)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_speak", stuck)
+    monkeypatch.setattr(espeak_frames, "ANSWER_WAIT_S", 0.5)
+    engine.prepare()
+    pieces, _ = engine.stream(LONG, None, Prosody(), None)
+    came = []
+    with pytest.raises(RuntimeError, match=r"said nothing for 0.5 s"):  # not after its 60 s
+        came.extend(pieces)
+    assert bool(came) == (stalls == "mid-answer")
+    monkeypatch.setattr(engine, "_speak", speak)
+    again, _ = engine.synthesize(LONG, None, Prosody(), None)
+    assert again.tobytes() == expected.tobytes()
+    engine.prepare()
+    assert engine._ready is not None and not engine._spent

@@ -134,19 +134,22 @@ class EspeakEngine:
         request = {"text": text, "voice": voice, "prosody": prosody.as_json(), "seed": seed}
         with os.fdopen(child.request_fd, "wb") as pipe:
             pipe.write(json.dumps(request | {"shaped": there}).encode())
-        with os.fdopen(child.answer_fd, "rb") as pipe:
-            try:
-                if there:
-                    return (yield from frames.heard(pipe, np.float32))
-                return (yield from self._shaped(frames.heard(pipe, np.int16), shape))
-            except Cut:
-                with self._lock:
-                    status = self._reap()
-                raise RuntimeError(f"eSpeak synthesis failed (child status {status})") from None
-            except GeneratorExit:  # nobody listens any more: the rest of the sentence is moot
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGKILL)
-                raise
+        try:
+            wait = frames.ANSWER_WAIT_S
+            if there:
+                return (yield from frames.heard(child.answer_fd, np.float32, wait))
+            return (yield from self._shaped(frames.heard(child.answer_fd, np.int16, wait), shape))
+        except Cut as cut:  # died, or stuck: then it is stopped here
+            _kill(child.pid)
+            with self._lock:
+                status = self._reap()
+            why = str(cut) or f"child status {status}"
+            raise RuntimeError(f"eSpeak synthesis failed ({why})") from None
+        except GeneratorExit:  # nobody listens any more: the rest of the sentence is moot
+            _kill(child.pid)
+            raise
+        finally:
+            os.close(child.answer_fd)
 
     def _shaped(self, spoken: Iterable[Piece | Samples], shape: Shape | None) -> Spoken:
         """`spoken` as it comes, shaped in this process when `shape` asks for it."""
@@ -284,6 +287,11 @@ class EspeakEngine:
             "voice": self.default_voice,
             "version": "1.52",
         }
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _languages(voice_file: Path) -> list[str]:

@@ -2,12 +2,13 @@
 and a byte count (8 bytes, little-endian). b"C" and samples as they are spoken (int16 as eSpeak
 speaks them, or float32 made for the job's output), then b"A" and the count of samples spoken
 (8 bytes); or b"E" and the error. The end frame shows the answer whole without waiting for the
-child's exit; an answer that stops before it is cut (the child died)."""
+child's exit; an answer that stops before it, or stalls, is cut (the child died or is stuck)."""
 
 from __future__ import annotations
 
 import contextlib
-import io
+import os
+import select
 from collections.abc import Generator
 from typing import IO
 
@@ -15,6 +16,11 @@ import numpy as np
 
 from msgvoice.worker.engines.espeak_library import Piece
 from msgvoice.worker.protocol import Samples
+
+ANSWER_WAIT_S = 10.0
+"""The longest a worker waits for any part of a child's answer. eSpeak speaks half a second of
+audio in about a millisecond: a child silent this long is stuck (it is killed, and that
+utterance fails), and the worker goes on well within the job's own timeout."""
 
 ANSWER_PIPE_BYTES = 1 << 20
 """What a child may say ahead of its worker reading it: 5 s of shaped audio at 48 kHz (a pipe
@@ -25,7 +31,7 @@ Spoken = Generator[Piece | Samples, None, int]
 
 
 class Cut(Exception):
-    """A child's answer that ended before its end frame (the child died)."""
+    """A child's answer that ended before its end frame (the child died or is stuck)."""
 
 
 def widen(fd: int) -> None:
@@ -46,25 +52,32 @@ def send(pipe: IO[bytes], kind: bytes, body: bytes = b"") -> bool:
     return False
 
 
-def heard(pipe: io.BufferedReader, dtype: type[np.generic]) -> Spoken:
-    """A child's answer: its pieces (of `dtype`) as they come, then the count of samples it
-    spoke; ValueError for its error, Cut when it ends early or is not what a child sends (a
-    frame's byte count is not trusted before its kind is)."""
+def heard(fd: int, dtype: type[np.generic], within_s: float) -> Spoken:
+    """A child's answer on `fd`: its pieces (of `dtype`) as they come, then the count of
+    samples it spoke; ValueError for its error, Cut when it ends early, is not what a child
+    sends (a frame's byte count is not trusted before its kind is), or stalls `within_s`."""
     while True:
-        head = pipe.read(9)
-        if len(head) < 9:
-            raise Cut
-        kind, size = head[:1], int.from_bytes(head[1:], "little")
+        head = np.empty(9, dtype=np.uint8)
+        _fill(fd, head.data, within_s)
+        kind, size = head[:1].tobytes(), int.from_bytes(head[1:].tobytes(), "little")
         if kind not in (b"C", b"A", b"E") or (kind == b"C" and size % np.dtype(dtype).itemsize):
             raise Cut
         body = np.empty(size, dtype=np.uint8)
-        got = 0
-        while got < size and (n := pipe.readinto(body.data[got:])):
-            got += n
-        if got < size:
-            raise Cut
+        _fill(fd, body.data, within_s)
         if kind == b"E":
             raise ValueError(body.tobytes().decode(errors="replace"))
         if kind == b"A":
             return int.from_bytes(body.tobytes(), "little")
         yield body.view(dtype)
+
+
+def _fill(fd: int, view: memoryview, within_s: float) -> None:
+    """Read exactly as much as `view` holds, each part within `within_s`, or Cut."""
+    got = 0
+    while got < len(view):
+        if not select.select([fd], [], [], within_s)[0]:
+            raise Cut(f"its child said nothing for {within_s:g} s")
+        n = os.readv(fd, [view[got:]])
+        if not n:
+            raise Cut
+        got += n
