@@ -56,14 +56,16 @@ def heard(fd: int, dtype: type[np.generic], within_s: float) -> Spoken:
     """A child's answer on `fd`: its pieces (of `dtype`) as they come, then the count of
     samples it spoke; ValueError for its error, Cut when it ends early, is not what a child
     sends (a frame's byte count is not trusted before its kind is), or stalls `within_s`."""
+    ready = select.poll()  # poll, not select: any descriptor number
+    ready.register(fd, select.POLLIN)
     while True:
         head = np.empty(9, dtype=np.uint8)
-        _fill(fd, head.data, within_s)
+        _fill(fd, head.data, ready, within_s)
         kind, size = head[:1].tobytes(), int.from_bytes(head[1:].tobytes(), "little")
         if kind not in (b"C", b"A", b"E") or (kind == b"C" and size % np.dtype(dtype).itemsize):
             raise Cut
         body = np.empty(size, dtype=np.uint8)
-        _fill(fd, body.data, within_s)
+        _fill(fd, body.data, ready, within_s)
         if kind == b"E":
             raise ValueError(body.tobytes().decode(errors="replace"))
         if kind == b"A":
@@ -71,12 +73,12 @@ def heard(fd: int, dtype: type[np.generic], within_s: float) -> Spoken:
         yield body.view(dtype)
 
 
-def _fill(fd: int, view: memoryview, within_s: float) -> None:
+def _fill(fd: int, view: memoryview, ready: select.poll, within_s: float) -> None:
     """Read exactly as much as `view` holds, each part within `within_s`, or Cut."""
     got = 0
     while got < len(view):
-        if not select.select([fd], [], [], within_s)[0]:
-            raise Cut(f"its child said nothing for {within_s:g} s")
+        if not ready.poll(within_s * 1000):
+            raise Cut(f"the child said nothing for {within_s:g} s")
         n = os.readv(fd, [view[got:]])
         if not n:
             raise Cut
