@@ -251,3 +251,48 @@ def test_a_worker_s_tree_is_found_as_psutil_finds_it() -> None:
         for each in [*root.children(recursive=True), root]:
             each.kill()
         proc.wait()
+
+
+async def test_a_pool_gives_a_request_to_the_warm_worker_unless_it_cannot_start() -> None:
+    """A lone request goes to the worker freed last (its caches are warm), not round the
+    pool; never to one that cannot start now while another free one can; and requests at
+    once take every free worker, the rest waiting their turn."""
+    from msgvoice.speech.chain import WorkerPool  # noqa: PLC0415
+
+    busy: list[str] = []
+    two_busy = asyncio.Event()
+
+    class Worker:
+        def __init__(self, name: str) -> None:
+            self.name, self.state, self.engine = name, "ready", "espeak"
+            self.hold = asyncio.Event()
+            self.hold.set()
+
+        async def synthesize(self, request: SynthRequest) -> str:
+            busy.append(self.name)
+            if len(busy) == 2:
+                two_busy.set()
+            await self.hold.wait()
+            return self.name
+
+    a, b = Worker("a"), Worker("b")
+    pool = WorkerPool([a, b])  # type: ignore[list-item]
+    warm = await pool.synthesize(req("x"))
+    assert [await pool.synthesize(req("x")) for _ in range(4)] == [warm] * 4
+    by_name = {"a": a, "b": b}
+    other = "a" if warm == "b" else "b"
+    by_name[warm].state = "failed"  # freed last, but it cannot start
+    assert await pool.synthesize(req("x")) == other
+    by_name[warm].state, by_name[other].state = "ready", "backoff"  # now `other` was
+    assert await pool.synthesize(req("x")) == warm
+    by_name[other].state = "ready"
+    a.hold.clear()
+    b.hold.clear()
+    busy.clear()
+    two_busy.clear()
+    three = [asyncio.create_task(pool.synthesize(req("x"))) for _ in range(3)]
+    await asyncio.wait_for(two_busy.wait(), 10)  # two requests hold a worker each
+    assert sorted(busy) == ["a", "b"] and not any(t.done() for t in three)
+    a.hold.set()
+    b.hold.set()
+    assert sorted(await asyncio.gather(*three)) in (["a", "a", "b"], ["a", "b", "b"])
