@@ -87,12 +87,18 @@ class Shape:
 
     def __call__(self, rate: int) -> Making:
         from msgvoice.sound import audio  # noqa: PLC0415 (see available)
-        from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
 
         params = self.params
-        out_rate = output_rate(FORMATS[params["format"]].name, rate, params["opus_rate_hz"])
         shaping = audio.Shaping(params["fade_ms"], params["gap_ms"], params["silence_db"])
-        return audio.Pieces(rate, out_rate, shaping, params["stretch"])
+        return audio.Pieces(rate, self.out_rate(rate), shaping, params["stretch"])
+
+    def out_rate(self, rate: int) -> int:
+        """The output's rate for pieces spoken at `rate`: what they are resampled to, and
+        what the encoder is opened at."""
+        from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
+
+        fmt = FORMATS[self.params["format"]].name
+        return output_rate(fmt, rate, self.params["opus_rate_hz"])
 
 
 def finish(
@@ -103,12 +109,11 @@ def finish(
     the next. `shaped`: the pieces are the output's already (the engine applied `Shape`).
     `encode_s` is the time spent on the output, not waiting for the engine."""
     from msgvoice.sound.encoder import EncodeSettings, encode_all  # noqa: PLC0415 (available)
-    from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
+    from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
 
     started = time.perf_counter()
-    fmt = FORMATS[params["format"]]
-    out_rate = output_rate(fmt.name, rate, params["opus_rate_hz"])
-    making = None if shaped else Shape(params)(rate)
+    shape = Shape(params)
+    making = None if shaped else shape(rate)
     frames, waited = 0, 0.0
 
     def made() -> Iterator[Samples]:
@@ -128,7 +133,8 @@ def finish(
             yield piece
 
     settings = EncodeSettings(params["opus_complexity"], params["opus_bitrate_kbps"])
-    data = encode_all(fmt, out_rate, made(), params["streaming"], settings)
+    out_rate = shape.out_rate(rate)
+    data = encode_all(FORMATS[params["format"]], out_rate, made(), params["streaming"], settings)
     answer: OutputAnswer = {
         "rate": out_rate,
         "frames": frames,
