@@ -174,8 +174,11 @@ class EspeakEngine:
             if self._shape is not None and self._made_for() != self._shape:
                 self._making = (self._shape, self._shape(self.sample_rate))
             if self._touched is None and self._spent:  # a child has answered: it has spoken
-                sample: dict[str, Any] = {"text": SAMPLE, "voice": None, "prosody": {}}
-                probe = json.dumps(sample | {"seed": None, "shaped": bool(self._making)}).encode()
+                sample: dict[str, Any] = {
+                    "text": SAMPLE, "voice": None, "prosody": {}, "seed": None,
+                    "shaped": self._making is not None,
+                }  # fmt: skip
+                probe = json.dumps(sample).encode()
                 with open(os.devnull, "wb") as nowhere:
                     self._touched = prefault.learn(lambda: self._reply(probe, nowhere))
             self._ready = self._fork()
