@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import struct
 from pathlib import Path
@@ -302,3 +303,43 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     monkeypatch.setattr(output, "available", lambda: False)
     plain, payload = main.synthesize(engine, {**params, "output": wanted}, False)
     assert "output" not in plain and len(payload) == 2 * plain["samples"]
+
+
+@pytest.mark.parametrize(("fmt", "rate"), [("mp3", 22_050), ("mp3", 24_000), ("aac", 22_050)])
+def test_a_stream_plays_its_encoders_priming_before_the_first_sample(fmt: str, rate: int) -> None:
+    """A click fed first to a new mp3 or aac stream is heard `priming` samples in: the silence
+    a joined segment's gap is shortened by."""
+    import av  # noqa: PLC0415
+
+    from msgvoice.sound.encoder import Encoder, priming  # noqa: PLC0415
+    from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
+
+    click = np.zeros(rate // 4, dtype=np.float32)
+    click[0] = 0.9
+    encoder = Encoder(FORMATS[fmt], rate, streaming=True)
+    data = encoder.start() + encoder.feed(click) + encoder.finish()
+    with av.open(io.BytesIO(data), format=FORMATS[fmt].container) as container:
+        heard = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert int(np.argmax(np.abs(heard))) == priming(FORMATS[fmt], rate) > 0
+
+
+async def test_the_daemon_finishes_a_segment_its_worker_sent_raw_as_the_worker_would() -> None:
+    """A joined job's segment whose worker could not encode it (no PyAV there) is finished in
+    the daemon to the same bytes: gap, rate, shaping and all."""
+    from msgvoice.speech.sinks import Turns  # noqa: PLC0415
+    from msgvoice.speech.synthesis import Synthesis  # noqa: PLC0415
+    from msgvoice.worker import main  # noqa: PLC0415
+
+    engine = EspeakEngine("cmn")
+    wanted = {
+        "format": "mp3", "streaming": True, "opus_rate_hz": 48_000, "opus_complexity": 0,
+        "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
+        "stretch": 1.25, "rate": 24_000, "follows": True,
+    }  # fmt: skip
+    params = {"text": "晚上好。", "voice": None, "prosody": {}, "emotion": None, "seed": None}
+    theirs, data = main.synthesize(engine, {**params, "output": wanted}, False)
+    spoken, raw = main.synthesize(engine, params, False)
+    sent = Synthesis(from_raw(raw, spoken["sample_format"]), spoken["sample_rate"], 0.0, 0.0, 1)
+    ours = (await Turns().finish(sent, wanted)).output  # type: ignore[arg-type]
+    assert ours is not None and ours.data == data and data[:3] != b"ID3"
+    assert (ours.rate, ours.frames) == (24_000, theirs["output"]["frames"])

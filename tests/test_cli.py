@@ -133,10 +133,13 @@ def test_invalid_env_value_is_a_startup_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_three_thousand_characters_are_split_and_joined(tmp_path: Path) -> None:
-    """A 3,000-character text is spoken segment by segment into one file of plausible length."""
+@pytest.mark.parametrize("fmt", ["ogg", "mp3"])
+def test_three_thousand_characters_are_split_and_joined(tmp_path: Path, fmt: str) -> None:
+    """A 3,000-character text is spoken segment by segment into one file of plausible length,
+    as long as the report says: an mp3's segments are encoded apart and joined, each join
+    adding at most a frame of padding (26 ms) to a stream that starts with LAME's 50 ms."""
     assert len(LONG_TEXT) > 3000
-    out = tmp_path / "long.ogg"
+    out = tmp_path / f"long.{fmt}"
     done = say(LONG_TEXT, "-o", str(out), "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -145,6 +148,8 @@ def test_three_thousand_characters_are_split_and_joined(tmp_path: Path) -> None:
     # eSpeak Mandarin speaks ~4-8 characters a second
     assert len(LONG_TEXT) / 10 < len(samples) / rate < len(LONG_TEXT) / 3
     assert rms(samples) > 0.03
+    beyond = len(samples) / rate - report["duration_s"]
+    assert -0.01 < beyond < (0.01 if fmt == "ogg" else 0.06 + 0.027 * report["segments"])
 
 
 def _worker_of(proc: subprocess.Popen[bytes], within: float = 20.0) -> psutil.Process:

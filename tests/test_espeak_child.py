@@ -120,12 +120,14 @@ def test_a_child_makes_the_output_of_what_it_speaks_as_the_worker_would() -> Non
     the whole utterance shaped in one piece, and the count is of the samples spoken."""
     engine = EspeakEngine("cmn")
     spoken, rate = EspeakEngine("cmn").synthesize(LONG, None, Prosody(), None)
-    plain, slow = Shape(WANTED), Shape({**WANTED, "stretch": 1.5})
+    plain, slow = Shape.of(WANTED), Shape.of({**WANTED, "stretch": 1.5})
     out_rate = output_rate("ogg", rate, 48_000)
+    # The same output asked for with its rate spelt out (a joined job's later segments).
+    spelt = Shape.of({**WANTED, "streaming": True, "rate": out_rate, "follows": True})
     theirs = []
-    for shape in (plain, plain, slow, slow, plain):
+    for shape in (plain, spelt, slow, slow, plain):
         engine.prepare()
-        theirs.append(engine._ready is not None and engine._ready.shape == shape)
+        theirs.append(engine._ready is not None and engine._ready.shape == shape.at(rate))
         made, count = shape_of(engine, LONG, shape)
         factor = 1.5 if shape == slow else 1.0
         whole = audio.piece(spoken, rate, out_rate, audio.Shaping(8.0, 180.0, -50.0), factor)
@@ -145,7 +147,7 @@ def test_an_espeak_child_that_dies_fails_its_utterance_and_the_next_one_speaks(
     child is reaped, and the next utterance is byte-identical to one from a fresh engine."""
     engine = EspeakEngine("cmn")
     expected, _ = EspeakEngine("cmn").synthesize(LONG, None, Prosody(), None)
-    shape = Shape(WANTED) if shaped else None
+    shape = Shape.of(WANTED).at(engine.sample_rate) if shaped else None
     if shape is not None:
         shaped_before, _count = shape_of(engine, LONG, shape)  # the next child shapes
     speak = engine._speak
@@ -238,7 +240,7 @@ def test_a_child_whose_shaping_fails_fails_only_that_utterance() -> None:
     utterance and fails it as a cut answer; the next child, made ready properly, speaks in
     full."""
     engine = EspeakEngine("cmn")
-    shape = Shape(WANTED)
+    shape = Shape.of(WANTED).at(engine.sample_rate)  # as the engine holds it
     want, _ = shape_of(engine, LONG, shape)
 
     class FailsOnce:
@@ -330,7 +332,7 @@ def test_a_child_never_collects_the_workers_garbage(
         litter.me = litter  # type: ignore[attr-defined]  # a cycle: only the collector frees it
         del litter
         engine.prepare()
-        assert shape_of(engine, LONG, Shape(WANTED))[1] > 0
+        assert shape_of(engine, LONG, Shape.of(WANTED))[1] > 0
     finally:
         gc.set_threshold(*threshold)
     engine.prepare()  # the answered child reaped: whatever it did is done

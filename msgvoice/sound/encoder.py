@@ -18,6 +18,7 @@ default two-loop search (4.12).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import struct
 from collections.abc import Iterable
@@ -83,12 +84,17 @@ CODEC_OPTIONS: dict[str, tuple[dict[str, str], int]] = {
     "aac": ({"aac_coder": "fast"}, 0),
 }
 """FFmpeg options and bit rate (0: the codec's own) per codec (see the module doc)."""
+FOLLOWING = {"mp3": {"id3v2_version": "0"}}
+"""Muxer options for a stream whose bytes follow another's (a joined job's next segment): no
+file header in the middle of the stream (MP3's ID3v2 tag)."""
 
 
 class _Av:
     """One PyAV encoder: a container with one mono stream, or (CAF) bare Opus packets."""
 
-    def __init__(self, fmt: Format, rate: int, settings: EncodeSettings, streaming: bool) -> None:
+    def __init__(
+        self, fmt: Format, rate: int, settings: EncodeSettings, streaming: bool, follows: bool
+    ) -> None:
         self.fmt, self.rate, self.frames = fmt, rate, 0
         sink = fmt.streams and (streaming or not fmt.completes_header)
         self.out: _Sink | io.BytesIO = _Sink() if sink else io.BytesIO()
@@ -100,7 +106,10 @@ class _Av:
                 codec.sample_rate, codec.layout, codec.format = rate, "mono", "flt"
                 self._codec: Any = codec
             else:
-                self._container = av.open(self.out, "w", format=fmt.container)
+                options = FOLLOWING.get(fmt.container, {}) if follows else {}
+                self._container = av.open(
+                    self.out, "w", format=fmt.container, container_options=options
+                )
                 self._codec = self._container.add_stream(fmt.codec, rate=rate, layout="mono")
             options, bit_rate = CODEC_OPTIONS.get(fmt.codec, ({}, 0))
             if bit_rate:
@@ -178,12 +187,14 @@ class Encoder:
         rate: int,
         streaming: bool,
         settings: EncodeSettings | None = None,
+        *,
+        follows: bool = False,
     ) -> None:
         self.fmt, self.rate, self.streaming = fmt, rate, streaming
         self.pcm_bytes = 0
         self.frames = 0
         raw = fmt.container == "raw"
-        self._av = None if raw else _Av(fmt, rate, settings or EncodeSettings(), streaming)
+        self._av = None if raw else _Av(fmt, rate, settings or EncodeSettings(), streaming, follows)
 
     def start(self) -> bytes:
         """Bytes before the first piece (a streamed WAV's header)."""
@@ -219,6 +230,25 @@ class Encoder:
         return self.frames / self.rate
 
 
+@functools.cache
+def priming(fmt: Format, rate: int) -> int:
+    """The samples of silence a decoder plays before the first one fed to a new stream of
+    `fmt` at `rate` (the encoder's delay: LAME's 1,105, FFmpeg's AAC 1,024, as FFmpeg stamps
+    the first packet), 0 for PCM. Asked of the encoder once, with one frame of silence."""
+    if fmt.container == "raw":
+        return 0
+    codec = cast(AudioCodecContext, av.CodecContext.create(fmt.codec, "w"))
+    takes = codec.codec.audio_formats or ()
+    codec.sample_rate, codec.layout, codec.format = rate, "mono", next(iter(takes), "flt")
+    codec.open()
+    frame = av.AudioFrame(format=codec.format.name, layout="mono", samples=codec.frame_size or 1024)
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate, frame.pts = rate, 0
+    packets = [*codec.encode(frame), *codec.encode(None)]
+    return max(0, -(packets[0].pts or 0)) if packets else 0
+
+
 def encode_whole(
     fmt: Format, rate: int, samples: Samples, streaming: bool, settings: EncodeSettings
 ) -> bytes:
@@ -228,11 +258,17 @@ def encode_whole(
 
 
 def encode_all(
-    fmt: Format, rate: int, pieces: Iterable[Samples], streaming: bool, settings: EncodeSettings
+    fmt: Format,
+    rate: int,
+    pieces: Iterable[Samples],
+    streaming: bool,
+    settings: EncodeSettings,
+    *,
+    follows: bool = False,
 ) -> bytes:
     """`encode_whole` of the pieces joined, each encoded as it comes (they may still be in
-    the making: a segment being spoken)."""
-    encoder = Encoder(fmt, rate, streaming, settings)
+    the making: a segment being spoken); `follows`: the bytes go after another stream's."""
+    encoder = Encoder(fmt, rate, streaming, settings, follows=follows)
     try:
         body = [encoder.start(), *(encoder.feed(piece) for piece in pieces), encoder.finish()]
     except BaseException:

@@ -32,6 +32,9 @@ class Format:
     """Whether the muxer, given a seekable file, goes back to complete its header (FLAC's
     STREAMINFO: total samples, MD5; MP3's Xing frame: length and gapless delay): a whole
     file is written seekable, a stream is not."""
+    joins: bool = False
+    """Whether streams encoded apart play as one when their bytes are joined (MP3 and ADTS
+    frames stand alone): a long text's segments can then be encoded side by side."""
 
     @property
     def suffix(self) -> str:
@@ -48,8 +51,9 @@ _ALL = (
            OPUS_RATES),
     Format("wav", (".wav",), "raw", "pcm_s16le", "audio/wav", True, "wav"),
     Format("flac", (".flac",), "flac", "flac", "audio/flac", True, "flac", (), True),
-    Format("mp3", (".mp3",), "mp3", "libmp3lame", "audio/mpeg", True, "mp3", MP3_RATES, True),
-    Format("aac", (".aac",), "adts", "aac", "audio/aac", True, "aac", AAC_RATES),
+    Format("mp3", (".mp3",), "mp3", "libmp3lame", "audio/mpeg", True, "mp3", MP3_RATES, True,
+           joins=True),
+    Format("aac", (".aac",), "adts", "aac", "audio/aac", True, "aac", AAC_RATES, joins=True),
     Format("m4a", (".m4a",), "ipod", "aac", "audio/mp4", False, "", AAC_RATES),
     Format("caf", (".caf",), "caf", "libopus", "audio/x-caf", False, "", OPUS_RATES),
 )  # fmt: skip

@@ -1,11 +1,12 @@
-"""What a job's encode loop feeds: an audio file, a response's encoder, or (a job its worker
-finished) the finished output itself; and whose turn it is to encode in the daemon."""
+"""What a job's encode loop feeds: an audio file, a response's encoder, or (a job its workers
+finished) the finished outputs themselves; and whose turn it is to encode in the daemon."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from msgvoice.sound.audio import Shaping
 from msgvoice.sound.encoder import AudioError
 from msgvoice.sound.files import write_file
 from msgvoice.speech.synthesis import Output, Synthesis
-from msgvoice.worker.protocol import OutputParams, Samples
+from msgvoice.worker.protocol import OutputParams, Samples, finish_output, to_float32
 
 
 class Sink(Protocol):
@@ -28,14 +29,26 @@ class Sink(Protocol):
 
 
 class Finished:
-    """The sink of a job its worker finished: the output's bytes are all there is."""
+    """The sink of a job its workers finished: their outputs' bytes, joined, are all there
+    is (one output; or, for a format that joins, one per segment, encoded apart)."""
 
     def __init__(self, output: Output, path: Path | None = None) -> None:
-        self.output, self.path, self.rate = output, path, output.rate
+        self.path, self.rate, self.frames = path, output.rate, output.frames
+        self._first = output.data
+        self._kept = [output.data] if path is not None else []  # a file's, written at commit
 
     def start(self) -> bytes:
-        """The whole output."""
-        return self.output.data
+        """The first output."""
+        return self._first
+
+    def join(self, output: Output) -> bytes:
+        """The next segment's output, after the ones before (it is encoded at their rate)."""
+        if output.rate != self.rate:
+            raise AudioError(f"a segment came at {output.rate} Hz after {self.rate} Hz")
+        self.frames += output.frames
+        if self.path is not None:
+            self._kept.append(output.data)
+        return output.data
 
     def feed(self, samples: Samples) -> bytes:
         raise AssertionError("a finished job takes no more audio")
@@ -52,16 +65,16 @@ class Finished:
         """Nothing half made to drop."""
 
     def commit(self) -> Path:
-        """The output as the job's file (atomically); AudioError when there is no audio."""
+        """The outputs as the job's file (atomically); AudioError when there is no audio."""
         assert self.path is not None
-        if not self.output.frames:
+        if not self.frames:
             raise AudioError(f"no audio to write to {self.path.name}")
-        return write_file(self.path, self.output.data)
+        return write_file(self.path, b"".join(self._kept))
 
     @property
     def duration_s(self) -> float:
-        """Seconds of audio in the output."""
-        return self.output.duration_s
+        """Seconds of audio in the outputs."""
+        return self.frames / self.rate
 
 
 async def encoded(encoding: asyncio.Future[tuple[bytes, float]] | None) -> bool:
@@ -99,7 +112,8 @@ rather than all together)."""
 
 class Turns:
     """Whose turn it is to encode in the daemon: at most ENCODES_AT_ONCE jobs, first come
-    first served; a job finished by its worker needs no turn."""
+    first served; a job finished by its workers needs no turn, but a segment one of them
+    could not finish takes one while it is finished here."""
 
     def __init__(self) -> None:
         self._free = asyncio.Semaphore(ENCODES_AT_ONCE)
@@ -111,3 +125,13 @@ class Turns:
         if first.output is None:
             await held.enter_async_context(self._free)
         return await asyncio.to_thread(open_sink, first)
+
+    async def finish(self, spoken: Synthesis, params: OutputParams) -> Synthesis:
+        """A segment asked finished that its worker sent raw, finished here as the worker would
+        have (`finish_output`, in a thread), once it is this one's turn."""
+        async with self._free:
+            samples = to_float32(spoken.samples)
+            args = ([samples], spoken.sample_rate, params)
+            made, data = await asyncio.to_thread(finish_output, *args)
+        encoded = Output(data, made["rate"], made["frames"], made["encode_s"])
+        return replace(spoken, samples=samples[:0], output=encoded)

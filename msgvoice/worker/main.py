@@ -136,7 +136,8 @@ def synthesize(
     stream = getattr(engine, "stream", None)
     if wanted is not None and callable(stream):
         shapes = _takes(getattr(stream, "__func__", stream), "shape")
-        pieces, rate = stream(*args, **extra, **({"shape": output.Shape(wanted)} if shapes else {}))
+        shape = {"shape": output.Shape.of(wanted)} if shapes else {}
+        pieces, rate = stream(*args, **extra, **shape)
         heard = Heard(pieces, shaped=shapes)
         try:
             made, data = output.finish(heard, int(rate), wanted, shaped=shapes)

@@ -16,12 +16,15 @@ import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
 from msgvoice.worker.samples import Samples
+
+if TYPE_CHECKING:
+    from msgvoice.sound.audio import Shaping
 
 _NONE: Samples = np.zeros(0, dtype=np.float32)
 
@@ -39,6 +42,12 @@ class OutputParams(TypedDict):
     gap_ms: float
     silence_db: float
     stretch: float
+    rate: NotRequired[int]
+    """The output's sample rate (absent or 0: the format's own for the engine's)."""
+    follows: NotRequired[bool]
+    """The output follows another segment's in a joined job: it starts with the gap between
+    them, less the silence a decoder plays first anyway (the encoder's priming), and has no
+    file header (MP3's ID3 tag) to break the stream it joins."""
 
 
 class OutputAnswer(TypedDict):
@@ -81,43 +90,76 @@ class Shape:
     """How a job's spoken pieces (float32 at the engine's rate) become its output's, piece by
     piece: shaped, stretched and resampled. The worker applies it as the pieces come
     (`finish`); an engine that streams may apply it itself as it speaks (`stream`'s `shape`).
-    Two are equal when they make the same output."""
+    Two make the same output when they are equal `at` the engine's rate."""
 
-    params: OutputParams
+    format: str
+    opus_rate_hz: int
+    fade_ms: float
+    gap_ms: float
+    silence_db: float
+    stretch: float
+    rate: int = 0
+    """The output's rate; 0: the format's own for the rate the pieces are spoken at."""
+
+    @classmethod
+    def of(cls, params: OutputParams) -> Shape:
+        """The shaping a request's output parameters ask for."""
+        return cls(
+            params["format"],
+            params["opus_rate_hz"],
+            params["fade_ms"],
+            params["gap_ms"],
+            params["silence_db"],
+            params["stretch"],
+            params.get("rate", 0),
+        )
 
     def __call__(self, rate: int) -> Making:
         from msgvoice.sound import audio  # noqa: PLC0415 (see available)
 
-        params = self.params
-        shaping = audio.Shaping(params["fade_ms"], params["gap_ms"], params["silence_db"])
-        return audio.Pieces(rate, self.out_rate(rate), shaping, params["stretch"])
+        return audio.Pieces(rate, self.out_rate(rate), self.shaping, self.stretch)
+
+    @property
+    def shaping(self) -> Shaping:
+        from msgvoice.sound.audio import Shaping  # noqa: PLC0415 (see available)
+
+        return Shaping(self.fade_ms, self.gap_ms, self.silence_db)
 
     def out_rate(self, rate: int) -> int:
         """The output's rate for pieces spoken at `rate`: what they are resampled to, and
         what the encoder is opened at."""
         from msgvoice.speech.formats import FORMATS, output_rate  # noqa: PLC0415
 
-        fmt = FORMATS[self.params["format"]].name
-        return output_rate(fmt, rate, self.params["opus_rate_hz"])
+        return self.rate or output_rate(FORMATS[self.format].name, rate, self.opus_rate_hz)
+
+    def at(self, rate: int) -> Shape:
+        """This shaping for pieces spoken at `rate`, the output's rate spelt out."""
+        return replace(self, rate=self.out_rate(rate))
 
 
 def finish(
     spoken: Iterable[Samples], rate: int, params: OutputParams, shaped: bool = False
 ) -> tuple[OutputAnswer, bytes]:
-    """The whole output of a one-segment job spoken as `spoken` (float32 pieces at `rate`),
-    each piece shaped and encoded as it comes: from an engine that streams, while it speaks
-    the next. `shaped`: the pieces are the output's already (the engine applied `Shape`).
-    `encode_s` is the time spent on the output, not waiting for the engine."""
-    from msgvoice.sound.encoder import EncodeSettings, encode_all  # noqa: PLC0415 (available)
+    """The whole output of a segment spoken as `spoken` (float32 pieces at `rate`), each piece
+    shaped and encoded as it comes: from an engine that streams, while it speaks the next.
+    `shaped`: the pieces are the output's already (the engine applied `Shape`). `encode_s` is
+    the time spent on the output, not waiting for the engine."""
+    from msgvoice.sound import audio  # noqa: PLC0415 (see available)
+    from msgvoice.sound.encoder import EncodeSettings, encode_all, priming  # noqa: PLC0415
     from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
 
     started = time.perf_counter()
-    shape = Shape(params)
+    shape, fmt = Shape.of(params), FORMATS[params["format"]]
     making = None if shaped else shape(rate)
+    out_rate = shape.out_rate(rate)
     frames, waited = 0, 0.0
 
     def made() -> Iterator[Samples]:
         nonlocal frames, waited
+        if params.get("follows"):  # counted whole: the decoder plays the priming as its start
+            gap = audio.gap(out_rate, shape.shaping, shape.stretch)
+            frames = gap.size
+            yield gap[priming(fmt, out_rate) :]
         spoken_pieces = iter(spoken)
         while True:
             asked = time.perf_counter()
@@ -133,8 +175,8 @@ def finish(
             yield piece
 
     settings = EncodeSettings(params["opus_complexity"], params["opus_bitrate_kbps"])
-    out_rate = shape.out_rate(rate)
-    data = encode_all(FORMATS[params["format"]], out_rate, made(), params["streaming"], settings)
+    follows = bool(params.get("follows"))
+    data = encode_all(fmt, out_rate, made(), params["streaming"], settings, follows=follows)
     answer: OutputAnswer = {
         "rate": out_rate,
         "frames": frames,

@@ -4,10 +4,11 @@ One JSON object per line each way. The worker first says `{"event": "ready", ...
 `{"event": "failed", "error"}`), then answers each `{"id", "method", "params"}` with
 `{"id", "ok", "result" | "error"}`. A `synthesize` answer names its audio's size in
 `"bytes"`, and that many bytes follow its line on the same pipe: raw little-endian float32 mono
-samples, or, when the request asked for a one-segment job's `output`, the finished file or
-response (`output.py`). Audio never touches a disk between the two processes. Engines import
-this module (and nothing else of msgvoice's); the daemon side imports it for `Prosody`, the
-request and answer shapes and the engine catalogue.
+samples, or, when the request asked for the segment's `output`, its finished bytes
+(`output.py`: a job of one segment, or a segment of a job whose format joins). Audio never
+touches a disk between the two processes. Engines import this module (and nothing else of
+msgvoice's); the daemon side imports it for `Prosody`, the request and answer shapes, the
+engine catalogue, and `finish_output` (to finish alike what a worker could not).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, NotRequired, Protocol, TypedDict
 import numpy as np
 
 from msgvoice.worker.output import Making, OutputAnswer, OutputParams, Shape
+from msgvoice.worker.output import finish as finish_output
 from msgvoice.worker.samples import SampleError, Samples, to_float32
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Shape",
     "SynthesisAnswer",
     "SynthesisParams",
+    "finish_output",
     "from_raw",
     "stage_times",
     "to_float32",
@@ -70,7 +73,7 @@ class SynthesisParams(TypedDict):
     emotion: list[float] | None
     seed: int | None
     output: NotRequired[OutputParams]
-    """Ask for the job's finished output instead of the samples (a job of one segment)."""
+    """Ask for the segment's finished output instead of its samples."""
 
 
 class SynthesisAnswer(TypedDict):

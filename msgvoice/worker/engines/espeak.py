@@ -107,6 +107,7 @@ class EspeakEngine:
         rather than before it; the iterator returns the count of samples spoken. The rate is
         eSpeak's either way."""
         del emotion
+        shape = None if shape is None else shape.at(self.sample_rate)  # comparable as made
         return self._pieces(text, voice, prosody, seed, shape), self.sample_rate
 
     def _pieces(
