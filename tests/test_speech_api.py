@@ -195,10 +195,10 @@ async def test_first_audio_arrives_before_the_whole_text_is_spoken(clean_env: Pa
 async def test_a_long_text_is_spoken_ahead_on_both_workers_and_heard_in_order(
     clean_env: Path,
 ) -> None:
-    """With two workers, a job's segments are asked ahead: while the fault engine holds the
-    second sentence on one worker, the other speaks the third. The mp3 (each segment encoded
-    by the worker that spoke it) still plays the sentences in order, each as long as its text
-    (the fault engine's tone lasts 50 ms a character)."""
+    """With two workers, a job's segments are asked ahead (a speech API request: once two
+    have spoken): while the fault engine holds the third sentence on one worker, the other
+    speaks the fourth. The mp3 (each segment encoded by the worker that spoke it) still plays
+    the sentences in order, each as long as its text (the tone lasts 50 ms a character)."""
     release = clean_env.parent / "release"
     env = {
         "MSGVOICE_TTS_ENGINE": "tests.fault_engine:FaultEngine",
@@ -207,13 +207,13 @@ async def test_a_long_text_is_spoken_ahead_on_both_workers_and_heard_in_order(
         "MSGVOICE_TEXT_SEGMENT_CHARS": "13",
         "MSGVOICE_WORKER_COUNT": "2",
     }
-    text = "一。二二二二二二二二二二二二。三三三三三三三三。"
+    text = "一。" + "四" * 11 + "。" + "二" * 12 + "。" + "三" * 8 + "。"
     async with running(clean_env, **env) as (daemon, client):
         workers = daemon.kit.speaker.chain.workers
         body = {"model": "m", "input": text, "response_format": "mp3"}
         asked = asyncio.create_task(client.post("/v1/audio/speech", json=body))
-        await until(lambda: sum(w.jobs_done for w in workers) == 2)  # the second is held
-        assert [w.jobs_done for w in workers] == [1, 1] and not asked.done()
+        await until(lambda: sum(w.jobs_done for w in workers) == 3)  # the third is held
+        assert sorted(w.jobs_done for w in workers) == [1, 2] and not asked.done()
         release.touch()
         answer = await asked
     assert answer.status_code == 200, answer.text
@@ -222,7 +222,7 @@ async def test_a_long_text_is_spoken_ahead_on_both_workers_and_heard_in_order(
     loud = np.concatenate([[0], np.sqrt(np.mean(tens**2, axis=1)) > 0.05, [0]])
     edges = np.flatnonzero(np.diff(loud.astype(np.int8)))
     sounds = [(b - a) / 100 for a, b in zip(edges[::2], edges[1::2], strict=True)]
-    assert [round(s / 0.05) for s in sounds] == [2, 13, 9]
+    assert [round(s / 0.05) for s in sounds] == [2, 12, 13, 9]
 
 
 @pytest.mark.parametrize(

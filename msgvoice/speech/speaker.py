@@ -276,10 +276,11 @@ class Speaker:
         """The job's segments as the workers speak them, in order: a job of one segment asks
         for its finished `output`, and so does each segment of a job whose format joins
         (`Format.joins`), at the first's rate. Segments are asked ahead, as many at a time as
-        the engine has workers, so a long text is spoken, and encoded, on every core; but one
-        at a time until a segment has spoken when the job leads with a clause (its bytes are
-        the first a client hears: one spoken beside it slowed them 7-21 ms in the bench) or is
-        joined (its rate is the first one's)."""
+        the engine has workers, so a long text is spoken, and encoded, on every core. A job
+        that leads with a clause (the speech API: its bytes are the first a client hears) or
+        is joined (its rate is the first segment's) asks one, then one more at a time for
+        each segment spoken: two spoken beside the first one's encode slowed its first bytes
+        by 7-21 ms in `scripts/bench --only formats`."""
         started = time.perf_counter()
         pieces = self.segments(job.text, job.lead_clause)
         emotion = job.emotion or await self.emotions.resolve(job.style, pieces, job.vector)
@@ -292,7 +293,8 @@ class Speaker:
             output = {**output, "streaming": True} if FORMATS[output["format"]].joins else None
         todo = enumerate(zip(pieces, emotion.vectors, strict=True))
         asked: deque[asyncio.Future[Synthesis]] = deque()
-        ahead = 1 if job.lead_clause or output is not None else len(self.chain.workers)
+        workers, spoke = len(self.chain.workers), 0
+        ahead = 1 if job.lead_clause or output is not None else workers
         try:
             while True:
                 while len(asked) < ahead and (segment := next(todo, None)) is not None:
@@ -314,7 +316,8 @@ class Speaker:
                     continue
                 if output is not None and synthesis.output is not None:
                     output = {**output, "rate": synthesis.output.rate}
-                ahead = len(self.chain.workers)
+                spoke += 1
+                ahead = max(ahead, min(workers, spoke))
                 yield synthesis
         finally:
             for left in asked:  # the job ended early: nobody wants these any more
