@@ -166,17 +166,20 @@ async def test_streamed_samples_equal_the_offline_ones(speech: Speech, fmt: str)
     assert 0 < audio.click_ratio(a, 24_000 if fmt == "pcm" else 22_050) <= 1.0
 
 
+def holding(text: str, release: Path, **env: str) -> dict[str, str]:
+    """A daemon's environment (with `env`) whose fault engine holds a segment with `text` in
+    it until the file `release` exists."""
+    engine = "tests.fault_engine:FaultEngine"
+    hold = {"FAULT_HOLD_TEXT": text, "FAULT_HOLD_RELEASE": str(release)}
+    return {"MSGVOICE_TTS_ENGINE": engine, **hold, **env}
+
+
 async def test_first_audio_arrives_before_the_whole_text_is_spoken(clean_env: Path) -> None:
     """With stream: true the first sentence's bytes arrive while a later one is still being
     synthesised, in every format: the fault engine holds the second sentence until the test
     has the first bytes (and releases it then), so no timing is guessed."""
     release = clean_env.parent / "release"
-    env = {
-        "MSGVOICE_TTS_ENGINE": "tests.fault_engine:FaultEngine",
-        "FAULT_HOLD_TEXT": "第二句",
-        "FAULT_HOLD_RELEASE": str(release),
-        "MSGVOICE_TEXT_SEGMENT_CHARS": "4",
-    }
+    env = holding("第二句", release, MSGVOICE_TEXT_SEGMENT_CHARS="4")
     async with running(clean_env, **env) as (daemon, _):
         url = f"http://127.0.0.1:{daemon.http.port}/v1/audio/speech"
         async with httpx.AsyncClient(timeout=30, verify=tls()) as http:
@@ -200,13 +203,7 @@ async def test_a_long_text_is_spoken_ahead_on_both_workers_and_heard_in_order(
     speaks the fourth. The mp3 (each segment encoded by the worker that spoke it) still plays
     the sentences in order, each as long as its text (the tone lasts 50 ms a character)."""
     release = clean_env.parent / "release"
-    env = {
-        "MSGVOICE_TTS_ENGINE": "tests.fault_engine:FaultEngine",
-        "FAULT_HOLD_TEXT": "二",
-        "FAULT_HOLD_RELEASE": str(release),
-        "MSGVOICE_TEXT_SEGMENT_CHARS": "13",
-        "MSGVOICE_WORKER_COUNT": "2",
-    }
+    env = holding("二", release, MSGVOICE_TEXT_SEGMENT_CHARS="13", MSGVOICE_WORKER_COUNT="2")
     text = "一。" + "四" * 11 + "。" + "二" * 12 + "。" + "三" * 8 + "。"
     async with running(clean_env, **env) as (daemon, client):
         workers = daemon.kit.speaker.chain.workers
