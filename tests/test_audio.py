@@ -305,6 +305,53 @@ def test_a_worker_finishes_a_one_segment_job_as_the_daemon_would_encode_it(
     assert "output" not in plain and len(payload) == 2 * plain["samples"]
 
 
+def sounds(samples: np.ndarray, rate: int) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch louder than -30 dBFS (10 ms windows)."""
+    step = rate // 100
+    tens = samples[: samples.size // step * step].reshape(-1, step)
+    loud = np.concatenate([[0], np.sqrt(np.mean(tens**2, axis=1)) > 0.03, [0]])
+    edges = np.flatnonzero(np.diff(loud.astype(np.int8))) / 100
+    return list(zip(edges[::2], edges[1::2], strict=True))
+
+
+@pytest.mark.parametrize(("fmt", "rate"), [("ogg", 48_000), ("caf", 24_000)])
+def test_opus_segments_encoded_apart_are_put_into_one_stream(
+    tmp_path: Path, fmt: str, rate: int
+) -> None:
+    """Two segments encoded apart as bare Opus packets (a joined job's, each by the worker
+    that spoke it; the second after the gap less the encoder's priming) are put into one Ogg
+    or CAF stream. It decodes to the two sounds, as long as they were, with the pause between
+    them as long as the gap, give or take a packet (20 ms); the stream is as long as the
+    joining encoder says (the Ogg's last granule, the CAF's valid frames), to the sample."""
+    from msgvoice.sound.encoder import Encoder, EncodeSettings, encode_all, priming  # noqa: PLC0415
+    from msgvoice.speech.formats import FORMATS  # noqa: PLC0415
+
+    settings, opus = EncodeSettings(), FORMATS[fmt]
+    first, second = tone(1.0, 220, rate=rate), tone(0.5, 330, rate=rate)
+    gap = np.zeros(int(rate * 0.18) - priming(opus, rate), dtype=np.float32)
+    made = [
+        encode_all(opus, rate, [first], True, settings, packets=True),
+        encode_all(opus, rate, [gap, second], True, settings, follows=True, packets=True),
+    ]
+    joining = Encoder(opus, rate, streaming=fmt == "ogg")
+    data = joining.start() + b"".join(joining.join(part) for part in made) + joining.finish()
+    path = tmp_path / f"joined.{fmt}"
+    path.write_bytes(data)
+    heard, heard_rate = decode(path)
+    (a0, a1), (b0, b1) = sounds(heard, heard_rate)
+    assert a1 - a0 == pytest.approx(1.0, abs=0.02) and b1 - b0 == pytest.approx(0.5, abs=0.02)
+    assert 0.17 <= b0 - a1 <= 0.18 + 0.02 + 0.01
+    # The first segment's last packet plays whole: its padding is part of the pause.
+    frame, lead = rate // 50, priming(opus, rate)
+    played = -(-(first.size + lead) // frame) * frame - lead
+    assert joining.frames == played + lead + gap.size + second.size
+    if fmt == "ogg":
+        assert sf.info(str(path)).frames == joining.frames == heard.size
+    else:
+        pakt = data.index(b"pakt") + 12
+        assert struct.unpack(">qqii", data[pakt : pakt + 24])[1] == joining.frames
+
+
 @pytest.mark.parametrize(("fmt", "rate"), [("mp3", 22_050), ("mp3", 24_000), ("aac", 22_050)])
 def test_a_stream_plays_its_encoders_priming_before_the_first_sample(fmt: str, rate: int) -> None:
     """A click fed first to a new mp3 or aac stream is heard `priming` samples in: the silence
@@ -323,23 +370,28 @@ def test_a_stream_plays_its_encoders_priming_before_the_first_sample(fmt: str, r
     assert int(np.argmax(np.abs(heard))) == priming(FORMATS[fmt], rate) > 0
 
 
-async def test_the_daemon_finishes_a_segment_its_worker_sent_raw_as_the_worker_would() -> None:
+@pytest.mark.parametrize(("fmt", "rate"), [("mp3", 24_000), ("ogg", 48_000)])
+async def test_the_daemon_finishes_a_segment_its_worker_sent_raw_as_the_worker_would(
+    fmt: str, rate: int
+) -> None:
     """A joined job's segment whose worker could not encode it (no PyAV there) is finished in
-    the daemon to the same bytes: gap, rate, shaping and all."""
+    the daemon to the same bytes: gap, rate, shaping and all (Opus: the same bare packets)."""
     from msgvoice.speech.sinks import Turns  # noqa: PLC0415
     from msgvoice.speech.synthesis import Synthesis  # noqa: PLC0415
     from msgvoice.worker import main  # noqa: PLC0415
 
     engine = EspeakEngine("cmn")
     wanted = {
-        "format": "mp3", "streaming": True, "opus_rate_hz": 48_000, "opus_complexity": 0,
+        "format": fmt, "streaming": True, "opus_rate_hz": 48_000, "opus_complexity": 0,
         "opus_bitrate_kbps": 64, "fade_ms": 8.0, "gap_ms": 180.0, "silence_db": -50.0,
-        "stretch": 1.25, "rate": 24_000, "follows": True,
+        "stretch": 1.25, "rate": rate, "follows": True, "packets": fmt == "ogg",
     }  # fmt: skip
     params = {"text": "晚上好。", "voice": None, "prosody": {}, "emotion": None, "seed": None}
     theirs, data = main.synthesize(engine, {**params, "output": wanted}, False)
     spoken, raw = main.synthesize(engine, params, False)
     sent = Synthesis(from_raw(raw, spoken["sample_format"]), spoken["sample_rate"], 0.0, 0.0, 1)
     ours = (await Turns().finish(sent, wanted)).output  # type: ignore[arg-type]
-    assert ours is not None and ours.data == data and data[:3] != b"ID3"
-    assert (ours.rate, ours.frames) == (24_000, theirs["output"]["frames"])
+    assert ours is not None and ours.data == data and data[:3] not in (b"ID3", b"Ogg")
+    made = theirs["output"]
+    assert (ours.rate, ours.frames, ours.packets) == (rate, made["frames"], made["packets"])
+    assert ours.packets == (fmt == "ogg")

@@ -18,6 +18,7 @@ import pytest
 from msgvoice.channels.outbox import OutboxPump
 from msgvoice.chat.port import OutboxItem
 from msgvoice.compose import DaemonParts
+from msgvoice.sound.encoder import Encoder
 from msgvoice.sound.files import AudioWriter, write_file
 from msgvoice.speech import sinks as sinks_module
 from msgvoice.speech import speaker as speaker_module
@@ -83,9 +84,10 @@ async def _failed_items(daemon: DaemonParts, chat: str) -> list[OutboxItem]:
 async def test_jobs_whose_encoder_fails_give_their_turn_back(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """More jobs of several segments than there are encode turns (sinks.ENCODES_AT_ONCE),
-    one after another, each failing in its encoder: every one fails with the reason, and a
-    job of several segments asked after them is still encoded and done."""
+    """More jobs of several segments, in a format encoded in the daemon (FLAC), than there are
+    encode turns (sinks.ENCODES_AT_ONCE), one after another, each failing in its encoder:
+    every one fails with the reason, and a job of several segments asked after them is still
+    encoded and done."""
     failing = sinks_module.ENCODES_AT_ONCE + 1
     opened: list[str] = []
 
@@ -100,7 +102,8 @@ async def test_jobs_whose_encoder_fails_give_their_turn_back(
             opened.append(str(args[0]))
 
     monkeypatch.setattr(speaker_module, "AudioWriter", Faulty)
-    async with running(clean_env, MSGVOICE_TEXT_SEGMENT_CHARS="4") as (_, client):
+    env = {"MSGVOICE_TEXT_SEGMENT_CHARS": "4", "MSGVOICE_TTS_FORMAT": "flac"}
+    async with running(clean_env, **env) as (_, client):
         states = []
         for n in range(failing + 1):
             asked = await client.post(
@@ -111,12 +114,14 @@ async def test_jobs_whose_encoder_fails_give_their_turn_back(
 
 
 @pytest.mark.parametrize("kind", list(FAULTS))
-@pytest.mark.parametrize("where", ["file", "encoder"])
+@pytest.mark.parametrize("where", ["file", "encoder", "joining"])
 async def test_an_audio_write_fault_fails_or_parks_its_job_and_the_next_goes_on(
     clean_env: Path, kind: str, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writing one job's voice note raises: where a one-segment job's finished output (from
-    its worker) becomes a file, or in the encoder of a job of several segments. An exhausted
+    its worker) becomes a file; in the encoder of a job of several segments in a format
+    encoded in the daemon (FLAC); or where a job of several segments in Opus has its
+    segments' packets, encoded apart by the workers, put into one stream. An exhausted
     resource (ENOSPC, EMFILE) parks that job until the state dir takes writes again, then it
     is delivered; any other fault fails that job with the reason; the next job of another
     chat is done either way."""
@@ -132,15 +137,24 @@ async def test_an_audio_write_fault_fails_or_parks_its_job_and_the_next_goes_on(
             fire("encoder")
             return super().feed(samples)
 
+    class Joining(Encoder):
+        def join(self, packets: bytes) -> bytes:
+            fire("joining")
+            return super().join(packets)
+
     def faulty_write(path: Path, data: bytes) -> Path:
         fire("file")
         return write_file(path, data)
 
     monkeypatch.setattr(speaker_module, "AudioWriter", Faulty)
+    monkeypatch.setattr(speaker_module, "Encoder", Joining)
     monkeypatch.setattr(sinks_module, "write_file", faulty_write)
     # Segments of a few characters: "坏了。真的坏了。" is two, "坏了" one.
     text = "坏了" if where == "file" else "坏了。真的坏了。"
-    async with running(clean_env, MSGVOICE_TEXT_SEGMENT_CHARS="4") as (daemon, client):
+    env = {"MSGVOICE_TEXT_SEGMENT_CHARS": "4", "MSGVOICE_TTS_FORMAT": "flac"}
+    if where != "encoder":
+        del env["MSGVOICE_TTS_FORMAT"]  # Ogg/Opus, the default
+    async with running(clean_env, **env) as (daemon, client):
         bad = await client.post("/v1/messages", json={"chat_id": "a", "text": f"/tts {text}"})
         job = await wait_job(client, bad.json()["jobs"][0])
         good = await client.post("/v1/messages", json={"chat_id": "b", "text": "/tts 好的"})

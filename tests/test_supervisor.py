@@ -256,11 +256,15 @@ def test_a_worker_s_tree_is_found_as_psutil_finds_it() -> None:
 async def test_a_pool_gives_a_request_to_the_warm_worker_unless_it_cannot_start() -> None:
     """A lone request goes to the worker freed last (its caches are warm), not round the
     pool; never to one that cannot start now while another free one can; and requests at
-    once take every free worker, the rest waiting their turn."""
+    once take every free worker, the rest waiting their turn. The pool learns the engine's
+    rate from its first answer."""
     from msgvoice.speech.chain import WorkerPool  # noqa: PLC0415
 
     busy: list[str] = []
     two_busy = asyncio.Event()
+
+    class Said(str):  # a synthesis, known by the worker that made it
+        sample_rate = 16_000
 
     class Worker:
         def __init__(self, name: str) -> None:
@@ -273,11 +277,13 @@ async def test_a_pool_gives_a_request_to_the_warm_worker_unless_it_cannot_start(
             if len(busy) == 2:
                 two_busy.set()
             await self.hold.wait()
-            return self.name
+            return Said(self.name)
 
     a, b = Worker("a"), Worker("b")
     pool = WorkerPool([a, b])  # type: ignore[list-item]
+    assert pool.rate == 0
     warm = await pool.synthesize(req("x"))
+    assert pool.rate == 16_000  # the engine's, as its answer gave it
     assert [await pool.synthesize(req("x")) for _ in range(4)] == [warm] * 4
     by_name = {"a": a, "b": b}
     other = "a" if warm == "b" else "b"

@@ -23,6 +23,7 @@ import io
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, cast
 
 import av
@@ -89,19 +90,35 @@ FOLLOWING = {"mp3": {"id3v2_version": "0"}}
 file header in the middle of the stream (MP3's ID3v2 tag)."""
 
 
+PACKET = struct.Struct("<HH")
+"""Before each of a joined segment's bare packets: its duration (samples) and its size."""
+
+
 class _Av:
-    """One PyAV encoder: a container with one mono stream, or (CAF) bare Opus packets."""
+    """One PyAV encoder: a container with one mono stream, or bare Opus packets (CAF's, or a
+    joined job's segment's: `packets`); or the container the packets of a joined job's
+    segments, encoded apart, are put into (`take`)."""
 
     def __init__(
-        self, fmt: Format, rate: int, settings: EncodeSettings, streaming: bool, follows: bool
+        self,
+        fmt: Format,
+        rate: int,
+        settings: EncodeSettings,
+        streaming: bool,
+        *,
+        follows: bool = False,
+        packets: bool = False,
     ) -> None:
-        self.fmt, self.rate, self.frames = fmt, rate, 0
+        self.fmt, self.rate, self.frames, self.packets = fmt, rate, 0, packets
         sink = fmt.streams and (streaming or not fmt.completes_header)
         self.out: _Sink | io.BytesIO = _Sink() if sink else io.BytesIO()
-        self._packets: list[bytes] = []
+        self._packets: list[tuple[bytes, int]] = []  # bare ones, with their durations
         self._container: Any = None
+        self._taken: int | None = None  # where the next packet taken goes (joining)
+        self._held: tuple[bytes, int] | None = None  # the last taken: whole or cut, not known yet
+        bare = fmt.container == "caf" or packets
         try:
-            if fmt.container == "caf":
+            if bare:
                 codec = cast(AudioCodecContext, av.CodecContext.create(fmt.codec, "w"))
                 codec.sample_rate, codec.layout, codec.format = rate, "mono", "flt"
                 self._codec: Any = codec
@@ -122,7 +139,7 @@ class _Av:
                     "compression_level": str(settings.opus_complexity),
                     "vbr": "constrained",  # a predictable size (Telegram's 1 MB voice notes)
                 }
-            if fmt.container == "caf":
+            if bare:
                 self._codec.open()
         except (av.FFmpegError, ValueError) as exc:
             raise AudioError(f"cannot encode {fmt.name} at {rate} Hz: {exc}") from exc
@@ -139,6 +156,9 @@ class _Av:
         )
         for chunk in frames:
             self._encode(chunk)
+        return self._out()
+
+    def _out(self) -> bytes:
         return self.out.take() if isinstance(self.out, _Sink) else b""
 
     def _encode(self, samples: Samples | None) -> None:
@@ -151,21 +171,73 @@ class _Av:
             if self._container is not None:
                 self._container.mux(packet)
             else:
-                self._packets.append(bytes(packet))
+                self._packets.append((bytes(packet), int(packet.duration or 0)))
+
+    def take(self, data: bytes) -> bytes:
+        """The bare packets of a joined job's next segment (`packets`, encoded apart), after
+        the ones before; the bytes the muxer let go of. The last packet before them plays
+        whole (the silence it was padded with is part of the gap); the last of theirs is held
+        until it is known whether another segment follows."""
+        if self._taken is None:  # the first: open the codec for the stream's header
+            if self._container is not None:
+                self._context.format = "flt"
+                self._context.open()
+            self._taken = -self._priming()
+        taken, at = [], 0
+        while at < len(data):
+            duration, size = PACKET.unpack_from(data, at)
+            at += PACKET.size
+            taken.append((data[at : at + size], duration))
+            at += size
+        if self._held is not None and taken:
+            self._put(self._held[0], self._context.frame_size)
+            self._held = None
+        for packet, duration in taken[:-1]:
+            self._put(packet, duration)
+        if taken:
+            self._held = taken[-1]
+        return self._out()
+
+    def _put(self, data: bytes, duration: int) -> None:
+        assert self._taken is not None
+        if self._container is None:
+            self._packets.append((data, duration))
+        else:
+            packet = av.Packet(data)
+            packet.pts = packet.dts = self._taken
+            packet.duration, packet.time_base = duration, Fraction(1, self.rate)
+            packet.stream = self._codec
+            self._container.mux(packet)
+        self._taken += duration
+        self.frames = self._taken  # the timeline starts at -priming: this is the audio's
+
+    def _priming(self) -> int:
+        """The encoder's delay at this rate (OpusHead's pre-skip is at 48 kHz, bytes 10-11)."""
+        return int(struct.unpack_from("<H", self._context.extradata, 10)[0]) * self.rate // 48_000
+
+    @property
+    def _context(self) -> Any:
+        return self._codec if self._container is None else self._codec.codec_context
 
     def finish(self) -> bytes:
-        """Flush the encoder and close the container; the remaining bytes."""
-        tail = self.write(None)
+        """Flush the encoder and close the container; the remaining bytes (a joined job's
+        segment: its bare packets, each after its PACKET)."""
+        if self._taken is not None:  # joined: nothing was encoded here
+            if self._held is not None:
+                self._put(*self._held)
+            tail = b""
+        else:
+            tail = self.write(None)
+        if self.packets:
+            return b"".join(PACKET.pack(d, len(p)) + p for p, d in self._packets)
         if self._container is None:
-            # OpusHead: the encoder's delay ("pre-skip") at 48 kHz in bytes 10-11.
-            pre_skip = struct.unpack_from("<H", self._codec.extradata, 10)[0]
             write_caf_opus(
                 self.out,
-                self._packets,
+                [packet for packet, _ in self._packets],
                 rate=self.rate,
                 frames_per_packet=self._codec.frame_size,
                 valid_frames=self.frames,
-                priming_frames=pre_skip * self.rate // 48_000,
+                priming_frames=self._priming(),
             )
         else:
             self._container.close()
@@ -189,12 +261,16 @@ class Encoder:
         settings: EncodeSettings | None = None,
         *,
         follows: bool = False,
+        packets: bool = False,
     ) -> None:
         self.fmt, self.rate, self.streaming = fmt, rate, streaming
         self.pcm_bytes = 0
         self.frames = 0
         raw = fmt.container == "raw"
-        self._av = None if raw else _Av(fmt, rate, settings or EncodeSettings(), streaming, follows)
+        settings = settings or EncodeSettings()
+        self._av = (
+            None if raw else _Av(fmt, rate, settings, streaming, follows=follows, packets=packets)
+        )
 
     def start(self) -> bytes:
         """Bytes before the first piece (a streamed WAV's header)."""
@@ -209,9 +285,21 @@ class Encoder:
         self.pcm_bytes += len(data)
         return data
 
+    def join(self, packets: bytes) -> bytes:
+        """Bytes ready after a joined job's next segment, encoded apart as bare packets (an
+        Encoder's with `packets`, of this format and rate), put into this one's stream."""
+        assert self._av is not None and self.fmt.joins == "packets"
+        data = self._av.take(packets)
+        self.frames = self._av.frames
+        return data
+
     def finish(self) -> bytes:
         """The remaining bytes (all of them for formats that do not stream)."""
-        return self._av.finish() if self._av is not None else b""
+        if self._av is None:
+            return b""
+        data = self._av.finish()
+        self.frames = self._av.frames  # a joined stream's last packet counted as it ends
+        return data
 
     def header(self) -> bytes:
         """What goes before everything else once the whole size is known (a WAV's header)."""
@@ -265,10 +353,12 @@ def encode_all(
     settings: EncodeSettings,
     *,
     follows: bool = False,
+    packets: bool = False,
 ) -> bytes:
     """`encode_whole` of the pieces joined, each encoded as it comes (they may still be in
-    the making: a segment being spoken); `follows`: the bytes go after another stream's."""
-    encoder = Encoder(fmt, rate, streaming, settings, follows=follows)
+    the making: a segment being spoken); `follows`: the bytes go after another stream's;
+    `packets`: bare packets, to be joined into another stream (`Encoder.join`)."""
+    encoder = Encoder(fmt, rate, streaming, settings, follows=follows, packets=packets)
     try:
         body = [encoder.start(), *(encoder.feed(piece) for piece in pieces), encoder.finish()]
     except BaseException:

@@ -25,6 +25,8 @@ class WorkerPool:
         self.supervisors = supervisors
         self._free = list(supervisors)  # the one freed last at the end
         self._slots = asyncio.Semaphore(len(supervisors))
+        self.rate = 0
+        """The engine's sample rate, as its last answer gave it (0: none yet)."""
 
     @property
     def engine(self) -> str:
@@ -51,9 +53,11 @@ class WorkerPool:
             supervisor = (usable or self._free)[-1]
             self._free.remove(supervisor)
             try:
-                return await supervisor.synthesize(request)
+                synthesis = await supervisor.synthesize(request)
             finally:
                 self._free.append(supervisor)
+            self.rate = synthesis.sample_rate
+            return synthesis
 
 
 class EngineChain:
@@ -69,6 +73,11 @@ class EngineChain:
     def main(self) -> Supervisor:
         """The main engine's first supervisor."""
         return self.pools[0].supervisors[0]
+
+    @property
+    def rate(self) -> int:
+        """The main engine's sample rate, once it has spoken (0 before)."""
+        return self.pools[0].rate
 
     @property
     def workers(self) -> list[Supervisor]:

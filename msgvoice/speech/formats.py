@@ -32,9 +32,10 @@ class Format:
     """Whether the muxer, given a seekable file, goes back to complete its header (FLAC's
     STREAMINFO: total samples, MD5; MP3's Xing frame: length and gapless delay): a whole
     file is written seekable, a stream is not."""
-    joins: bool = False
-    """Whether streams encoded apart play as one when their bytes are joined (MP3 and ADTS
-    frames stand alone): a long text's segments can then be encoded side by side."""
+    joins: str = ""
+    """How a long text's segments, encoded side by side, become one stream: `bytes`, their
+    streams joined (MP3 and ADTS frames stand alone); `packets`, their bare packets put into
+    one container (Opus, whose Ogg and CAF wrap one stream); empty: they cannot be."""
 
     @property
     def suffix(self) -> str:
@@ -48,14 +49,15 @@ AAC_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_0
 
 _ALL = (
     Format("ogg", (".ogg", ".opus", ".oga"), "ogg", "libopus", "audio/ogg", True, "opus",
-           OPUS_RATES),
+           OPUS_RATES, joins="packets"),
     Format("wav", (".wav",), "raw", "pcm_s16le", "audio/wav", True, "wav"),
     Format("flac", (".flac",), "flac", "flac", "audio/flac", True, "flac", (), True),
     Format("mp3", (".mp3",), "mp3", "libmp3lame", "audio/mpeg", True, "mp3", MP3_RATES, True,
-           joins=True),
-    Format("aac", (".aac",), "adts", "aac", "audio/aac", True, "aac", AAC_RATES, joins=True),
+           joins="bytes"),
+    Format("aac", (".aac",), "adts", "aac", "audio/aac", True, "aac", AAC_RATES, joins="bytes"),
     Format("m4a", (".m4a",), "ipod", "aac", "audio/mp4", False, "", AAC_RATES),
-    Format("caf", (".caf",), "caf", "libopus", "audio/x-caf", False, "", OPUS_RATES),
+    Format("caf", (".caf",), "caf", "libopus", "audio/x-caf", False, "", OPUS_RATES,
+           joins="packets"),
 )  # fmt: skip
 FILE_FORMATS: dict[str, Format] = {f.name: f for f in _ALL}
 """Formats a voice note or `say` output file can have, by msgvoice's name."""

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from msgvoice.config import AudioConfig
 from msgvoice.sound.audio import Shaping
-from msgvoice.sound.encoder import AudioError
+from msgvoice.sound.encoder import AudioError, Encoder
 from msgvoice.sound.files import write_file
 from msgvoice.speech.synthesis import Output, Synthesis
 from msgvoice.worker.protocol import OutputParams, Samples, finish_output, to_float32
@@ -29,44 +29,62 @@ class Sink(Protocol):
 
 
 class Finished:
-    """The sink of a job its workers finished: their outputs' bytes, joined, are all there
-    is (one output; or, for a format that joins, one per segment, encoded apart)."""
+    """The sink of a job its workers finished: their outputs, joined, are all there is (one
+    output; or, in a format that joins, one per segment, encoded apart: their bytes as they
+    are, or their bare packets put into one stream by `joining`, an Encoder of the job's)."""
 
-    def __init__(self, output: Output, path: Path | None = None) -> None:
-        self.path, self.rate, self.frames = path, output.rate, output.frames
-        self._first = output.data
-        self._kept = [output.data] if path is not None else []  # a file's, written at commit
+    def __init__(
+        self, output: Output, path: Path | None = None, joining: Encoder | None = None
+    ) -> None:
+        self.path, self.rate, self.frames, self.joining = path, output.rate, 0, joining
+        self._first = output
+        self._kept: list[bytes] = []  # a file's, written at commit
 
     def start(self) -> bytes:
-        """The first output."""
-        return self._first
+        """The first output's bytes."""
+        return self._took(self._first, self.joining.start() if self.joining else b"")
 
     def join(self, output: Output) -> bytes:
         """The next segment's output, after the ones before (it is encoded at their rate)."""
         if output.rate != self.rate:
             raise AudioError(f"a segment came at {output.rate} Hz after {self.rate} Hz")
-        self.frames += output.frames
+        return self._took(output)
+
+    def _took(self, output: Output, before: bytes = b"") -> bytes:
+        if self.joining is None:
+            self.frames += output.frames
+            data = before + output.data
+        else:
+            data = before + self.joining.join(output.data)
+            self.frames = self.joining.frames
         if self.path is not None:
-            self._kept.append(output.data)
-        return output.data
+            self._kept.append(data)
+        return data
 
     def feed(self, samples: Samples) -> bytes:
         raise AssertionError("a finished job takes no more audio")
 
     def finish(self) -> bytes:
-        """Nothing is left to encode."""
-        return b""
+        """The rest of the stream the packets were put into (nothing else is left)."""
+        if self.joining is None:
+            return b""
+        data = self.joining.finish()
+        self.frames = self.joining.frames
+        return data
 
     def header(self) -> bytes:
         """The output carries its own header."""
         return b""
 
     def abort(self) -> None:
-        """Nothing half made to drop."""
+        """Drop the stream half made (nothing else is)."""
+        if self.joining is not None:
+            self.joining.abort()
 
     def commit(self) -> Path:
         """The outputs as the job's file (atomically); AudioError when there is no audio."""
         assert self.path is not None
+        self._kept.append(self.finish())
         if not self.frames:
             raise AudioError(f"no audio to write to {self.path.name}")
         return write_file(self.path, b"".join(self._kept))
@@ -133,5 +151,5 @@ class Turns:
             samples = to_float32(spoken.samples)
             args = ([samples], spoken.sample_rate, params)
             made, data = await asyncio.to_thread(finish_output, *args)
-        encoded = Output(data, made["rate"], made["frames"], made["encode_s"])
+        encoded = Output.of({"output": made, "payload": data})
         return replace(spoken, samples=samples[:0], output=encoded)

@@ -32,7 +32,7 @@ from msgvoice.speech.sinks import Finished, Sink, Turns, encoded, finishing
 from msgvoice.speech.supervisor import Synthesis, SynthRequest
 from msgvoice.speech.text import speakable
 from msgvoice.speech.worker_process import RequestRefused, WorkerError
-from msgvoice.worker.protocol import OutputParams
+from msgvoice.worker.protocol import OutputParams, Shape
 
 __all__ = [
     "EmotionResult",
@@ -105,7 +105,7 @@ class Speaker:
 
         def open_file(spoken: Synthesis) -> AudioWriter | Finished:
             if spoken.output is not None:
-                return Finished(spoken.output, job.out)
+                return Finished(spoken.output, job.out, self._joining(job.fmt, spoken, False))
             rate = output_rate(job.fmt, spoken.sample_rate, self.config.audio.opus_rate_hz)
             return AudioWriter(job.out, job.fmt, rate, self.encoding)
 
@@ -176,7 +176,7 @@ class Speaker:
 
         def open_encoder(spoken: Synthesis) -> Encoder | Finished:
             if spoken.output is not None:
-                return Finished(spoken.output)
+                return Finished(spoken.output, joining=self._joining(fmt.name, spoken, streaming))
             rate = output_rate(fmt.name, spoken.sample_rate, self.config.audio.opus_rate_hz)
             return Encoder(fmt, rate, streaming, self.encoding)
 
@@ -191,6 +191,25 @@ class Speaker:
             chunks.put_nowait(None)
         except (WorkerError, SpeechError, OSError, ValueError) as exc:
             chunks.put_nowait(exc)
+
+    def _joined(self, output: OutputParams) -> OutputParams | None:
+        """What each segment of a job of several is asked for when its format joins (`joins`):
+        its own stream, as streamed (no header to go back to), or its bare packets; at the
+        rate of the engine's outputs as its workers last said (0: not known yet)."""
+        joins = FORMATS[output["format"]].joins
+        if not joins:
+            return None
+        rate = Shape.of(output).out_rate(self.chain.rate) if self.chain.rate else 0
+        if joins == "bytes":
+            return {**output, "streaming": True, "rate": rate}
+        return {**output, "packets": True, "rate": rate}
+
+    def _joining(self, fmt: str, first: Synthesis, streaming: bool) -> Encoder | None:
+        """The stream a joined job's segments' packets are put into, if they come so."""
+        assert first.output is not None
+        if not first.output.packets:
+            return None
+        return Encoder(FORMATS[fmt], first.output.rate, streaming, self.encoding)
 
     @contextlib.contextmanager
     def _working(self) -> Iterator[None]:
@@ -275,12 +294,12 @@ class Speaker:
     ) -> AsyncGenerator[Synthesis, None]:
         """The job's segments as the workers speak them, in order: a job of one segment asks
         for its finished `output`, and so does each segment of a job whose format joins
-        (`Format.joins`), at the first's rate. Segments are asked ahead, as many at a time as
-        the engine has workers, so a long text is spoken, and encoded, on every core. A job
-        that leads with a clause (the speech API: its bytes are the first a client hears) or
-        is joined (its rate is the first segment's) asks one, then one more at a time for
-        each segment spoken: two spoken beside the first one's encode slowed its first bytes
-        by 7-21 ms in `scripts/bench --only formats`."""
+        (`Format.joins`), all at one rate. Segments are asked ahead, as many at a time as the
+        engine has workers, so a long text is spoken, and encoded, on every core. A job that
+        leads with a clause (the speech API: its bytes are the first a client hears) or is
+        joined before the engine's rate is known (it is then the first segment's) asks one,
+        then one more at a time for each segment spoken: two spoken beside the first one's
+        encode slowed its first bytes by 7-21 ms in `scripts/bench --only formats`."""
         started = time.perf_counter()
         pieces = self.segments(job.text, job.lead_clause)
         emotion = job.emotion or await self.emotions.resolve(job.style, pieces, job.vector)
@@ -290,11 +309,12 @@ class Speaker:
         )
         voice, speed = job.voice or self.chain.default_voice, self.chain.speeds(job.speed)[0]
         if output is not None and len(pieces) > 1:
-            output = {**output, "streaming": True} if FORMATS[output["format"]].joins else None
+            output = self._joined(output)
         todo = enumerate(zip(pieces, emotion.vectors, strict=True))
         asked: deque[asyncio.Future[Synthesis]] = deque()
         workers, spoke = len(self.chain.workers), 0
-        ahead = 1 if job.lead_clause or output is not None else workers
+        unknown = output is not None and not output.get("rate")  # a joined job's rate
+        ahead = 1 if job.lead_clause or unknown else workers
         try:
             while True:
                 while len(asked) < ahead and (segment := next(todo, None)) is not None:

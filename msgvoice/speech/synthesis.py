@@ -46,6 +46,8 @@ class Output:
     rate: int
     frames: int
     encode_s: float
+    packets: bool = False
+    """`data` is the segment's bare packets, to be put into the job's stream (`Format.joins`)."""
 
     @property
     def duration_s(self) -> float:
@@ -58,7 +60,8 @@ class Output:
         made = result.get("output")
         if not isinstance(made, dict):
             return None
-        return cls(result["payload"], int(made["rate"]), int(made["frames"]), made["encode_s"])
+        rate, frames, packets = int(made["rate"]), int(made["frames"]), bool(made.get("packets"))
+        return cls(result["payload"], rate, frames, made["encode_s"], packets)
 
 
 @dataclass(frozen=True)

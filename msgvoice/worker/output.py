@@ -48,6 +48,9 @@ class OutputParams(TypedDict):
     """The output follows another segment's in a joined job: it starts with the gap between
     them, less the silence a decoder plays first anyway (the encoder's priming), and has no
     file header (MP3's ID3 tag) to break the stream it joins."""
+    packets: NotRequired[bool]
+    """Answer with the encoder's bare packets (a joined job's segment in Opus: the daemon puts
+    them into the job's one Ogg or CAF stream)."""
 
 
 class OutputAnswer(TypedDict):
@@ -56,6 +59,8 @@ class OutputAnswer(TypedDict):
     rate: int
     frames: int
     encode_s: float
+    packets: NotRequired[bool]
+    """The payload is bare packets, each after its `encoder.PACKET`."""
 
 
 @functools.cache
@@ -175,12 +180,14 @@ def finish(
             yield piece
 
     settings = EncodeSettings(params["opus_complexity"], params["opus_bitrate_kbps"])
-    follows = bool(params.get("follows"))
-    data = encode_all(fmt, out_rate, made(), params["streaming"], settings, follows=follows)
+    follows, packets = bool(params.get("follows")), bool(params.get("packets"))
+    streaming = params["streaming"]
+    data = encode_all(fmt, out_rate, made(), streaming, settings, follows=follows, packets=packets)
     answer: OutputAnswer = {
         "rate": out_rate,
         "frames": frames,
         "encode_s": time.perf_counter() - started - waited,
+        "packets": packets,
     }
     return answer, data
 
