@@ -37,12 +37,16 @@ class Finished:
         self, output: Output, path: Path | None = None, joining: Encoder | None = None
     ) -> None:
         self.path, self.rate, self.frames, self.joining = path, output.rate, 0, joining
-        self._first = output
         self._kept: list[bytes] = []  # a file's, written at commit
+        try:
+            self._first = self._took(output, joining.start() if joining else b"")
+        except BaseException:
+            self.abort()
+            raise
 
     def start(self) -> bytes:
-        """The first output's bytes."""
-        return self._took(self._first, self.joining.start() if self.joining else b"")
+        """The first output's bytes (put into the stream when the sink was made)."""
+        return self._first
 
     def join(self, output: Output) -> bytes:
         """The next segment's output, after the ones before (it is encoded at their rate)."""

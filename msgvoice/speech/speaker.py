@@ -249,7 +249,7 @@ class Speaker:
                     emit(sink.start())
                 elif synthesis.output is not None:  # a joined job's next segment
                     assert isinstance(sink, Finished)
-                    emit(sink.join(synthesis.output))
+                    emit(await asyncio.to_thread(sink.join, synthesis.output))
                 if synthesis.output is not None:  # finished by its worker
                     continue
                 after_gap = await encoded(encoding)
