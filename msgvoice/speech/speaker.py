@@ -3,9 +3,11 @@
 `Speaker.speak` writes a file (it appears only when complete); `Speaker.stream` yields a
 response's bytes as each segment is encoded; both run one encode loop. A job of one segment
 (most chat replies) is finished by the worker that speaks it, so several jobs encode side by
-side in several processes. A longer job is encoded here (a few at a time: `sinks.Turns`),
-each segment in a thread while a worker speaks the next; segments take whichever worker of
-the engine's pool is free, so chat jobs and API requests share the workers.
+side in several processes. A longer job asks its segments ahead, one per worker; in a format
+whose segments join (Opus, MP3, AAC: `Format.joins`) each is finished by its worker too and
+joined here (`sinks.Finished`), in the others it is encoded here (a few jobs at a time:
+`sinks.Turns`), each segment in a thread while workers speak the next. Segments take whichever
+worker of the engine's pool is free, so chat jobs and API requests share the workers.
 """
 
 from __future__ import annotations
