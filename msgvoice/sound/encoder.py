@@ -182,7 +182,7 @@ class _Av:
             if self._container is not None:
                 self._context.format = "flt"
                 self._context.open()
-            self._taken = -self._priming()
+            self._taken = -priming(self.fmt, self.rate)
         taken, at = [], 0
         while at < len(data):
             duration, size = PACKET.unpack_from(data, at)
@@ -211,10 +211,6 @@ class _Av:
         self._taken += duration
         self.frames = self._taken  # the timeline starts at -priming: this is the audio's
 
-    def _priming(self) -> int:
-        """The encoder's delay at this rate (OpusHead's pre-skip is at 48 kHz, bytes 10-11)."""
-        return int(struct.unpack_from("<H", self._context.extradata, 10)[0]) * self.rate // 48_000
-
     @property
     def _context(self) -> Any:
         return self._codec if self._container is None else self._codec.codec_context
@@ -237,7 +233,7 @@ class _Av:
                 rate=self.rate,
                 frames_per_packet=self._codec.frame_size,
                 valid_frames=self.frames,
-                priming_frames=self._priming(),
+                priming_frames=priming(self.fmt, self.rate),
             )
         else:
             self._container.close()
