@@ -111,7 +111,8 @@ async def encoded(encoding: asyncio.Future[tuple[bytes, float]] | None) -> bool:
 def finishing(
     fmt: str, streaming: bool, stretch: float, settings: AudioConfig, shaping: Shaping
 ) -> OutputParams:
-    """What a worker needs to finish a job of one segment as the daemon would."""
+    """What a worker needs to finish a job of one segment as the daemon would (the segments
+    of a job that joins are asked for this, and how to join: `Speaker._joined`)."""
     return {
         "format": fmt,
         "streaming": streaming,

@@ -1,13 +1,15 @@
-"""A job's finished output, made in the worker that spoke it.
+"""A segment's finished output, made in the worker that spoke it.
 
-When a job is one segment, the daemon asks for its output rather than its samples (the
-`output` parameter of `synthesize`): the worker shapes the segment, stretches it to the
-job's speed, resamples it and encodes it, and sends back the finished file or response. The
-encode then runs beside the synthesis, one per worker process, instead of in the daemon
-next to every other job, and raw audio never crosses the pipe; from an engine that streams
-(eSpeak), each piece is encoded while the engine speaks the next, and an engine that takes
-the job's `Shape` shapes, stretches and resamples each piece itself as it speaks. A worker
-whose interpreter lacks PyAV or soxr sends the samples as before, and the daemon encodes them.
+When a job is one segment, or its format joins segments encoded apart (`Format.joins`), the
+daemon asks for each segment's output rather than its samples (the `output` parameter of
+`synthesize`): the worker shapes the segment, stretches it to the job's speed, resamples it
+and encodes it, and sends back the finished file or response (or, to be joined, its stream
+or bare packets). The encode then runs beside the synthesis, one per worker process, instead
+of in the daemon next to every other job, and raw audio never crosses the pipe; from an
+engine that streams (eSpeak), each piece is encoded while the engine speaks the next, and an
+engine that takes the job's `Shape` shapes, stretches and resamples each piece itself as it
+speaks. A worker whose interpreter lacks PyAV or soxr sends the samples as before, and the
+daemon finishes them alike (`finish`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ _NONE: Samples = np.zeros(0, dtype=np.float32)
 
 
 class OutputParams(TypedDict):
-    """`params["output"]` of a `synthesize` request: the job's whole output, how."""
+    """`params["output"]` of a `synthesize` request: the segment's output, how (a job of one
+    segment: the job's whole output)."""
 
     format: str
     """msgvoice's name of the format (`ogg`, `mp3`, `pcm`, ...)."""
